@@ -1,0 +1,152 @@
+"""Pretraining configuration: one dataclass, paper presets (Tables 3, 4, 7) and validation.
+
+Method switches (all baselines live in the same code):
+  mixing       'none' (MAE random masking) | 'compose' | 'full'                 (Sec. 3.1, Fig. 4)
+  attention    'global' | 'topk' (homologous attention, Eq. 6) | 'masked'
+               (self-attention restricted to true homologous patches, Tab. 7a)
+  homo_con     homologous contrastive loss (Eq. 7); with mixing='none' it is applied across
+               the visible patches of groups of 1/r images (MAE + HomoCon, Tab. 7c)
+  seg_embed    sine-cosine segment embeddings at every encoder layer (Appendix B)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+
+from .vit import VIT_SIZES
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot train; raised before any work starts."""
+
+
+@dataclass
+class PretrainConfig:
+    # model
+    model: str = "base"                 # ViT size: micro | tiny | small | base | large
+    img_size: int = 224
+    patch_size: int = 16
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True          # normalized-pixel targets (Eq. 4, MAE)
+    # method
+    mixing: str = "compose"             # none | compose | full
+    mix_ratio: float = 0.25             # r; also the MAE keep ratio (1 - mask ratio)
+    mask_patch_size: int = 32           # mixing-mask granularity in pixels
+    attention: str = "topk"             # global | topk | masked
+    topk_ratio: float | None = None     # K = topk_ratio · L; None → r
+    num_global_layers: int = 1          # leading layers with global self-attention (Tab. 3e)
+    homo_con: bool = True
+    homo_con_weight: float = 0.1        # λ (Eq. 8)
+    homo_con_tau: float = 0.25          # τ (Eq. 7)
+    homo_con_dim: int = 128             # projector output
+    seg_embed: bool = True
+    # optimisation (Table 4)
+    epochs: int = 300
+    warmup_epochs: int = 40
+    batch_size: int = 4096              # global batch (all GPUs × accumulation)
+    blr: float = 7.5e-5                 # lr = blr · batch / 256
+    lr: float | None = None             # absolute lr overrides blr
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    accum_iter: int = 1
+    # data
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+
+    @property
+    def group_size(self) -> int:
+        return round(1 / self.mix_ratio)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def topk(self) -> int:
+        ratio = self.mix_ratio if self.topk_ratio is None else self.topk_ratio
+        return max(1, round(ratio * self.num_patches))
+
+    def effective_lr(self) -> float:
+        return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+
+    def validate(self) -> "PretrainConfig":
+        """Raise ConfigError with one clear message for anything that cannot train."""
+        def bad(msg):
+            raise ConfigError(msg)
+        if self.model not in VIT_SIZES:
+            bad(f"model={self.model!r} unknown; choose from {sorted(VIT_SIZES)}")
+        if self.mixing not in ("none", "compose", "full"):
+            bad(f"mixing={self.mixing!r} must be 'none', 'compose' or 'full'")
+        if self.attention not in ("global", "topk", "masked"):
+            bad(f"attention={self.attention!r} must be 'global', 'topk' or 'masked'")
+        if not 0 < self.mix_ratio <= 0.5:
+            bad(f"mix_ratio r={self.mix_ratio} must be in (0, 0.5]")
+        if not math.isclose(1 / self.mix_ratio, self.group_size, abs_tol=1e-6):
+            bad(f"mix_ratio r={self.mix_ratio}: 1/r={1 / self.mix_ratio:g} must be an integer")
+        if self.img_size % self.patch_size:
+            bad(f"img_size={self.img_size} is not divisible by patch_size={self.patch_size}")
+        if self.mixing != "none" and (self.img_size % self.mask_patch_size
+                                      or self.mask_patch_size % self.patch_size):
+            bad(f"img_size={self.img_size} must be divisible by mask_patch_size="
+                f"{self.mask_patch_size}, itself a multiple of patch_size={self.patch_size}")
+        if self.attention == "topk" and self.topk > self.num_patches:
+            bad(f"TopK K={self.topk} exceeds the number of patches L={self.num_patches}")
+        if self.mixing == "none" and self.attention != "global":
+            bad(f"attention={self.attention!r} needs mixing; MAE (mixing='none') uses 'global'")
+        if self.batch_size % self.group_size:
+            bad(f"batch_size={self.batch_size} is not divisible by 1/r={self.group_size}")
+        if not 0 <= self.num_global_layers <= VIT_SIZES[self.model][1]:
+            bad(f"num_global_layers={self.num_global_layers} outside [0, depth]")
+        if self.accum_iter < 1:
+            bad(f"accum_iter={self.accum_iter} must be >= 1")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**d)
+
+    def replace(self, **kw) -> "PretrainConfig":
+        return PretrainConfig.from_dict({**dataclasses.asdict(self), **kw})
+
+
+_MAE = dict(mixing="none", attention="global", homo_con=False, seg_embed=False, blr=1.5e-4)
+PRESETS: dict[str, dict] = {
+    # paper models (Table 4; compose batch 4096, full batch 1024)
+    "mixedae_base": dict(model="base"),
+    "mixedae_base_full": dict(model="base", mixing="full", batch_size=1024),
+    "mixedae_base_full_light": dict(model="base", mixing="full", batch_size=1024,
+                                    decoder_dim=256, decoder_depth=2, decoder_heads=8),
+    "mixedae_large": dict(model="large", batch_size=2048),
+    "mixedae_large_full": dict(model="large", mixing="full", batch_size=1024),
+    # baselines (ablations use the MAE recipe blr 1.5e-4, Sec. 4.4)
+    "mae_base": dict(model="base", **_MAE),
+    "mae_large": dict(model="large", **_MAE),
+    "naive_mix_base": dict(model="base", attention="global", homo_con=False, blr=1.5e-4),
+    "mix_masked_sa_base": dict(model="base", attention="masked", homo_con=False,
+                               seg_embed=False, blr=1.5e-4),
+    "homo_att_only_base": dict(model="base", attention="topk", homo_con=False, blr=1.5e-4),
+    "homo_con_only_base": dict(model="base", attention="global", homo_con=True, blr=1.5e-4),
+    "mixedae_no_seg_base": dict(model="base", seg_embed=False, blr=1.5e-4),
+    "mae_homocon_base": dict(model="base", **{**_MAE, "homo_con": True}),
+    # small sizes for demos and tests
+    "mixedae_tiny": dict(model="tiny", decoder_dim=128, decoder_depth=2, decoder_heads=4),
+    "mae_tiny": dict(model="tiny", decoder_dim=128, decoder_depth=2, decoder_heads=4, **_MAE),
+}
+
+
+def get_preset(name: str, **overrides) -> PretrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return PretrainConfig.from_dict({**PRESETS[name], **overrides}).validate()

@@ -1,0 +1,87 @@
+"""Homologous attention, Eq. (6):  A = softmax(TopK(q kᵀ / √D_h)).
+
+Each patch query keeps only its K largest attention logits (K = rL by default) and renormalises
+over them, so it attends to the patches it recognises as homologous (same source image).
+
+How it is computed (fast path). The TopK selection is a hard, non-differentiable choice, so it
+is made once without autograd on fp32 logits, turned into a boolean mask with exactly K True
+entries per query row (indices from ``torch.topk`` scattered into the mask, so ties never select
+more than K), and the attention itself then runs through ``F.scaled_dot_product_attention`` with
+that mask. Forward values and gradients equal the explicit ``softmax(TopK(·))`` reference below
+(the gradient of the unselected logits is zero in both), while the L×L probability matrix is
+never stored for backward.
+
+Prefix (cls) token, our documented choice: as a *query* it attends globally (it belongs to no
+single source); as a *key* it is always visible to every patch in addition to the K selected
+patch keys, which are chosen among patch keys only. ``topk_accuracy`` is measured on patch
+queries: the fraction of the K selected keys whose source equals the query's (Fig. 6).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class HomologousContext:
+    """What a homologous-attention layer needs besides q, k, v.
+
+    k: number of patch keys each patch query keeps (TopK threshold K).
+    src: (B, L) long, source-image index of every patch of each mixed sample (or None); only
+        used to measure the TopK sampling accuracy.
+    num_prefix_tokens: leading tokens (cls) that are not patches.
+    accuracies: TopK accuracy of each homologous layer is appended here (0-dim tensors, no sync).
+    """
+
+    k: int
+    src: torch.Tensor | None = None
+    num_prefix_tokens: int = 1
+    accuracies: list = field(default_factory=list)
+
+
+@torch.no_grad()
+def topk_mask(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_tokens: int = 1):
+    """Boolean (B, H, N, N) mask: patch queries keep their ``topk`` best patch keys + prefix keys.
+
+    Also returns the (B, H, L, topk) indices of the selected patch keys (patch coordinates).
+    """
+    p = num_prefix_tokens
+    qp, kp = q[:, :, p:].float(), k[:, :, p:].float()
+    logits = qp @ kp.transpose(-2, -1)  # the 1/sqrt(d) scale does not change the ranking
+    idx = logits.topk(topk, dim=-1, sorted=False).indices
+    B, H, N, _ = q.shape
+    mask = torch.zeros(B, H, N, N, dtype=torch.bool, device=q.device)
+    mask[:, :, p:, p:].scatter_(-1, idx, True)
+    mask[:, :, :p, :] = True  # prefix queries: global
+    mask[:, :, :, :p] = True  # prefix keys: always visible
+    return mask, idx
+
+
+@torch.no_grad()
+def topk_accuracy(idx: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
+    """Fraction of selected keys from the query's own source. idx (B,H,L,K), src (B,L)."""
+    B, H, L, K = idx.shape
+    key_src = src.gather(1, idx.reshape(B, -1)).view(B, H, L, K)
+    return (key_src == src[:, None, :, None]).float().mean()
+
+
+def homologous_attention(q, k, v, ctx: HomologousContext, dropout_p: float = 0.0) -> torch.Tensor:
+    """Eq. (6) through SDPA with a TopK mask; appends the TopK accuracy to ``ctx`` if it has src."""
+    mask, idx = topk_mask(q, k, ctx.k, ctx.num_prefix_tokens)
+    if ctx.src is not None:
+        ctx.accuracies.append(topk_accuracy(idx, ctx.src))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def homologous_attention_reference(q, k, v, topk: int, num_prefix_tokens: int = 1) -> torch.Tensor:
+    """Slow, literal Eq. (6) for tests: logits → keep TopK per patch row → softmax → ·v."""
+    p = num_prefix_tokens
+    logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    patch = logits[:, :, p:, p:]
+    kth = patch.topk(topk, dim=-1).values[..., -1:]
+    keep = torch.ones_like(logits, dtype=torch.bool)
+    keep[:, :, p:, p:] = patch >= kth
+    probs = logits.masked_fill(~keep, float("-inf")).softmax(-1)
+    return probs @ v

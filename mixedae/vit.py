@@ -1,0 +1,216 @@
+"""The project's one Vision Transformer: pretraining encoder, classifier and mm backbone.
+
+Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls_token``,
+``pos_embed``, ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``,
+``fc_norm``, ``head``), which is also the layout of the official MAE checkpoints, so weights
+move between timm, MAE and this code without renaming.
+
+* Fixed 2-D sine-cosine position embedding (learnable when fine-tuning), resized bicubically
+  (patch part only) for other input sizes.
+* Pre-norm blocks; the attention is pluggable: global SDPA, an additive/boolean ``attn_mask``
+  (masked self-attention, relative position bias) or homologous TopK attention (Eq. 6) when a
+  ``HomologousContext`` is passed.
+* ``seg_embed`` (B, N, D), if given to ``forward_blocks``, is added to the input of every block
+  (the segment embedding of Appendix B).
+* xavier_uniform init of all Linear layers, as in the paper (Appendix B) and MAE.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+
+from .homologous_attention import HomologousContext, homologous_attention
+from .pos_embed import sincos_2d
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention; global, masked or homologous (TopK) depending on inputs."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                homo: HomologousContext | None = None) -> torch.Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        drop = self.attn_drop if self.training else 0.0
+        if homo is not None:
+            x = homologous_attention(q, k, v, homo, dropout_p=drop)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block with a pluggable attention layer."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop_path: float = 0.0, norm_layer: Callable = partial(nn.LayerNorm, eps=1e-6),
+                 attn_layer: Callable = Attention):
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = attn_layer(dim, num_heads, qkv_bias=qkv_bias)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
+
+    def forward(self, x, attn_mask=None, homo: HomologousContext | None = None):
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask=attn_mask, homo=homo))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def init_weights_xavier(module: nn.Module) -> None:
+    """MAE / ViT-official init: xavier_uniform Linear, zero bias, unit LayerNorm."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class VisionTransformer(nn.Module):
+    """ViT with cls token and fixed (optionally learnable) 2-D sin-cos position embedding.
+
+    global_pool: '' (features only), 'avg' (mean of patch tokens, MAE fine-tuning) or 'token'.
+    fc_norm: LayerNorm after pooling instead of the final ``norm`` (MAE/timm 'avg' style).
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3,
+                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12,
+                 mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
+                 num_classes: int = 0, global_pool: str = "", fc_norm: bool | None = None,
+                 learnable_pos_embed: bool = False, dynamic_img_size: bool = True,
+                 attn_layer: Callable = Attention, block_layer: Callable = Block):
+        super().__init__()
+        if global_pool not in ("", "avg", "token"):
+            raise ValueError(f"global_pool must be '', 'avg' or 'token', got {global_pool!r}")
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.embed_dim, self.depth, self.num_heads = embed_dim, depth, num_heads
+        self.patch_size = patch_size
+        self.num_prefix_tokens = 1
+        self.global_pool = global_pool
+        self.dynamic_img_size = dynamic_img_size
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim,
+                                      strict_img_size=not dynamic_img_size,
+                                      dynamic_img_pad=False)
+        self.grid_size = self.patch_embed.grid_size
+        self.num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(sincos_2d(embed_dim, *self.grid_size, 1)[None],
+                                      requires_grad=learnable_pos_embed)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList([
+            block_layer(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i],
+                        norm_layer=norm_layer, attn_layer=attn_layer) for i in range(depth)])
+        use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
+        self.norm = nn.Identity() if use_fc_norm else norm_layer(embed_dim)
+        self.fc_norm = norm_layer(embed_dim) if use_fc_norm else nn.Identity()
+        self.num_classes = num_classes
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        w = self.patch_embed.proj.weight.data  # init patch embed like a Linear (MAE)
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.apply(init_weights_xavier)
+        if isinstance(self.head, nn.Linear):  # small head init for fine-tuning (MAE)
+            trunc_normal_(self.head.weight, std=2e-5)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    # ---- embedding -------------------------------------------------------------------------
+    def pos_embed_for(self, grid_hw: Sequence[int]) -> torch.Tensor:
+        """Position embedding (1, 1+h·w, D) for a patch grid, bicubic-resized if needed."""
+        if tuple(grid_hw) == tuple(self.grid_size):
+            return self.pos_embed
+        return resample_abs_pos_embed(self.pos_embed, new_size=list(grid_hw),
+                                      old_size=list(self.grid_size),
+                                      num_prefix_tokens=self.num_prefix_tokens)
+
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images → (B, 1+L, D) tokens (cls first) with position embedding, and the grid."""
+        H, W = x.shape[-2:]
+        grid = (H // self.patch_size, W // self.patch_size)
+        x = self.patch_embed(x)
+        if x.ndim == 4:
+            x = x.flatten(1, 2)
+        pos = self.pos_embed_for(grid)
+        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+        return torch.cat([cls, x + pos[:, 1:]], dim=1), grid
+
+    # ---- trunk -----------------------------------------------------------------------------
+    def forward_blocks(self, x: torch.Tensor, seg_embed: torch.Tensor | None = None,
+                       attn_mask: torch.Tensor | None = None,
+                       homo: HomologousContext | None = None, num_global_layers: int = 0,
+                       out_indices: Sequence[int] = ()):
+        """Run the blocks. Layers ``i >= num_global_layers`` use ``homo`` if given; the
+        ``attn_mask`` applies to every layer. Returns the final tokens and the tokens after each
+        block in ``out_indices``."""
+        outs = []
+        for i, blk in enumerate(self.blocks):
+            if seg_embed is not None:
+                x = x + seg_embed
+            x = blk(x, attn_mask=attn_mask,
+                    homo=homo if (homo is not None and i >= num_global_layers) else None)
+            if i in out_indices:
+                outs.append(x)
+        return x, outs
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, _ = self.embed(x)
+        x, _ = self.forward_blocks(x)
+        return self.norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        elif self.global_pool == "token":
+            x = x[:, 0]
+        x = self.fc_norm(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# ---- sizes -----------------------------------------------------------------------------------
+VIT_SIZES = {
+    # name: (embed_dim, depth, num_heads)
+    "micro": (64, 4, 2),      # tests
+    "tiny": (192, 12, 3),     # demo
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),    # ViT-B/16 (paper)
+    "large": (1024, 24, 16),  # ViT-L/16 (paper)
+}
+
+
+def vit_kwargs(size: str) -> dict:
+    if size not in VIT_SIZES:
+        raise ValueError(f"unknown ViT size {size!r}; choose from {sorted(VIT_SIZES)}")
+    d, n, h = VIT_SIZES[size]
+    return dict(embed_dim=d, depth=n, num_heads=h)
+
+
+def create_vit(size: str = "base", patch_size: int = 16, **kwargs) -> VisionTransformer:
+    """e.g. ``create_vit('base', num_classes=1000, global_pool='avg', drop_path_rate=0.1)``."""
+    return VisionTransformer(patch_size=patch_size, **vit_kwargs(size), **kwargs)
