@@ -4,10 +4,10 @@ Each patch query keeps only its K largest attention logits (K = rL by default) a
 over them, so it attends to the patches it recognises as homologous (same source image).
 
 How it is computed (fast path). The TopK selection is a hard, non-differentiable choice, so it
-is made once without autograd on fp32 logits, turned into a boolean mask with exactly K True
-entries per query row (indices from ``torch.topk`` scattered into the mask, so ties never select
+is made once without autograd on fp32 logits, turned into an additive 0/−inf bias with exactly K
+open entries per query row (indices from ``torch.topk`` scattered into it, so ties never select
 more than K), and the attention itself then runs through ``F.scaled_dot_product_attention`` with
-that mask. Forward values and gradients equal the explicit ``softmax(TopK(·))`` reference below
+that bias. Forward values and gradients equal the explicit ``softmax(TopK(·))`` reference below
 (the gradient of the unselected logits is zero in both), while the L×L probability matrix is
 never stored for backward.
 
@@ -42,21 +42,23 @@ class HomologousContext:
 
 
 @torch.no_grad()
-def topk_mask(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_tokens: int = 1):
-    """Boolean (B, H, N, N) mask: patch queries keep their ``topk`` best patch keys + prefix keys.
+def topk_attn_bias(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_tokens: int = 1):
+    """Additive (B, H, N, N) attention bias in q's dtype: 0 where a query may attend (its
+    ``topk`` best patch keys, plus prefix keys; prefix queries everywhere), −inf elsewhere.
 
     Also returns the (B, H, L, topk) indices of the selected patch keys (patch coordinates).
+    The bias is allocated with its last dimension padded to a multiple of 16 and sliced back,
+    so CUDA's memory-efficient SDPA kernel accepts it without a copy.
     """
     p = num_prefix_tokens
-    qp, kp = q[:, :, p:].float(), k[:, :, p:].float()
-    logits = qp @ kp.transpose(-2, -1)  # the 1/sqrt(d) scale does not change the ranking
+    logits = q[:, :, p:].float() @ k[:, :, p:].float().transpose(-2, -1)  # scale: same ranking
     idx = logits.topk(topk, dim=-1, sorted=False).indices
     B, H, N, _ = q.shape
-    mask = torch.zeros(B, H, N, N, dtype=torch.bool, device=q.device)
-    mask[:, :, p:, p:].scatter_(-1, idx, True)
-    mask[:, :, :p, :] = True  # prefix queries: global
-    mask[:, :, :, :p] = True  # prefix keys: always visible
-    return mask, idx
+    bias = q.new_full((B, H, N, -(-N // 16) * 16), float("-inf"))[..., :N]
+    bias[:, :, p:, p:].scatter_(-1, idx, 0.0)
+    bias[:, :, :p, :] = 0.0  # prefix queries: global
+    bias[:, :, :, :p] = 0.0  # prefix keys: always visible
+    return bias, idx
 
 
 @torch.no_grad()
@@ -69,10 +71,10 @@ def topk_accuracy(idx: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
 
 def homologous_attention(q, k, v, ctx: HomologousContext, dropout_p: float = 0.0) -> torch.Tensor:
     """Eq. (6) through SDPA with a TopK mask; appends the TopK accuracy to ``ctx`` if it has src."""
-    mask, idx = topk_mask(q, k, ctx.k, ctx.num_prefix_tokens)
+    bias, idx = topk_attn_bias(q, k, ctx.k, ctx.num_prefix_tokens)
     if ctx.src is not None:
         ctx.accuracies.append(topk_accuracy(idx, ctx.src))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
 
 
 def homologous_attention_reference(q, k, v, topk: int, num_prefix_tokens: int = 1) -> torch.Tensor:

@@ -1,0 +1,238 @@
+"""Model-level tests: mixing (Eq. 1-3), homologous attention (Eq. 6), contrastive loss (Eq. 7),
+segment embeddings, gradient flow, every baseline."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixedae.config import PRESETS, get_preset
+from mixedae.homologous_attention import (HomologousContext, homologous_attention,
+                                          homologous_attention_reference, topk_accuracy,
+                                          topk_attn_bias)
+from mixedae.homologous_contrastive import homologous_contrastive_loss
+from mixedae.mixed_autoencoder import build_model, patchify, unpatchify
+from mixedae.mixing import mix_images, mixing_masks, source_onehot, unmix_tokens
+
+MICRO = dict(model="micro", img_size=64, patch_size=8, mask_patch_size=16, batch_size=8,
+             decoder_dim=32, decoder_depth=1, decoder_heads=2)
+
+
+# ---- mixing -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("img,patch,block,g,exact", [
+    (224, 16, 16, 4, True),    # 16 px blocks: exactly rL = 49 patches per source
+    (224, 16, 32, 4, False),   # 32 px blocks (paper default): 13/12/12/12 blocks
+    (224, 16, 32, 2, False),
+    (64, 8, 16, 2, True),
+])
+def test_mixing_mask_counts(img, patch, block, g, exact):
+    torch.manual_seed(0)
+    grid = (img // patch, img // patch)
+    src = mixing_masks(16, 3, g, grid, block // patch)
+    L = grid[0] * grid[1]
+    counts = source_onehot(src, g).sum(-1)  # (G, M, g)
+    assert counts.sum(-1).eq(L).all()
+    if exact:
+        assert counts.eq(L // g).all()
+    else:
+        per_block = (block // patch) ** 2
+        blocks = counts // per_block
+        assert (counts % per_block == 0).all()
+        assert (blocks.max(-1).values - blocks.min(-1).values).le(1).all()
+    # constant on every mask block
+    s = src.view(16, 3, grid[0] // (block // patch), block // patch, grid[1] // (block // patch),
+                 block // patch)
+    assert (s == s[:, :, :, :1, :, :1]).all()
+    # masks differ across groups and mixed samples (random, independent)
+    assert not (src[0, 0] == src[1, 0]).all() and not (src[0, 0] == src[0, 1]).all()
+
+
+def test_mix_then_unmix_inverts():
+    torch.manual_seed(1)
+    B, g, p = 8, 4, 8
+    imgs = torch.randn(B, 3, 32, 32)
+    src = mixing_masks(B // g, 2, g, (4, 4), 1)
+    mixed = mix_images(imgs, src, p)                     # (G·M, 3, 32, 32)
+    mixed_p = patchify(mixed, p)                          # (G·M, L, P)
+    own = patchify(imgs, p).view(B // g, 1, g, 16, -1)
+    # Eq. (1): each position of a mixed sample is the patch of its source image
+    expect = own.expand(-1, 2, -1, -1, -1).gather(2, src[:, :, None, :, None].expand(
+        -1, -1, 1, -1, own.shape[-1])).squeeze(2).flatten(0, 1)
+    assert torch.equal(mixed_p, expect)
+    # Eq. (3): unmixing restores every image's own patches at their positions, [MASK] elsewhere
+    mask_tok = torch.full((own.shape[-1],), 1e4)
+    un = unmix_tokens(mixed_p, src, mask_tok, g).view(B // g, 2, g, 16, -1)
+    onehot = source_onehot(src, g)
+    assert torch.equal(un[onehot], own.expand(-1, 2, -1, -1, -1)[onehot])
+    assert (un[~onehot] == 1e4).all()
+    # per-source counts: every position belongs to exactly one source
+    assert onehot.sum(2).eq(1).all()
+    assert torch.equal(unpatchify(patchify(imgs, p), p, (4, 4)), imgs)
+
+
+# ---- homologous attention -------------------------------------------------------------------------
+def _qkv(B=2, H=3, N=17, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, N, d, generator=g, dtype=torch.float64, requires_grad=True)
+            for _ in range(3)]
+
+
+@pytest.mark.parametrize("K", [1, 4, 9])
+def test_topk_attention_matches_reference_values_and_grads(K):
+    q, k, v = _qkv()
+    out = homologous_attention(q, k, v, HomologousContext(k=K))
+    ref = homologous_attention_reference(q, k, v, K)
+    torch.testing.assert_close(out, ref)
+    gout = torch.randn_like(out)
+    g1 = torch.autograd.grad(out, (q, k, v), gout)
+    g2 = torch.autograd.grad(ref, (q, k, v), gout)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+def test_topk_attention_keeps_exactly_k_and_cls_global():
+    q, k, _ = _qkv(N=21)
+    bias, idx = topk_attn_bias(q, k, 5)
+    mask = bias == 0
+    assert mask[:, :, 1:, 1:].sum(-1).eq(5).all()       # patches keep exactly K patch keys
+    assert mask[:, :, 0].all() and mask[:, :, :, 0].all()  # cls: global query, always a key
+    logits = q[:, :, 1:] @ k[:, :, 1:].transpose(-1, -2)
+    kth = logits.topk(5, -1).values[..., -1:]
+    assert torch.equal(mask[:, :, 1:, 1:], logits >= kth)
+
+
+def test_topk_equals_full_softmax_when_k_is_l():
+    q, k, v = _qkv(N=13)
+    out = homologous_attention(q, k, v, HomologousContext(k=12))
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v))
+
+
+def test_topk_accuracy_counts_homologous_keys():
+    src = torch.tensor([[0, 0, 1, 1]])
+    idx = torch.tensor([[[[0, 1], [1, 2], [2, 3], [0, 3]]]])  # (1,1,4,2)
+    # query0: 0,1 → 2 hits; q1: 1(hit),2 → 1; q2: 2,3 → 2; q3: 0,3(hit) → 1  → 6/8
+    assert topk_accuracy(idx, src).item() == pytest.approx(6 / 8)
+
+
+def test_model_topk_with_k_equal_l_matches_global_attention():
+    torch.manual_seed(0)
+    m_topk = build_model(get_preset("mixedae_tiny", **MICRO, topk_ratio=1.0))
+    m_glob = build_model(get_preset("mixedae_tiny", **MICRO, attention="global"))
+    m_glob.load_state_dict(m_topk.state_dict())
+    x = torch.randn(8, 3, 64, 64)
+    torch.manual_seed(5); a = m_topk(x)
+    torch.manual_seed(5); b = m_glob(x)
+    torch.testing.assert_close(a["loss"], b["loss"])
+    assert a["topk_acc"].shape == (3,) and b["topk_acc"].numel() == 0
+
+
+# ---- contrastive loss -----------------------------------------------------------------------------
+def _contrastive_loop(feats, src, tau):
+    z = F.normalize(feats.double(), dim=-1)
+    losses = []
+    for n in range(z.shape[0]):
+        L = z.shape[1]
+        for l in range(L):
+            pos = [j for j in range(L) if j != l and src[n, j] == src[n, l]]
+            if not pos:
+                continue
+            denom = sum(math.exp(float(z[n, l] @ z[n, j]) / tau) for j in range(L) if j != l)
+            losses.append(sum(-math.log(math.exp(float(z[n, l] @ z[n, j]) / tau) / denom)
+                              for j in pos) / len(pos))
+    return sum(losses) / len(losses)
+
+
+def test_contrastive_loss_equals_slow_loop():
+    torch.manual_seed(0)
+    feats = torch.randn(3, 12, 16)
+    src = torch.randint(0, 3, (3, 12))
+    src[0, 0] = 7  # an anchor without positives is left out
+    got = homologous_contrastive_loss(feats, src, tau=0.25).item()
+    assert got == pytest.approx(_contrastive_loop(feats, src, 0.25), rel=1e-5)
+
+
+def test_contrastive_loss_prefers_homologous_clusters():
+    src = torch.tensor([[0] * 6 + [1] * 6])
+    aligned = F.one_hot(src, 4).float() + 0.01 * torch.randn(1, 12, 4)
+    assert homologous_contrastive_loss(aligned, src) < homologous_contrastive_loss(
+        torch.randn(1, 12, 4), src)
+
+
+# ---- segment embedding ----------------------------------------------------------------------------
+def test_segment_embedding_reaches_every_layer():
+    torch.manual_seed(0)
+    model = build_model(get_preset("mixedae_tiny", **MICRO))
+    seen, ins, outs = {}, [], []
+    model.seg_embed.register_forward_hook(lambda m, a, o: seen.setdefault("seg", o))
+    for blk in model.encoder.blocks:
+        blk.register_forward_pre_hook(lambda m, a: ins.append(a[0]))
+        blk.register_forward_hook(lambda m, a, o: outs.append(o))
+    emb = []
+    orig_embed = model.encoder.embed
+    model.encoder.embed = lambda x: (emb.append(orig_embed(x)[0]) or (emb[0], None))
+    model(torch.randn(8, 3, 64, 64))
+    seg = seen["seg"]
+    assert seg.abs().sum() > 0 and seg[:, 0].abs().sum() == 0  # cls gets none
+    prev = [emb[0]] + outs[:-1]
+    assert len(ins) == model.encoder.depth
+    for i, (x_in, x_prev) in enumerate(zip(ins, prev)):
+        torch.testing.assert_close(x_in, x_prev + seg, msg=f"layer {i} input lacks the segment "
+                                   "embedding")
+    # same source → same embedding, different sources → different embeddings
+    tab = model.seg_embed.table
+    assert torch.cdist(tab, tab).add(torch.eye(len(tab))).min() > 0.1
+
+
+# ---- gradient flow and every baseline -------------------------------------------------------------
+BASELINES = ["mixedae_base", "mixedae_base_full", "mae_base", "naive_mix_base",
+             "mix_masked_sa_base", "homo_att_only_base", "homo_con_only_base",
+             "mixedae_no_seg_base", "mae_homocon_base"]
+
+
+@pytest.mark.parametrize("preset", BASELINES)
+def test_every_baseline_builds_trains_and_grads_reach_all_params(preset):
+    torch.manual_seed(0)
+    cfg = get_preset(preset, **{**MICRO})
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(8, 3, 64, 64)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    out = model(x)
+    out["loss"].backward()
+    no_grad = [n for n, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not no_grad, f"{preset}: no gradient for {no_grad}"
+    opt.step()
+    assert all(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+    for _ in range(2):
+        opt.zero_grad()
+        out = model(x)
+        out["loss"].backward()
+        opt.step()
+    assert torch.isfinite(out["loss"])
+    assert (out["loss_homocon"] > 0) == cfg.homo_con
+    assert out["topk_acc"].numel() == (cfg.model == "micro" and cfg.attention == "topk") * 3
+
+
+def test_presets_are_valid_and_paper_defaults():
+    for name in PRESETS:
+        get_preset(name)
+    c = get_preset("mixedae_base")
+    assert (c.mix_ratio, c.topk, c.num_global_layers, c.homo_con_tau, c.homo_con_weight,
+            c.homo_con_dim, c.mask_patch_size, c.decoder_depth, c.decoder_dim) == \
+        (0.25, 49, 1, 0.25, 0.1, 128, 32, 8, 512)
+    assert c.effective_lr() == pytest.approx(7.5e-5 * 4096 / 256)
+    assert get_preset("mae_base").effective_lr() == pytest.approx(1.5e-4 * 4096 / 256)
+
+
+def test_recon_loss_ignores_visible_patches():
+    torch.manual_seed(0)
+    m = build_model(get_preset("mixedae_tiny", **MICRO))
+    pred, target = torch.randn(2, 1, 4, 64, 192), torch.randn(2, 1, 4, 64, 192)
+    hidden = torch.rand(2, 1, 4, 64) > 0.5
+    base = m._recon_loss(pred, target, hidden)
+    pred2 = pred.clone()
+    pred2[~hidden] += 100.0
+    torch.testing.assert_close(m._recon_loss(pred2, target, hidden), base)
+    expect = ((pred - target) ** 2).mean(-1)[hidden].mean()
+    torch.testing.assert_close(base, expect)
