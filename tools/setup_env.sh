@@ -74,6 +74,6 @@ if ! "$VENV/bin/python" -c 'import mmcv, mmcv.ops; from mmcv import _ext' 2>/dev
   "${PIP[@]}" install -q "$WHEEL_DIR"/mmcv-*.whl
 fi
 "$VENV/bin/python" -c 'from mmcv import _ext' || { log "mmcv installed without compiled ops"; exit 1; }
-"${PIP[@]}" install -q --no-deps -e "$ROOT"
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
 echo "$STAMP_KEY" > "$VENV/.mixedae_stamp"
 log "ready: $VENV"

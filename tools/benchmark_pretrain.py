@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Pretraining throughput: MAE vs MixedAE side by side (img/s, peak memory, step-time ratio).
+
+One full training step = forward + backward + AdamW step, bf16 autocast on CUDA. Runs eager
+and (``--compile``) torch.compile'd models in the same process, so the ratio compares like with
+like on the same device.
+
+    python tools/benchmark_pretrain.py                         # GPU: ViT-B/16, batch 256
+    python tools/benchmark_pretrain.py --device cpu --model tiny --batch-size 16 --steps 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixedae.config import get_preset  # noqa: E402
+from mixedae.mixed_autoencoder import build_model  # noqa: E402
+
+
+def bench(preset: str, args, compiled: bool) -> dict:
+    dev = torch.device(args.device)
+    torch.manual_seed(0)
+    cfg = get_preset(preset, model=args.model, batch_size=args.batch_size,
+                     mixing=args.mixing if preset.startswith("mixedae") else "none")
+    model = build_model(cfg).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95),
+                            fused=dev.type == "cuda")
+    fwd = torch.compile(model) if compiled else model
+    x = torch.randn(args.batch_size, 3, cfg.img_size, cfg.img_size, device=dev)
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+    def step():
+        with amp:
+            out = fwd(x)
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return out
+
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
+    for _ in range(args.warmup):
+        out = step()
+    sync()
+    warm_s = time.perf_counter() - t0
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        out = step()
+    sync()
+    dt = (time.perf_counter() - t0) / args.steps
+    res = dict(preset=preset, compiled=compiled, step_ms=dt * 1e3,
+               img_per_s=args.batch_size / dt, warmup_s=warm_s, loss=float(out["loss"].detach()),
+               peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda"
+               else None)
+    del model, opt, fwd
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--model", default="base")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--mixing", default="compose", choices=["compose", "full"])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--modes", default="eager,compiled")
+    ap.add_argument("--json", help="append results as JSON lines to this file")
+    args = ap.parse_args(argv)
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        print(torch.cuda.get_device_name(), "torch", torch.__version__, flush=True)
+    rows = []
+    for mode in args.modes.split(","):
+        pair = {}
+        for preset in ("mae_base", "mixedae_base"):
+            r = bench(preset, args, compiled=mode == "compiled")
+            rows.append(r)
+            pair[preset] = r
+            mem = f"{r['peak_mem_gib']:.1f} GiB" if r["peak_mem_gib"] is not None else "n/a"
+            print(f"{mode:9s} {preset:13s} ViT-{args.model} bs{args.batch_size}: "
+                  f"{r['img_per_s']:8.1f} img/s  {r['step_ms']:7.1f} ms/step  peak {mem}  "
+                  f"(warmup {r['warmup_s']:.1f}s, loss {r['loss']:.3f})", flush=True)
+            if args.json:
+                with open(args.json, "a") as f:
+                    f.write(json.dumps({**r, "mode": mode, "device": args.device,
+                                        "model": args.model, "batch": args.batch_size}) + "\n")
+        ratio = pair["mixedae_base"]["step_ms"] / pair["mae_base"]["step_ms"]
+        print(f"{mode:9s} MixedAE/MAE step-time ratio: {ratio:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
