@@ -1,0 +1,349 @@
+"""``mixedae finetune``: end-to-end ImageNet fine-tuning (§4.2, Appendix B, Table 5).
+
+The classifier is ``create_vit(size, global_pool='avg')``: mean of the patch tokens after the
+last block → ``fc_norm`` LayerNorm → linear head (trunc-normal std 2e-5), as in MAE. All
+parameters are trained with layer-wise lr decay (:mod:`mixedae.layer_decay`, the project's
+one rule). Defaults are the paper's recipe (Table 5):
+
+==================  =================================================================
+optimizer           AdamW, β = (0.9, 0.999), weight decay 0.05 (none on norms, biases,
+                    cls token, position embedding)
+base lr             5e-4 (B) / 1e-3 (L);  lr = blr × batch / 256
+batch size          1024 (B) / 512 (L)  (global: ranks × per-rank batch × ``--accum-iter``)
+schedule            5 warm-up epochs, then cosine to ``--min-lr`` 1e-6, set every iteration
+epochs              100 (B) / 50 (L)
+layer decay         0.75 (``--layer-decay``); the paper sweeps {0.65, 0.7, 0.75}:
+                    ``--layer-decay-sweep 0.65,0.7,0.75`` runs the three in turn into
+                    OUT/ld0.65, OUT/ld0.7, OUT/ld0.75 and writes OUT/sweep.json
+augmentation        timm ``create_transform``: RandomResizedCrop (bicubic), flip,
+                    RandAugment ``rand-m9-mstd0.5-inc1``, random erasing 0.25 (pixel)
+mixup / cutmix      timm ``Mixup``: mixup α 0.8, cutmix α 1.0, switch prob 0.5,
+                    label smoothing 0.1 → ``SoftTargetCrossEntropy``
+drop path           0.1
+evaluation          resize the short side to img_size/0.875 (256 for 224), center crop,
+                    top-1 / top-5 every epoch (``--eval-every``)
+EMA                 optional (``--model-ema``, timm ``ModelEmaV3``), evaluated too
+==================  =================================================================
+
+Data: ``--data DIR`` with ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` (ImageFolder;
+``--val-folder`` to name the evaluation folder differently). Multi-GPU with torchrun (env://,
+NCCL on GPU, gloo on CPU); bf16 autocast on CUDA. Checkpoints (model, optimizer, EMA, step,
+every RNG) are written atomically to OUT/checkpoint.pth at each epoch end (and every
+``--save-every-steps``); ``--resume auto`` continues from it, ``--resume PATH`` from a file.
+
+Examples::
+
+    torchrun --nproc_per_node 8 -m mixedae.cli finetune --data /data/imagenet \\
+        --checkpoint work/mixedae_b1600/model.safetensors --model base --accum-iter 1 \\
+        --output-dir work/ft_b1600 --resume auto
+    mixedae finetune ... --layer-decay-sweep 0.65,0.7,0.75       # the paper's sweep
+    # a 2-step smoke run on the small real data beside the repo:
+    mixedae finetune --data ../shared/data/cls_tiny/cifar10 --val-folder test --model micro \\
+        --patch-size 8 --img-size 32 --batch-size 16 --max-steps 2 --output-dir /tmp/ft
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from . import cls_engine as E
+from .layer_decay import layer_decay_param_groups
+from .vit import VIT_SIZES, create_vit
+
+# size → (blr, epochs, batch) of Table 5; sizes the paper does not use follow ViT-B
+RECIPE = {"large": (1e-3, 50, 512)}
+RECIPE_DEFAULT = (5e-4, 100, 1024)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mixedae finetune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="folder with train/ and val/ (ImageFolder)")
+    p.add_argument("--val-folder", default="val")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--checkpoint", default=None, help="pretrained weights (pretraining "
+                   "model.safetensors / its run dir, or a plain ViT state dict); omitted: "
+                   "training from scratch")
+    p.add_argument("--model", default=None, choices=sorted(VIT_SIZES),
+                   help="ViT size (default: from the checkpoint metadata, else base)")
+    p.add_argument("--patch-size", type=int, default=None)
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--epochs", type=int, default=None, help="100 (B) / 50 (L)")
+    p.add_argument("--warmup-epochs", type=float, default=5)
+    p.add_argument("--batch-size", type=int, default=None, help="global; 1024 (B) / 512 (L)")
+    p.add_argument("--accum-iter", type=int, default=1)
+    p.add_argument("--blr", type=float, default=None, help="5e-4 (B) / 1e-3 (L)")
+    p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
+    p.add_argument("--min-lr", type=float, default=1e-6)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--layer-decay", type=float, default=0.75)
+    p.add_argument("--layer-decay-sweep", default=None,
+                   help="comma list, e.g. 0.65,0.7,0.75: one run per value into OUT/ld<v>")
+    p.add_argument("--drop-path", type=float, default=0.1)
+    p.add_argument("--clip-grad", type=float, default=None)
+    p.add_argument("--smoothing", type=float, default=0.1)
+    p.add_argument("--mixup", type=float, default=0.8)
+    p.add_argument("--cutmix", type=float, default=1.0)
+    p.add_argument("--mixup-prob", type=float, default=1.0)
+    p.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    p.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy "
+                   "('none' to disable)")
+    p.add_argument("--reprob", type=float, default=0.25)
+    p.add_argument("--remode", default="pixel")
+    p.add_argument("--recount", type=int, default=1)
+    p.add_argument("--model-ema", action="store_true")
+    p.add_argument("--model-ema-decay", type=float, default=0.9999)
+    p.add_argument("--workers", type=int, default=10)
+    p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("--eval-every", type=int, default=1, help="epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", default="", help="'auto' (OUT/checkpoint.pth if present) or a path")
+    p.add_argument("--save-every-steps", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this global step (smoke tests); resumable")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--no-amp", action="store_true")
+    return p
+
+
+def fill_defaults(args) -> None:
+    cfg = E.checkpoint_config(args.checkpoint) if args.checkpoint else {}
+    for attr, default in (("model", "base"), ("patch_size", 16)):
+        given, stored = getattr(args, attr), cfg.get(attr)
+        if given is not None and stored is not None and given != stored:
+            raise ValueError(f"--{attr.replace('_', '-')} {given} contradicts the checkpoint "
+                             f"({attr}={stored})")
+        setattr(args, attr, given if given is not None else stored or default)
+    blr, epochs, batch = RECIPE.get(args.model, RECIPE_DEFAULT)
+    args.blr = blr if args.blr is None else args.blr
+    args.epochs = epochs if args.epochs is None else args.epochs
+    args.batch_size = batch if args.batch_size is None else args.batch_size
+    args.abs_lr = args.lr if args.lr is not None else args.blr * args.batch_size / 256
+
+
+def build_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float):
+    """The classifier's AdamW groups: :func:`mixedae.layer_decay.layer_decay_param_groups`
+    with ``num_layers = depth`` and the model's own no-weight-decay names."""
+    m = E.unwrap(model)
+    return layer_decay_param_groups(m, lr, weight_decay, layer_decay, num_layers=len(m.blocks),
+                                    backbone_prefix="", no_weight_decay=m.no_weight_decay())
+
+
+def build_transforms(args):
+    from timm.data import create_transform
+    from .cls_datasets import eval_transform
+    train_tf = create_transform(
+        input_size=args.img_size, is_training=True, auto_augment=None if args.aa in ("", "none")
+        else args.aa, interpolation="bicubic", re_prob=args.reprob, re_mode=args.remode,
+        re_count=args.recount, color_jitter=None)
+    _patch_posterize(train_tf)
+    return train_tf, eval_transform(args.img_size)
+
+
+def _safe_posterize(img, bits_to_keep, **_):
+    """timm's posterize, also for 0 bits (RandAugment 'inc1' at magnitude 10): Pillow >= 12
+    rejects bits=0, which older Pillow mapped to an all-black image; keep that behaviour."""
+    from PIL import Image, ImageOps
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size, 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _patch_posterize(transform) -> None:
+    from timm.data.auto_augment import RandAugment, posterize
+    for t in getattr(transform, "transforms", []):
+        if isinstance(t, RandAugment):
+            for op in t.ops:
+                if op.aug_fn is posterize:
+                    op.aug_fn = _safe_posterize
+
+
+def build_mixup(args, num_classes: int):
+    """timm Mixup (soft targets) when mixup/cutmix is on, else None."""
+    if args.mixup <= 0 and args.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                 switch_prob=args.mixup_switch_prob, mode="batch",
+                 label_smoothing=args.smoothing, num_classes=num_classes)
+
+
+def build_loss(args, mixup):
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    if mixup is not None:
+        return SoftTargetCrossEntropy()
+    if args.smoothing > 0:
+        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+def image_folders(args):
+    from torchvision.datasets import ImageFolder
+    root = Path(args.data)
+    for sub in ("train", args.val_folder):
+        d = root / sub
+        if not d.is_dir():
+            raise E.UsageError(f"--data {root}: missing folder {d} (expected "
+                                    f"{root}/train/<class>/* and {root}/{args.val_folder}/<class>/*)")
+    train_tf, eval_tf = build_transforms(args)
+    tr = ImageFolder(str(root / "train"), transform=train_tf, loader=_rgb)
+    va = ImageFolder(str(root / args.val_folder), transform=eval_tf, loader=_rgb)
+    if va.classes != tr.classes:
+        raise E.UsageError(f"{root}/{args.val_folder} classes differ from {root}/train "
+                         f"({len(va.classes)} vs {len(tr.classes)})")
+    return tr, va
+
+
+def _rgb(path):
+    from .cls_datasets import load_rgb
+    return load_rgb(path)
+
+
+def run(args, out_dir: Path) -> dict:
+    """One fine-tuning run into ``out_dir``; returns the final metrics."""
+    rank, world, device = E.init_distributed()
+    E.seed_everything(args.seed + rank)
+    train_set, val_set = image_folders(args)
+    per_rank, rem = divmod(args.batch_size, world * args.accum_iter)
+    if rem or per_rank == 0:
+        raise E.UsageError(f"--batch-size {args.batch_size} is not divisible by {world} rank(s) × "
+                         f"--accum-iter {args.accum_iter}")
+    mixup = build_mixup(args, len(train_set.classes))
+    if mixup is not None and per_rank % 2:
+        raise E.UsageError(f"mixup/cutmix need an even per-rank batch, got {per_rank}")
+    steps_per_epoch = (len(train_set) // world // per_rank) // args.accum_iter
+    if steps_per_epoch == 0:
+        raise E.UsageError(f"{len(train_set)} training images are fewer than one step "
+                         f"({args.batch_size} images)")
+    total = args.epochs * steps_per_epoch
+    warmup = int(round(args.warmup_epochs * steps_per_epoch))
+
+    model = create_vit(args.model, patch_size=args.patch_size, img_size=args.img_size,
+                       num_classes=len(train_set.classes), global_pool="avg",
+                       drop_path_rate=args.drop_path, learnable_pos_embed=True)
+    info = E.load_pretrained(model, args.checkpoint) if args.checkpoint else None
+    model.to(device)
+    ema = None
+    if args.model_ema:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=args.model_ema_decay)
+    groups = build_param_groups(model, args.abs_lr, args.weight_decay, args.layer_decay)
+    for g in groups:
+        g.pop("param_names", None)
+    optimizer = torch.optim.AdamW(groups, lr=args.abs_lr, betas=(0.9, 0.999))
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    ckpt = out_dir / "checkpoint.pth"
+    if args.resume and args.resume != "auto":
+        src = Path(args.resume)
+        if not src.is_file():
+            raise E.UsageError(f"--resume {src}: no such file")
+        if src.resolve() != ckpt.resolve() and E.is_main():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            E.atomic_save(E.load_checkpoint(src), ckpt)
+        E.barrier()
+    elif args.resume != "auto" and ckpt.exists():
+        raise E.UsageError(f"{ckpt} exists: pass --resume auto to continue it, or use "
+                              f"another --output-dir")
+    log = E.JsonlLogger(out_dir / "log.jsonl")
+    log(event="start", args=vars(args), world=world, per_rank_batch=per_rank,
+        steps_per_epoch=steps_per_epoch, total_steps=total, pretrained=info,
+        n_train=len(train_set), n_val=len(val_set))
+    if E.is_main():
+        print(f"[finetune] {args.model}/{args.patch_size} {len(train_set)} train / "
+              f"{len(val_set)} val, {len(train_set.classes)} classes; lr {args.abs_lr:.3g}, "
+              f"layer decay {args.layer_decay}, {total} steps", flush=True)
+    best = {"top1": -1.0}
+    last: dict = {}
+
+    def evaluate(epoch: int, step: int) -> None:
+        nonlocal last
+        if (epoch + 1) % args.eval_every and step < total:
+            return
+        ev = E.evaluate(model, val_set, args.eval_batch_size, device, workers=args.workers,
+                        amp=not args.no_amp)
+        rec = {"epoch": epoch, "step": step, **{k: ev[k] for k in ("top1", "top5", "loss")}}
+        if ema is not None:
+            ee = E.evaluate(ema.module, val_set, args.eval_batch_size, device,
+                            workers=args.workers, amp=not args.no_amp)
+            rec.update(ema_top1=ee["top1"], ema_top5=ee["top5"])
+        best["top1"] = max(best["top1"], rec["top1"])
+        last = rec
+        log(event="eval", **rec)
+        if E.is_main():
+            print(f"[finetune] epoch {epoch} step {step}: top-1 {rec['top1']:.2f} "
+                  f"top-5 {rec['top5']:.2f}", flush=True)
+
+    t0 = time.time()
+    out = E.train_loop(
+        model=model, optimizer=optimizer, train_set=train_set, loss_fn=build_loss(args, mixup),
+        batch_size=per_rank, total_steps=total, accum_iter=args.accum_iter,
+        lr_at=lambda s: E.cosine_lr(s, total, args.abs_lr, warmup, args.min_lr), device=device,
+        seed=args.seed, workers=args.workers, ckpt_path=ckpt, ckpt_every=args.save_every_steps,
+        log=log, log_every=args.log_every, mixup_fn=mixup, ema=ema, clip_grad=args.clip_grad,
+        amp=not args.no_amp, stop_after=args.max_steps, on_epoch_end=evaluate,
+        extra_state={"args": {k: v for k, v in vars(args).items()
+                              if isinstance(v, (int, float, str, bool, type(None)))}})
+    if not out["finished"] and not last:
+        evaluate(-1, out["step"])  # smoke runs: report the model where it stopped
+    result = {"step": out["step"], "finished": out["finished"], "resumed_from":
+              out["resumed_from"], "best_top1": best["top1"], "last": last,
+              "layer_decay": args.layer_decay, "seconds": round(time.time() - t0, 2)}
+    if E.is_main():
+        E.atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        if args.checkpoint and not E.resolve_checkpoint_path(args.checkpoint).is_file():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+        fill_defaults(args)
+        if not Path(args.data).is_dir():
+            raise FileNotFoundError(f"--data {args.data}: no such directory")
+        sweep = ([float(x) for x in args.layer_decay_sweep.split(",") if x.strip()]
+                 if args.layer_decay_sweep else None)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"mixedae finetune: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.output_dir)
+    try:
+        return _run_all(args, out, sweep)
+    except (E.UsageError, E.CheckpointError) as e:
+        print(f"mixedae finetune: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run_all(args, out: Path, sweep: list[float] | None) -> int:
+    if not sweep:
+        run(args, out)
+    else:
+        results = {}
+        for ld in sweep:
+            args.layer_decay = ld
+            results[f"{ld:g}"] = run(args, out / f"ld{ld:g}")
+        done = {k: v for k, v in results.items() if v["finished"]}
+        best = max(done, key=lambda k: done[k]["best_top1"]) if done else None
+        if E.is_main():
+            E.atomic_write_text(out / "sweep.json", json.dumps(
+                {"results": results, "best_layer_decay": best}, indent=1))
+            print(f"[finetune] layer-decay sweep: best {best} "
+                  + ", ".join(f"{k}: {v['best_top1']:.2f}" for k, v in results.items()))
+    if E.dist_on():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""``mixedae transfer`` on the real tiny data (cls_tiny) with a micro ViT, and the strict
+pretrained-weight loader."""
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from mixedae import cls_datasets as D
+from mixedae import cls_engine as E
+from mixedae import transfer as T
+from mixedae.vit import create_vit
+
+from conftest import data_dir
+
+MICRO = ["--model", "micro", "--patch-size", "8", "--img-size", "32", "--workers", "0",
+         "--log-every", "20"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are much faster single-threaded, especially on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def write_pretrain_checkpoint(run_dir: Path, img_size: int = 16, seed: int = 1) -> Path:
+    """A micro 'pretrained' checkpoint in the pretraining format (encoder./decoder./projector.
+    keys, config metadata) at a different resolution than the transfer runs."""
+    torch.manual_seed(seed)
+    enc = create_vit("micro", patch_size=8, img_size=img_size)
+    sd = {f"encoder.{k}": v.contiguous() for k, v in enc.state_dict().items()}
+    sd["decoder.mask_token"] = torch.zeros(1, 1, 32)
+    sd["decoder.blocks.0.mlp.fc1.weight"] = torch.randn(64, 32)
+    sd["projector.0.weight"] = torch.randn(16, 64)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "model.safetensors"
+    cfg = {"model": "micro", "patch_size": 8, "img_size": img_size, "mixing": "compose"}
+    save_file(sd, str(path), metadata={"config": json.dumps(cfg)})
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+# ---- pretrained loading -------------------------------------------------------------------
+
+
+def classifier(img_size=32, **kw):
+    return create_vit("micro", patch_size=8, img_size=img_size, num_classes=7, global_pool="avg",
+                      learnable_pos_embed=True, **kw)
+
+
+def test_load_pretraining_format_resizes_pos_embed(tmp_path):
+    path = write_pretrain_checkpoint(tmp_path / "pt", img_size=16)
+    model = classifier(32)
+    head_before = model.head.weight.clone()
+    info = E.load_pretrained(model, tmp_path / "pt")  # the run directory works too
+    assert info["format"] == "pretrain" and info["resized"]
+    assert set(info["fresh"]) == {"fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"}
+    assert "decoder.mask_token" in info["dropped"] and "norm.weight" in info["dropped"]
+    assert "projector.0.weight" in info["dropped"]
+    from safetensors.torch import load_file
+    sd = load_file(str(path))
+    assert torch.equal(model.blocks[2].attn.qkv.weight, sd["encoder.blocks.2.attn.qkv.weight"])
+    assert torch.equal(model.pos_embed[:, 0], sd["encoder.pos_embed"][:, 0])  # cls kept
+    assert model.pos_embed.shape == (1, 17, 64)
+    assert torch.equal(model.head.weight, head_before)
+
+
+def test_load_plain_mae_style_pth(tmp_path):
+    src = create_vit("micro", patch_size=8, img_size=32)  # has the final norm (MAE encoder)
+    sd = {k: v.clone() for k, v in src.state_dict().items()}
+    sd["mask_token"] = torch.zeros(1, 1, 32)
+    sd["decoder_embed.weight"] = torch.zeros(32, 64)
+    sd["decoder_pos_embed"] = torch.zeros(1, 17, 32)
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "mae.pth")
+    model = classifier(32)
+    info = E.load_pretrained(model, tmp_path / "mae.pth")
+    assert info["format"] == "plain" and not info["resized"]
+    assert {"mask_token", "decoder_embed.weight", "decoder_pos_embed"} <= set(info["dropped"])
+    assert torch.equal(model.patch_embed.proj.weight, sd["patch_embed.proj.weight"])
+    # a timm-style classifier state dict (head of another task) as .safetensors
+    other = create_vit("micro", patch_size=8, img_size=32, num_classes=3, global_pool="avg")
+    save_file(other.state_dict(), str(tmp_path / "cls.safetensors"))
+    info = E.load_pretrained(classifier(32), tmp_path / "cls.safetensors")
+    assert "head.weight" in info["dropped"] and "fc_norm.weight" not in info["fresh"]
+
+
+def test_load_fails_naming_keys(tmp_path):
+    src = create_vit("micro", patch_size=8, img_size=32)
+    sd = dict(src.state_dict())
+    del sd["blocks.3.mlp.fc2.weight"]
+    torch.save(sd, tmp_path / "missing.pth")
+    with pytest.raises(E.CheckpointError, match=r"missing keys: blocks\.3\.mlp\.fc2\.weight"):
+        E.load_pretrained(classifier(32), tmp_path / "missing.pth")
+    sd = dict(src.state_dict(), **{"blocks.4.attn.qkv.weight": torch.zeros(192, 64)})
+    torch.save(sd, tmp_path / "unexpected.pth")  # a 5th block in a 4-block model
+    with pytest.raises(E.CheckpointError, match=r"unexpected keys: blocks\.4\.attn\.qkv\.weight"):
+        E.load_pretrained(classifier(32), tmp_path / "unexpected.pth")
+    sd = dict(src.state_dict(), **{"blocks.1.extra": torch.zeros(1)})
+    torch.save(sd, tmp_path / "unknown.pth")
+    with pytest.raises(E.CheckpointError, match=r"blocks\.1\.extra"):
+        E.load_pretrained(classifier(32), tmp_path / "unknown.pth")
+    tiny = create_vit("tiny", patch_size=8, img_size=32)
+    torch.save(tiny.state_dict(), tmp_path / "tiny.pth")
+    with pytest.raises(E.CheckpointError, match="shape mismatch"):
+        E.load_pretrained(classifier(32), tmp_path / "tiny.pth")
+    enc = {f"encoder.{k}": v for k, v in src.state_dict().items()}
+    enc["segment_table"] = torch.zeros(3)
+    save_file(enc, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(E.CheckpointError, match="segment_table"):
+        E.load_pretrained(classifier(32), tmp_path / "odd.safetensors")
+
+
+# ---- the benchmark on real tiny data ------------------------------------------------------
+
+
+def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, capsys):
+    root = data_dir("cls_tiny")
+    out = tmp_path / "out"
+    lrs = [1e-3, 3e-3, 1e-2, 3e-2]
+    argv = ["--datasets", "cifar10", "--root", str(root), "--output-dir", str(out),
+            "--iters", "100", "--batch-size", "64", *MICRO]
+    calls = []
+    orig = D.ClsData.dataset
+
+    def spy(self, split, transform=None, indices=None):
+        done = [(out / "runs" / "cifar10" / T.lr_tag(lr) / "result.json").is_file() for lr in lrs]
+        calls.append((split, indices is None, all(done)))
+        return orig(self, split, transform, indices)
+    monkeypatch.setattr(D.ClsData, "dataset", spy)
+    assert T.main(argv) == 0
+
+    ds_dir = out / "runs" / "cifar10"
+    summary = json.loads((ds_dir / "result.json").read_text())
+    val = summary["val_scores"]
+    assert list(val) == [T.lr_tag(x) for x in lrs]
+    assert summary["chosen_lr"] == lrs[int(np.argmax([val[T.lr_tag(x)] for x in lrs]))]
+    final = json.loads((ds_dir / "final" / "result.json").read_text())
+    assert final["lr"] == summary["chosen_lr"] and final["eval_split"] == "test"
+    assert final["n_eval"] == 1000 and final["n_train"] == 2000
+    # the test split was built only for the final run, after the whole search
+    test_calls = [c for c in calls if c[0] == "test"]
+    assert len(test_calls) == 1 and test_calls[0][2]
+    assert calls.index(test_calls[0]) == len(calls) - 1
+    # search runs scored held-out *train* images only
+    split = json.loads((ds_dir / "split.json").read_text())
+    assert len(split["val"]) == 400 and not set(split["val"]) & set(split["train"])
+    assert all("/train/" in p for p in split["val_images"])
+    for lr in lrs:
+        r = json.loads((ds_dir / T.lr_tag(lr) / "result.json").read_text())
+        assert r["eval_split"] == "val" and r["n_eval"] == 400 and r["n_train"] == 1600
+        assert r["score"] == val[T.lr_tag(lr)]
+        assert (ds_dir / T.lr_tag(lr) / "log.jsonl").is_file()
+        assert not (ds_dir / T.lr_tag(lr) / "checkpoint.pth").exists()
+    print(f"\n[measured] cifar10 fresh micro: val {val}, chosen {summary['chosen_lr']}, "
+          f"test top-1 {summary['test_score']:.2f}")
+    assert summary["test_score"] >= 20.0  # 10 classes: chance is 10%
+
+    # tables: Table 2 columns + average
+    rows = list(csv.reader(open(out / "results.csv")))
+    assert rows[0] == ["Method", "Aircraft", "Caltech", "Cars", "C10", "C100", "DTD", "Flowers",
+                       "Food", "Pets", "SUN", "VOC", "Avg."]
+    assert rows[1][0] == "random-init"
+    assert float(rows[1][4]) == pytest.approx(summary["test_score"], abs=1e-3)
+    assert float(rows[1][12]) == pytest.approx(summary["test_score"], abs=1e-3)
+    assert all(v == "" for i, v in enumerate(rows[1][1:12], 1) if i != 4)
+    md = (out / "results.md").read_text()
+    assert md.startswith("| Method | Aircraft | Caltech | Cars | C10 | C100 | DTD | Flowers | "
+                         "Food | Pets | SUN | VOC | Avg. |")
+
+    # resume: everything finished is skipped, nothing rewritten
+    mtimes = {p: p.stat().st_mtime_ns for p in ds_dir.glob("*/result.json")}
+    assert len(mtimes) == 5
+    capsys.readouterr()
+    assert T.main(argv) == 0
+    assert capsys.readouterr().out.count("skipped") == 5
+    assert {p: p.stat().st_mtime_ns for p in ds_dir.glob("*/result.json")} == mtimes
+    assert json.loads((ds_dir / "result.json").read_text()) == summary
+    # other settings into the same OUT are refused
+    with pytest.raises(ValueError, match="other settings"):
+        T.main([*argv[:-len(MICRO)], *MICRO, "--iters", "50"])
+
+
+def test_pretrained_checkpoint_cifar10_and_caltech(tmp_path):
+    root = data_dir("cls_tiny")
+    write_pretrain_checkpoint(tmp_path / "mixedae_micro", img_size=16)
+    out = tmp_path / "out"
+    argv = ["--datasets", "cifar10,caltech101", "--root", str(root), "--output-dir", str(out),
+            "--checkpoint", str(tmp_path / "mixedae_micro"), "--img-size", "32",
+            "--iters", "60", "--batch-size", "32", "--lrs", "0.03", "--workers", "0"]
+    assert T.main(argv) == 0  # model/patch size come from the checkpoint metadata
+    scores = {}
+    for name in ("cifar10", "caltech101"):
+        s = json.loads((out / "runs" / name / "result.json").read_text())
+        scores[name] = s["test_score"]
+        start = read_jsonl(out / "runs" / name / "final" / "log.jsonl")[0]
+        assert start["pretrained"]["format"] == "pretrain" and start["pretrained"]["resized"]
+    print(f"\n[measured] pretrain-format micro checkpoint: test top-1 {scores}")
+    assert all(v >= 20.0 for v in scores.values())
+    rows = list(csv.reader(open(out / "results.csv")))
+    assert rows[1][0] == "mixedae_micro" and rows[1][2] and rows[1][4]
+    assert float(rows[1][12]) == pytest.approx(np.mean(list(scores.values())), abs=1e-3)
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+    root = data_dir("cls_tiny")
+    base = ["--datasets", "cifar10", "--root", str(root), "--iters", "20", "--batch-size",
+            "32", "--lrs", "0.01", "--ckpt-every", "5", *MICRO]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert T.main([*base, "--output-dir", str(a), "--stop-after", "10"]) == 0
+    run = a / "runs" / "cifar10" / "lr0.01"
+    assert (run / "checkpoint.pth").is_file() and not (run / "result.json").exists()
+    assert E.load_checkpoint(run / "checkpoint.pth")["step"] == 10
+    assert T.main([*base, "--output-dir", str(a)]) == 0
+    r = json.loads((run / "result.json").read_text())
+    assert r["resumed_from"] == 10 and not (run / "checkpoint.pth").exists()
+    assert any(e.get("event") == "resume" and e["step"] == 10 for e in read_jsonl(run / "log.jsonl"))
+    # the resumed run is the uninterrupted run (same data order, same RNG streams)
+    assert T.main([*base, "--output-dir", str(b)]) == 0
+    r2 = json.loads((b / "runs" / "cifar10" / "lr0.01" / "result.json").read_text())
+    assert r2["resumed_from"] is None
+    assert r["eval"] == r2["eval"]
+
+
+def test_cli_errors(tmp_path, capsys):
+    rc = T.main(["--datasets", "dtd", "--root", str(tmp_path), "--output-dir",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "dtd/dtd/labels/train1.txt" in err and "dtd-r1.0.1.tar.gz" in err
+    assert not (tmp_path / "o").exists()
+    rc = T.main(["--datasets", "cifar10", "--root", str(tmp_path), "--output-dir",
+                 str(tmp_path / "o"), "--checkpoint", str(tmp_path / "nope.pth")])
+    assert rc == 2 and "nope.pth" in capsys.readouterr().err
+    rc = T.main(["--datasets", "mnist", "--root", str(tmp_path), "--output-dir", str(tmp_path)])
+    assert rc == 2 and "unknown dataset 'mnist'" in capsys.readouterr().err
