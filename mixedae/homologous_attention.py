@@ -69,12 +69,39 @@ def topk_accuracy(idx: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return (key_src == src[:, None, :, None]).float().mean()
 
 
+# Implementation of Eq. (6): "sdpa" (TopK bias + fused SDPA kernel, default) or "explicit"
+# (materialised logits, TopK threshold, masked softmax; what torch.compile fuses best on some
+# devices). Both give the same values and gradients; tools/benchmark_pretrain.py compares them.
+IMPL = "sdpa"
+
+
 def homologous_attention(q, k, v, ctx: HomologousContext, dropout_p: float = 0.0) -> torch.Tensor:
-    """Eq. (6) through SDPA with a TopK mask; appends the TopK accuracy to ``ctx`` if it has src."""
+    """Eq. (6); appends the TopK accuracy to ``ctx`` if it has ``src``."""
+    if IMPL == "explicit":
+        return _homologous_attention_explicit(q, k, v, ctx, dropout_p)
     bias, idx = topk_attn_bias(q, k, ctx.k, ctx.num_prefix_tokens)
     if ctx.src is not None:
         ctx.accuracies.append(topk_accuracy(idx, ctx.src))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+
+
+def _homologous_attention_explicit(q, k, v, ctx: HomologousContext, dropout_p: float = 0.0):
+    p = ctx.num_prefix_tokens
+    logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # softmax in fp32 under autocast
+    with torch.no_grad():
+        idx = logits[:, :, p:, p:].topk(ctx.k, dim=-1, sorted=False).indices
+        keep = torch.zeros_like(logits, dtype=torch.bool)
+        keep[:, :, p:, p:].scatter_(-1, idx, True)
+        keep[:, :, :p] = True
+        keep[:, :, :, :p] = True
+        if ctx.src is not None:
+            ctx.accuracies.append(topk_accuracy(idx, ctx.src))
+    probs = logits.masked_fill(~keep, float("-inf")).softmax(-1).to(v.dtype)
+    if dropout_p:
+        probs = F.dropout(probs, dropout_p)
+    return probs @ v
 
 
 def homologous_attention_reference(q, k, v, topk: int, num_prefix_tokens: int = 1) -> torch.Tensor:

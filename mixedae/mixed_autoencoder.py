@@ -143,13 +143,16 @@ class MixedAutoencoder(nn.Module):
             hidden = ~source_onehot(src, g)
             loss_recon = self._recon_loss(pred, target.view(G, 1, g, L, P), hidden)
             homo_feats, homo_src = z[:, 1:], src.flatten(0, 1)
-        loss_homocon = torch.zeros((), device=imgs.device)
-        if self.projector is not None:
+        if self.projector is not None:  # Eq. (8)
             loss_homocon = homologous_contrastive_loss(self.projector(homo_feats), homo_src,
                                                        cfg.homo_con_tau)
-        loss = loss_recon + cfg.homo_con_weight * loss_homocon
-        return dict(loss=loss, loss_recon=loss_recon.detach(),
-                    loss_homocon=loss_homocon.detach(), topk_acc=acc.detach().float())
+            loss = loss_recon + cfg.homo_con_weight * loss_homocon
+        else:
+            loss, loss_homocon = loss_recon, torch.zeros((), device=imgs.device)
+        # detached copies for logging (an aliasing detach() output made torch.compile drop the
+        # grad of ``loss`` when the two coincide)
+        return dict(loss=loss, loss_recon=loss_recon.detach().clone(),
+                    loss_homocon=loss_homocon.detach().clone(), topk_acc=acc.detach().float())
 
     @staticmethod
     def _recon_loss(pred, target, hidden):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mixedae.homologous_attention as homologous_attention_module
 from mixedae.config import PRESETS, get_preset
 from mixedae.homologous_attention import (HomologousContext, homologous_attention,
                                           homologous_attention_reference, topk_accuracy,
@@ -77,8 +78,10 @@ def _qkv(B=2, H=3, N=17, d=8, seed=0):
             for _ in range(3)]
 
 
+@pytest.mark.parametrize("impl", ["sdpa", "explicit"])
 @pytest.mark.parametrize("K", [1, 4, 9])
-def test_topk_attention_matches_reference_values_and_grads(K):
+def test_topk_attention_matches_reference_values_and_grads(K, impl, monkeypatch):
+    monkeypatch.setattr(homologous_attention_module, "IMPL", impl)
     q, k, v = _qkv()
     out = homologous_attention(q, k, v, HomologousContext(k=K))
     ref = homologous_attention_reference(q, k, v, K)
