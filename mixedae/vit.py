@@ -7,6 +7,10 @@ move between timm, MAE and this code without renaming.
 
 * Fixed 2-D sine-cosine position embedding (learnable when fine-tuning), resized bicubically
   (patch part only) for other input sizes.
+* Optional BEiT-style relative position bias (``rel_pos_bias=True``, dense fine-tuning): one
+  zero-initialised table per block, stored as ``blocks.N.attn.relative_position_bias_table``
+  and added to the attention logits as an additive ``attn_mask``; resized bicubically for
+  other grids. Off by default.
 * Pre-norm blocks; the attention is pluggable: global SDPA, an additive/boolean ``attn_mask``
   (masked self-attention, relative position bias) or homologous TopK attention (Eq. 6) when a
   ``HomologousContext`` is passed.
@@ -73,6 +77,54 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def relative_position_index(grid_hw: Sequence[int], device=None) -> torch.Tensor:
+    """(1+h·w, 1+h·w) index into a BEiT relative-position table for an h×w grid with a cls
+    token: patch pairs use their (dy, dx) offset; the last three entries of the table are
+    cls→patch, patch→cls and cls→cls."""
+    h, w = int(grid_hw[0]), int(grid_hw[1])
+    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device),
+                            indexing="ij")
+    coords = torch.stack([ys.flatten(), xs.flatten()])               # (2, hw)
+    rel = coords[:, :, None] - coords[:, None, :]                    # (2, hw, hw)
+    num = (2 * h - 1) * (2 * w - 1)
+    index = torch.empty(h * w + 1, h * w + 1, dtype=torch.long, device=device)
+    index[1:, 1:] = (rel[0] + h - 1) * (2 * w - 1) + (rel[1] + w - 1)
+    index[0, :] = num
+    index[:, 0] = num + 1
+    index[0, 0] = num + 2
+    return index
+
+
+def relative_position_table_size(grid_hw: Sequence[int]) -> int:
+    return (2 * int(grid_hw[0]) - 1) * (2 * int(grid_hw[1]) - 1) + 3
+
+
+def resize_relative_position_table(table: torch.Tensor, old_grid: Sequence[int],
+                                   new_grid: Sequence[int]) -> torch.Tensor:
+    """Bicubic resize of the (dy, dx) part of a (T, heads) table; the 3 cls entries are kept."""
+    if tuple(old_grid) == tuple(new_grid):
+        return table
+    (h0, w0), (h1, w1) = old_grid, new_grid
+    if table.shape[0] != relative_position_table_size(old_grid):
+        raise ValueError(f"relative position table has {table.shape[0]} rows, expected "
+                         f"{relative_position_table_size(old_grid)} for grid {tuple(old_grid)}")
+    spatial = table[:-3].T.reshape(1, -1, 2 * h0 - 1, 2 * w0 - 1).float()
+    spatial = F.interpolate(spatial, size=(2 * h1 - 1, 2 * w1 - 1), mode="bicubic",
+                            align_corners=False)
+    spatial = spatial.reshape(table.shape[1], -1).T.to(table.dtype)
+    return torch.cat([spatial, table[-3:]], dim=0)
+
+
+def relative_position_bias(table: torch.Tensor, table_grid: Sequence[int],
+                           grid_hw: Sequence[int], index: torch.Tensor | None = None):
+    """(1, heads, 1+h·w, 1+h·w) additive attention bias from a table made for ``table_grid``."""
+    table = resize_relative_position_table(table, table_grid, grid_hw)
+    if index is None:
+        index = relative_position_index(grid_hw, table.device)
+    n = index.shape[0]
+    return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+
+
 def init_weights_xavier(module: nn.Module) -> None:
     """MAE / ViT-official init: xavier_uniform Linear, zero bias, unit LayerNorm."""
     if isinstance(module, nn.Linear):
@@ -96,7 +148,8 @@ class VisionTransformer(nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
                  num_classes: int = 0, global_pool: str = "", fc_norm: bool | None = None,
                  learnable_pos_embed: bool = False, dynamic_img_size: bool = True,
-                 attn_layer: Callable = Attention, block_layer: Callable = Block):
+                 attn_layer: Callable = Attention, block_layer: Callable = Block,
+                 rel_pos_bias: bool = False):
         super().__init__()
         if global_pool not in ("", "avg", "token"):
             raise ValueError(f"global_pool must be '', 'avg' or 'token', got {global_pool!r}")
@@ -118,6 +171,12 @@ class VisionTransformer(nn.Module):
         self.blocks = nn.ModuleList([
             block_layer(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i],
                         norm_layer=norm_layer, attn_layer=attn_layer) for i in range(depth)])
+        self.use_rel_pos_bias = rel_pos_bias
+        if rel_pos_bias:  # zero init: starts as plain absolute-position attention (BEiT/MAE)
+            size = relative_position_table_size(self.grid_size)
+            for blk in self.blocks:
+                blk.attn.relative_position_bias_table = nn.Parameter(
+                    torch.zeros(size, num_heads))
         use_fc_norm = global_pool == "avg" if fc_norm is None else fc_norm
         self.norm = nn.Identity() if use_fc_norm else norm_layer(embed_dim)
         self.fc_norm = norm_layer(embed_dim) if use_fc_norm else nn.Identity()
@@ -162,23 +221,42 @@ class VisionTransformer(nn.Module):
     def forward_blocks(self, x: torch.Tensor, seg_embed: torch.Tensor | None = None,
                        attn_mask: torch.Tensor | None = None,
                        homo: HomologousContext | None = None, num_global_layers: int = 0,
-                       out_indices: Sequence[int] = ()):
+                       out_indices: Sequence[int] = (), grid: Sequence[int] | None = None):
         """Run the blocks. Layers ``i >= num_global_layers`` use ``homo`` if given; the
         ``attn_mask`` applies to every layer. Returns the final tokens and the tokens after each
-        block in ``out_indices``."""
+        block in ``out_indices``. ``grid`` (h, w) is only used by the relative position bias
+        (default: a square grid inferred from the token count)."""
         outs = []
+        index = None
+        if self.use_rel_pos_bias:
+            if grid is None:
+                side = int(round((x.shape[1] - self.num_prefix_tokens) ** 0.5))
+                grid = (side, side)
+            if grid[0] * grid[1] + self.num_prefix_tokens != x.shape[1]:
+                raise ValueError(f"grid {tuple(grid)} does not match {x.shape[1]} tokens")
+            index = relative_position_index(grid, x.device)
         for i, blk in enumerate(self.blocks):
             if seg_embed is not None:
                 x = x + seg_embed
-            x = blk(x, attn_mask=attn_mask,
+            mask = attn_mask
+            if index is not None:
+                bias = relative_position_bias(blk.attn.relative_position_bias_table,
+                                              self.grid_size, grid, index).to(x.dtype)
+                if attn_mask is None:
+                    mask = bias
+                elif attn_mask.dtype == torch.bool:  # True = may attend (SDPA convention)
+                    mask = bias.masked_fill(~attn_mask, float("-inf"))
+                else:
+                    mask = attn_mask + bias
+            x = blk(x, attn_mask=mask,
                     homo=homo if (homo is not None and i >= num_global_layers) else None)
             if i in out_indices:
                 outs.append(x)
         return x, outs
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x, _ = self.embed(x)
-        x, _ = self.forward_blocks(x)
+        x, grid = self.embed(x)
+        x, _ = self.forward_blocks(x, grid=grid)
         return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

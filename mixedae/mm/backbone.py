@@ -1,0 +1,208 @@
+"""``MixedAEViT``: the project's ViT as an mmseg / mmdet backbone.
+
+A subclass of :class:`mixedae.vit.VisionTransformer`, so parameter names stay the plain ViT
+names (``backbone.blocks.3.attn.qkv.weight`` ...) and the layer-decay rule, the converters and
+timm/MAE checkpoints all agree on them.
+
+* outputs: patch tokens after the blocks in ``out_indices`` reshaped to (B, D, h, w), then the
+  BEiT / iBOT 4-scale adapter (``with_adapter=True``): stride 4 = ConvTranspose2d(2, 2) → norm
+  (BN/SyncBN from ``norm_cfg``) → GELU → ConvTranspose2d(2, 2); stride 8 = ConvTranspose2d(2, 2);
+  stride 16 = identity; stride 32 = MaxPool2d(2);
+* absolute position embedding learnable, resized bicubically (patch part) to any input grid,
+  non-square included; optional BEiT relative position bias (``use_rel_pos_bias``), zero init;
+* stochastic depth (``drop_path_rate``, linear over depth); no final norm (BEiT/iBOT dense
+  transfer), so checkpoints' ``norm``/``fc_norm``/``head`` are dropped knowingly;
+* weights: ``pretrained=PATH`` or ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``
+  accepting our pretraining checkpoint (file or run dir), a converted backbone file, official
+  MAE / timm weights or an mm checkpoint. Every dropped, missing or unexpected key is reported;
+  anything other than the expected ones (adapter and, if the checkpoint has none, relative
+  position tables) is an error naming the keys — never a silent partial load.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from mmcv.cnn import build_norm_layer
+from mmengine.logging import print_log
+
+from .. import convert as cv
+from ..vit import VIT_SIZES, VisionTransformer, relative_position_table_size, \
+    resize_relative_position_table
+
+
+DEFAULT_OUT_INDICES = {12: (3, 5, 7, 11), 24: (7, 11, 15, 23)}
+
+
+def _pair(x) -> tuple[int, int]:
+    return (int(x), int(x)) if isinstance(x, (int, float)) else (int(x[0]), int(x[1]))
+
+
+class MixedAEViT(VisionTransformer):
+    """ViT backbone for dense prediction (mmseg ``MODELS`` and mmdet ``MODELS``).
+
+    Args:
+        arch: ViT size name (``micro``/``tiny``/``small``/``base``/``large``) or a dict with
+            ``embed_dim``, ``depth``, ``num_heads``.
+        img_size: size the position embedding (and relative tables) are stored at; other
+            inputs are resized on the fly. A checkpoint's embedding is resized to it on load.
+        out_indices: blocks whose outputs feed the 4 scales; default (3, 5, 7, 11) for 12
+            blocks (ViT-B), (7, 11, 15, 23) for 24 (ViT-L), the quarter ends otherwise.
+        norm_cfg: norm of the stride-4 branch, ``dict(type='SyncBN')`` or ``'BN'``.
+        pretrained / init_cfg: see module docstring.
+    """
+
+    def __init__(self, arch: str | dict = "base", img_size=224, patch_size: int = 16,
+                 in_channels: int = 3, out_indices: Sequence[int] | None = None,
+                 drop_path_rate: float = 0.1, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 use_rel_pos_bias: bool = False, with_adapter: bool = True,
+                 norm_cfg: dict | None = None, frozen_stages: int = -1,
+                 pretrained: str | None = None, init_cfg: dict | list | None = None):
+        if isinstance(arch, str):
+            if arch not in VIT_SIZES:
+                raise ValueError(f"MixedAEViT: unknown arch {arch!r}; choose from {sorted(VIT_SIZES)}")
+            dim, depth, heads = VIT_SIZES[arch]
+        else:
+            dim, depth, heads = arch["embed_dim"], arch["depth"], arch["num_heads"]
+        img_size = _pair(img_size)
+        if img_size[0] != img_size[1]:
+            raise ValueError(f"MixedAEViT: img_size must be square, got {img_size} (other input "
+                             f"sizes are handled at run time)")
+        super().__init__(img_size=img_size[0], patch_size=patch_size, in_chans=in_channels,
+                         embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio,
+                         qkv_bias=qkv_bias, drop_path_rate=drop_path_rate, num_classes=0,
+                         global_pool="", fc_norm=False, learnable_pos_embed=True,
+                         dynamic_img_size=True, rel_pos_bias=use_rel_pos_bias)
+        self.norm = nn.Identity()  # BEiT/iBOT dense transfer: features straight from blocks
+        if out_indices is None:  # BEiT/iBOT defaults; quarters for other depths
+            out_indices = DEFAULT_OUT_INDICES.get(
+                depth, (depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1))
+        out_indices = tuple(int(i) for i in out_indices)
+        if not out_indices or any(not 0 <= i < depth for i in out_indices):
+            raise ValueError(f"MixedAEViT: out_indices {out_indices} out of range for depth {depth}")
+        if with_adapter and len(out_indices) != 4:
+            raise ValueError(f"MixedAEViT: the 4-scale adapter needs 4 out_indices, got {out_indices}")
+        self.out_indices = out_indices
+        self.with_adapter = with_adapter
+        if with_adapter:
+            norm_cfg = dict(type="SyncBN", requires_grad=True) if norm_cfg is None else norm_cfg
+            self.fpn1 = nn.Sequential(
+                nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+                build_norm_layer(norm_cfg, dim)[1],
+                nn.GELU(),
+                nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
+            self.fpn2 = nn.Sequential(nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
+            self.fpn3 = nn.Identity()
+            self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
+        if pretrained is not None and init_cfg is not None:
+            raise ValueError("MixedAEViT: give either pretrained= or init_cfg=, not both")
+        if pretrained is not None:
+            init_cfg = dict(type="Pretrained", checkpoint=pretrained)
+        self.init_cfg = init_cfg
+        self.is_init = False
+        self.frozen_stages = frozen_stages
+        self._mm_ready = True
+        self._freeze()
+
+    # ---- position embedding: plain bicubic, identical to MAE/BEiT/mmseg --------------------
+    def pos_embed_for(self, grid_hw):
+        return cv.resize_pos_embed(self.pos_embed, self.grid_size, grid_hw,
+                                   self.num_prefix_tokens)
+
+    def _freeze(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        mods = [self.patch_embed] + list(self.blocks[:self.frozen_stages])
+        for p in [self.cls_token, self.pos_embed] + [p for m in mods for p in m.parameters()]:
+            p.requires_grad = False
+        for m in mods:
+            m.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if getattr(self, "_mm_ready", False) and mode:
+            self._freeze()
+        return self
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        B = x.shape[0]
+        H, W = x.shape[-2:]
+        if H % self.patch_size or W % self.patch_size:
+            raise ValueError(f"MixedAEViT: input {H}x{W} is not divisible by the patch size "
+                             f"{self.patch_size}; pad it (data_preprocessor size_divisor)")
+        tokens, grid = self.embed(x)
+        _, outs = self.forward_blocks(tokens, out_indices=self.out_indices, grid=grid)
+        feats = [o[:, self.num_prefix_tokens:].transpose(1, 2).reshape(B, -1, *grid)
+                 for o in outs]
+        if self.with_adapter:
+            feats = [self.fpn1(feats[0]), self.fpn2(feats[1]), self.fpn3(feats[2]),
+                     self.fpn4(feats[3])]
+        return tuple(feats)
+
+    # ---- weights -----------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        if not getattr(self, "_mm_ready", False):
+            return super().init_weights()  # called by VisionTransformer.__init__
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else \
+            ([self.init_cfg] if self.init_cfg else [])
+        for c in cfgs:
+            if c.get("type") != "Pretrained":
+                raise ValueError(f"MixedAEViT: unsupported init_cfg type {c.get('type')!r} "
+                                 f"(only 'Pretrained'; the default init is MAE's)")
+            if c.get("prefix"):
+                raise ValueError("MixedAEViT: init_cfg prefix is not supported; the loader "
+                                 "finds the backbone weights in any known layout")
+            self.load_pretrained(c["checkpoint"])
+        self.is_init = True
+
+    def load_pretrained(self, path: str) -> dict:
+        """Load ViT weights from any supported layout; raise on anything unexpected."""
+        sd, _ = cv.load_checkpoint_file(path)
+        source, kept, dropped = cv.extract_vit(sd)
+        model_sd = self.state_dict()
+        ignored = {k: "final norm / classification head (unused by the dense backbone)"
+                   for k in kept if cv.HEAD_KEY.match(k) and k not in model_sd}
+        has_rel = any(cv.REL_POS_KEY.match(k) for k in kept)
+        if has_rel and not self.use_rel_pos_bias:
+            rel = [k for k in kept if cv.REL_POS_KEY.match(k)]
+            raise cv.ConversionError(
+                f"{path}: checkpoint has relative position tables ({cv._names(rel, 2)}) but the "
+                f"backbone was built with use_rel_pos_bias=False")
+
+        def optional(k: str) -> bool:
+            if k.startswith(("fpn1.", "fpn2.", "fpn3.", "fpn4.")):
+                return True  # adapter: trained from scratch
+            return cv.REL_POS_KEY.match(k) is not None and not has_rel
+
+        ckpt_grid = None
+        if "pos_embed" in kept:
+            n = kept["pos_embed"].shape[1] - self.num_prefix_tokens
+            ckpt_grid = cv.square_grid(n, f"{path}: pos_embed")
+
+        def resize_pos(t, shape):
+            return cv.resize_pos_embed(t, ckpt_grid, self.grid_size, self.num_prefix_tokens)
+
+        def resize_rel(t, shape):
+            side = int(round(((t.shape[0] - 3) ** 0.5 + 1) / 2))
+            if relative_position_table_size((side, side)) != t.shape[0]:
+                raise cv.ConversionError(f"relative position table with {t.shape[0]} rows is "
+                                         f"not from a square grid")
+            return resize_relative_position_table(t, (side, side), self.grid_size)
+
+        load, missing, ignored_keys = cv.match_state_dict(
+            model_sd, kept, optional_missing=optional, ignored=ignored,
+            resize={"pos_embed": resize_pos,
+                    **{k: resize_rel for k in kept if cv.REL_POS_KEY.match(k)}},
+            what=str(path))
+        self.load_state_dict(load, strict=False)
+        dropped += [(k, ignored[k]) for k in ignored_keys]
+        msg = (f"MixedAEViT: loaded {len(load)} tensors from {path} ({source} layout"
+               + (f", pos_embed {ckpt_grid[0]}x{ckpt_grid[1]} -> {self.grid_size[0]}x"
+                  f"{self.grid_size[1]}" if ckpt_grid and tuple(ckpt_grid) != tuple(self.grid_size)
+                  else "") + f"); {cv.summarize(dropped)}; "
+               + (f"missing (expected, newly initialised): {cv._names(missing, 4)} "
+                  f"[{len(missing)} keys]" if missing else "missing: none"))
+        print_log(msg, logger="current")
+        return dict(source=source, loaded=sorted(load), missing=missing, dropped=dropped)

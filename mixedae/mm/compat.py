@@ -1,0 +1,63 @@
+"""Workarounds for mmengine 0.10.7 / mmcv 2.1 / mmdet 3.3 / mmseg 1.2.2 on torch 2.14 + numpy 2,
+applied once when ``mixedae.mm`` is imported. Each one is tested in tests/test_stack.py.
+
+1. ``torch.load`` defaults to ``weights_only=True`` (torch >= 2.6) and mmengine 0.10.7 does not
+   pass ``weights_only`` (fixed only on mmengine main, PR #1670): a checkpoint written by
+   mmengine's Runner holds the message hub (``HistoryBuffer`` objects with numpy arrays and
+   numpy scalars) and cannot be loaded back, so ``resume`` and ``load_from`` of our own runs
+   fail. We allow-list exactly the types such checkpoints contain
+   (``torch.serialization.add_safe_globals``) and keep ``weights_only=True``:
+   a downloaded checkpoint still cannot run code on load. ``HistoryBuffer`` pickles its
+   statistics methods as ``getattr(HistoryBuffer, 'mean')``; instead of allow-listing the
+   builtin ``getattr`` (which would allow arbitrary attribute access) the name
+   ``builtins.getattr`` is mapped to a function that only returns HistoryBuffer's own
+   statistics methods.
+2. Nothing else was needed on the code paths we run (UperNet/FCN, Cascade Mask R-CNN, IoUMetric,
+   CocoMetric with pycocotools on numpy 2.4); tests/test_stack.py and the end-to-end tests
+   exercise them, so a regression shows up there.
+"""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import torch
+
+_APPLIED = False
+
+
+def _history_buffer_getattr(obj, name: str):
+    """Stand-in for ``getattr`` during weights-only unpickling: only HistoryBuffer's
+    registered statistics methods may be looked up."""
+    from mmengine.logging import HistoryBuffer
+    if obj is HistoryBuffer and isinstance(name, str) and (
+            name in HistoryBuffer._statistics_methods or name in ("min", "max", "mean",
+                                                                   "current")):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f"weights-only load: getattr({getattr(obj, '__name__', type(obj).__name__)}, {name!r}) "
+        f"is not allowed (only mmengine HistoryBuffer statistics methods are)")
+
+
+def safe_globals() -> list:
+    """The globals mmengine checkpoints (meta + message hub) need, nothing more."""
+    from mmengine.logging import HistoryBuffer
+    from numpy._core.multiarray import _reconstruct, scalar
+    entries: list = [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar,
+                     (_reconstruct, "numpy.core.multiarray._reconstruct"),   # numpy 1.x files
+                     (scalar, "numpy.core.multiarray.scalar"),
+                     (_history_buffer_getattr, "builtins.getattr")]
+    # numpy 2 may pickle dtypes through their classes (numpy.dtypes.Float64DType, ...)
+    for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                 "uint64", "float16", "float32", "float64"):
+        entries.append(type(np.dtype(name)))
+    return entries
+
+
+def apply() -> None:
+    """Idempotent."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    torch.serialization.add_safe_globals(safe_globals())
+    _APPLIED = True

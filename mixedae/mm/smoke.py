@@ -1,0 +1,132 @@
+"""Tiny derived configs for smoke runs and tests: the production configs with a micro ViT,
+small images, a few iterations and the real small datasets (``../shared/data``).
+
+    python -m mixedae.mm.smoke seg  /path/to/ade_tiny  out_seg.py
+    python -m mixedae.mm.smoke det  /path/to/coco_tiny out_det.py
+    python tools/train.py out_seg.py --pretrained RUN_DIR --work-dir work_dirs/smoke_seg
+
+Everything that matters for the pipeline (model types, heads, losses, optimizer constructor,
+schedulers' kinds, metrics) stays as in the production config; only sizes change.
+"""
+from __future__ import annotations
+
+import os.path as osp
+import sys
+from pathlib import Path
+
+from mmengine.config import Config
+
+REPO = Path(__file__).resolve().parents[2]
+SEG_CONFIG = REPO / "mmseg_configs" / "upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py"
+DET_CONFIG = REPO / "mmdet_configs" / "cascade-mask-rcnn_vit-b16_fpn_8xb2-amp-1x_coco.py"
+MICRO_DIM, MICRO_DEPTH = 64, 4
+
+
+def _loader(d, root, pipeline, batch=None, **dataset_kw):
+    d.num_workers = 0
+    d.persistent_workers = False
+    if batch is not None:
+        d.batch_size = batch
+    d.dataset.data_root = str(root)
+    d.dataset.pipeline = pipeline
+    d.dataset.update(dataset_kw)
+
+
+def tiny_seg_config(data_root: str | Path, iters: int = 6, crop: int = 128,
+                    base: str | Path = SEG_CONFIG) -> Config:
+    cfg = Config.fromfile(str(base))
+    m = cfg.model
+    m.data_preprocessor.size = (crop, crop)
+    m.backbone.update(arch="micro", img_size=crop, out_indices=(0, 1, 2, 3))
+    m.decode_head.update(in_channels=[MICRO_DIM] * 4, channels=32)
+    m.auxiliary_head.update(in_channels=MICRO_DIM, channels=16)
+    m.test_cfg = dict(mode="slide", crop_size=(crop, crop), stride=(85 * crop // 128,) * 2)
+    scale = (4 * crop, crop)
+    train = [dict(type="LoadImageFromFile"),
+             dict(type="LoadAnnotations", reduce_zero_label=True),
+             dict(type="RandomResize", scale=scale, ratio_range=(0.5, 2.0), keep_ratio=True),
+             dict(type="RandomCrop", crop_size=(crop, crop), cat_max_ratio=0.75),
+             dict(type="RandomFlip", prob=0.5),
+             dict(type="PhotoMetricDistortion"),
+             dict(type="PackSegInputs")]
+    test = [dict(type="LoadImageFromFile"),
+            dict(type="Resize", scale=scale, keep_ratio=True),
+            dict(type="LoadAnnotations", reduce_zero_label=True),
+            dict(type="PackSegInputs")]
+    _loader(cfg.train_dataloader, data_root, train, batch=2)
+    _loader(cfg.val_dataloader, data_root, test)
+    cfg.test_dataloader = cfg.val_dataloader
+    cfg.optim_wrapper.paramwise_cfg.num_layers = MICRO_DEPTH
+    warm = max(1, iters // 3)
+    cfg.param_scheduler = [
+        dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=warm),
+        dict(type="PolyLR", eta_min=0.0, power=1.0, by_epoch=False, begin=warm, end=iters)]
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters)
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint.interval = iters
+    cfg.env_cfg.cudnn_benchmark = False
+    return cfg
+
+
+def tiny_det_config(data_root: str | Path, iters: int = 4, short: int = 192,
+                    val_images: int = 8, base: str | Path = DET_CONFIG) -> Config:
+    cfg = Config.fromfile(str(base))
+    m = cfg.model
+    c = 32
+    m.backbone.update(arch="micro", out_indices=(0, 1, 2, 3))
+    m.neck.update(in_channels=[MICRO_DIM] * 4, out_channels=c)
+    m.rpn_head.update(in_channels=c, feat_channels=c)
+    m.roi_head.bbox_roi_extractor.out_channels = c
+    m.roi_head.mask_roi_extractor.out_channels = c
+    for h in m.roi_head.bbox_head:
+        h.update(in_channels=c, conv_out_channels=c, fc_out_channels=64)
+    m.roi_head.mask_head.update(in_channels=c, conv_out_channels=c)
+    m.train_cfg.rpn_proposal.update(nms_pre=500, max_per_img=200)
+    for st in m.train_cfg.rcnn:
+        st.sampler.num = 64
+    m.test_cfg.rpn.update(nms_pre=300, max_per_img=100)
+    # score_thr 0: an almost untrained model still emits boxes, so AP is really computed
+    m.test_cfg.rcnn.update(score_thr=0.0, max_per_img=20)
+    root = str(data_root).rstrip("/") + "/"
+    long = short * 5 // 3
+    train = [dict(type="LoadImageFromFile"),
+             dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+             dict(type="RandomChoiceResize", scales=[(long, short), (long, short + 32)],
+                  keep_ratio=True),
+             dict(type="RandomFlip", prob=0.5),
+             dict(type="PackDetInputs")]
+    test = [dict(type="LoadImageFromFile"),
+            dict(type="Resize", scale=(long, short), keep_ratio=True),
+            dict(type="LoadAnnotations", with_bbox=True, with_mask=True),
+            dict(type="PackDetInputs",
+                 meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor"))]
+    _loader(cfg.train_dataloader, root, train, batch=2,
+            ann_file="annotations/instances_train2017.json", data_prefix=dict(img="images/"))
+    _loader(cfg.val_dataloader, root, test, ann_file="annotations/instances_val2017.json",
+            data_prefix=dict(img="images/"), indices=val_images)
+    cfg.test_dataloader = cfg.val_dataloader
+    for ev in ("val_evaluator", "test_evaluator"):
+        cfg[ev].ann_file = osp.join(root, "annotations/instances_val2017.json")
+    cfg.optim_wrapper.paramwise_cfg.num_layers = MICRO_DEPTH
+    cfg.param_scheduler = [dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,
+                                end=max(1, iters // 2))]
+    cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters)
+    cfg.log_processor = dict(type="LogProcessor", window_size=1, by_epoch=False)
+    cfg.default_hooks.logger.interval = 1
+    cfg.default_hooks.checkpoint.update(by_epoch=False, interval=iters)
+    return cfg
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 3 or argv[0] not in ("seg", "det"):
+        print("usage: python -m mixedae.mm.smoke {seg|det} DATA_ROOT OUT.py", file=sys.stderr)
+        return 2
+    cfg = (tiny_seg_config if argv[0] == "seg" else tiny_det_config)(argv[1])
+    cfg.dump(argv[2])
+    print(f"wrote {argv[2]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
