@@ -1,0 +1,128 @@
+"""torch.distributed helpers for ``torchrun`` (env:// rendezvous; NCCL on GPU, gloo on CPU).
+
+Single node, 8 GPUs::
+
+    torchrun --standalone --nproc_per_node 8 -m mixedae.cli pretrain --preset mixedae_base \\
+        --data /path/to/imagenet/train --output-dir runs/mixedae_base
+
+Multi-node (run the same command on every node, ``--node_rank`` 0..nnodes-1)::
+
+    torchrun --nnodes 4 --nproc_per_node 8 --node_rank $NODE_RANK \\
+        --rdzv_backend c10d --rdzv_endpoint $MASTER_HOST:29500 --rdzv_id mixedae_run \\
+        -m mixedae.cli pretrain --preset mixedae_base --data ... --output-dir ...
+
+(or the static form ``--master_addr $MASTER_HOST --master_port 29500`` instead of ``--rdzv_*``).
+``--batch-size`` is always the global batch: per-GPU micro-batch = batch / (world · accum_iter).
+Without torchrun (no ``WORLD_SIZE`` in the environment) everything runs in one process.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str | None = None) -> DistInfo:
+    """Initialise the process group from torchrun's env vars (no-op for a single process).
+
+    ``device``: 'cuda', 'cpu', 'cuda:N' or None (CUDA if available). Under torchrun each rank
+    uses ``cuda:LOCAL_RANK``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kw = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, **kw)
+    return DistInfo(rank, world, local_rank, dev)
+
+
+def unused_parameters(model: torch.nn.Module, example: torch.Tensor) -> list[str]:
+    """Trainable parameters that get no gradient from one probe step on ``example`` (e.g. the
+    segment embedding of an MAE run); global RNG state is left untouched."""
+    devices = [example.device] if example.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        out = model(example)
+        (out["loss"] if isinstance(out, dict) else out).backward()
+    names = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    return names
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo,
+             example: torch.Tensor | None = None) -> torch.nn.Module:
+    """DistributedDataParallel for more than one rank (the model itself otherwise).
+
+    With an ``example`` batch, parameters unused by the config are detected once up front and
+    only then is DDP's per-step unused-parameter search (``find_unused_parameters``) enabled.
+    """
+    if not info.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    unused = unused_parameters(model, example) if example is not None else []
+    ids = [info.device.index] if info.device.type == "cuda" else None
+    return DDP(model, device_ids=ids, find_unused_parameters=bool(unused))
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of ``t`` over ranks (returns a new tensor; identity for one process)."""
+    if get_world_size() == 1:
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / get_world_size()
+
+
+def all_gather_object(obj) -> list:
+    """List of ``obj`` from every rank (``[obj]`` for one process)."""
+    if get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
