@@ -73,6 +73,12 @@ def is_main() -> bool:
     return get_rank() == 0
 
 
+def print0(*args, **kw) -> None:
+    """print on rank 0 only (flushed)."""
+    if is_main():
+        print(*args, **kw, flush=True)
+
+
 def barrier() -> None:
     if dist_on():
         dist.barrier()
@@ -85,54 +91,51 @@ def unwrap(model: nn.Module) -> nn.Module:
 # ==== sampling ==============================================================================
 
 
-class ResumableSampler(Sampler[int]):
-    """Epoch-seeded permutation (or identity) sharded over ranks, that can start mid-epoch.
+class EpochStreamSampler(Sampler[int]):
+    """An endless stream of epochs: epoch ``e`` is a permutation seeded by ``(seed, e)``,
+    sharded over ranks (padded by wrapping so every rank gets ``per_rank`` indices) and cut to
+    its first ``used`` indices (whole optimizer steps; the tail is skipped). Starting at
+    ``(start_epoch, start_offset)`` reproduces exactly the stream an uninterrupted run sees,
+    and a single DataLoader (and its workers) serves the whole run."""
 
-    The order of epoch ``e`` depends only on ``(seed, e)``, so a resumed run sees exactly the
-    batches the uninterrupted run would have seen. Each rank gets ``len(self)`` indices
-    (the permutation is padded by wrapping so that all ranks have the same count).
-    """
-
-    def __init__(self, n: int, shuffle: bool = True, seed: int = 0, rank: int = 0,
-                 world: int = 1):
+    def __init__(self, n: int, seed: int = 0, rank: int = 0, world: int = 1,
+                 used: int | None = None, start_epoch: int = 0, start_offset: int = 0):
         if n <= 0:
             raise ValueError("cannot sample from an empty dataset")
-        self.n, self.shuffle, self.seed, self.rank, self.world = n, shuffle, seed, rank, world
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
         self.per_rank = math.ceil(n / world)
-        self.epoch, self.start = 0, 0
+        self.used = self.per_rank if used is None else used
+        self.start_epoch, self.start_offset = start_epoch, start_offset
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
+    def epoch_indices(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
         total = self.per_rank * self.world
         order = (order * math.ceil(total / self.n))[:total]
-        return order[self.rank::self.world]
+        return order[self.rank::self.world][:self.used]
 
     def __iter__(self):
-        return iter(self.indices()[self.start:])
-
-    def __len__(self) -> int:
-        return self.per_rank - self.start
+        epoch, offset = self.start_epoch, self.start_offset
+        while True:
+            yield from self.epoch_indices(epoch)[offset:]
+            epoch, offset = epoch + 1, 0
 
 
 # ==== checkpoints ===========================================================================
 
 
 def rng_state() -> dict:
+    """Every RNG state as plain python (lists of ints): safe for ``weights_only`` loading and
+    for ``all_gather_object``."""
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), *[x.item() if hasattr(x, "item") else x
+                                                        for x in np_state[2:]]],
+        "torch": torch.get_rng_state().tolist(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
@@ -140,10 +143,10 @@ def set_rng_state(state: dict) -> None:
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
     n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy(), *n[2:]))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def atomic_save(obj, path: str | Path) -> None:
@@ -369,9 +372,9 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.
         t = np.concatenate(all_targets) if all_targets else np.zeros((0, 0))
         if dist_on():
             parts = [None] * world
-            dist.all_gather_object(parts, (s, t))
-            s = np.concatenate([p[0] for p in parts if len(p[0])])
-            t = np.concatenate([p[1] for p in parts if len(p[1])])
+            dist.all_gather_object(parts, (s.tolist(), t.tolist()))  # plain python only
+            s = np.concatenate([np.asarray(p[0], float) for p in parts if len(p[0])])
+            t = np.concatenate([np.asarray(p[1], float) for p in parts if len(p[1])])
         return {"map11": 100 * mean_ap(s, t, True), "map": 100 * mean_ap(s, t, False),
                 "n": int(len(s))}
     stats = torch.tensor([correct1, correct5, n, loss_sum], dtype=torch.float64)
@@ -411,18 +414,19 @@ def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set:
     """Run optimizer steps ``start..total_steps-1`` (resuming from ``ckpt_path`` if present).
 
     ``batch_size`` is per rank and per micro-batch; one optimizer step consumes ``accum_iter``
-    micro-batches. Epochs are passes over ``train_set`` (drop_last); ``on_epoch_end(epoch,
-    step)`` is called after each complete epoch. A checkpoint is written atomically every
-    ``ckpt_every`` steps, at each epoch end (if ``on_epoch_end`` is set) and when stopping
-    early at ``stop_after`` steps (a resumable interruption). Returns ``{"step", "resumed_from",
-    "finished", "loss"}``.
+    micro-batches. An epoch is ``steps_per_epoch = (len/world // batch) // accum`` steps over a
+    fresh seeded permutation (:class:`EpochStreamSampler`); ``on_epoch_end(epoch, step)`` is
+    called after each. A checkpoint is written atomically every ``ckpt_every`` steps, after
+    each epoch (if ``on_epoch_end`` is set) and when stopping early at ``stop_after`` steps (a
+    resumable interruption). With ``workers=0`` a resumed run is bit-identical to an
+    uninterrupted one. Returns ``{"step", "resumed_from", "finished"}``.
     """
     log = log or (lambda **_: None)
     rank, world = get_rank(), get_world()
-    sampler = ResumableSampler(len(train_set), shuffle=True, seed=seed, rank=rank, world=world)
-    mb_per_epoch = sampler.per_rank // batch_size
-    if mb_per_epoch < accum_iter:
-        raise ValueError(f"training set of {len(train_set)} examples is smaller than one step "
+    per_rank = math.ceil(len(train_set) / world)
+    steps_per_epoch = (per_rank // batch_size) // accum_iter
+    if steps_per_epoch == 0:
+        raise UsageError(f"training set of {len(train_set)} examples is smaller than one step "
                          f"({world} rank(s) × {batch_size} × accum {accum_iter})")
     start, resumed_from = 0, None
     if ckpt_path and Path(ckpt_path).is_file():
@@ -433,15 +437,17 @@ def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set:
             ema.load_state_dict(ck["ema"])
         start = resumed_from = int(ck["step"])
         rngs = ck["rng"]
-        set_rng_state(rngs[rank] if isinstance(rngs, list) and rank < len(rngs) else rngs)
+        if len(rngs) != world:
+            log(event="warning", msg=f"checkpoint has {len(rngs)} rank RNG states, running "
+                f"{world}: rank r uses state r % {len(rngs)}")
+        set_rng_state(rngs[rank % len(rngs)])
         log(event="resume", step=start, path=str(ckpt_path))
-    loader_gen = torch.Generator().manual_seed(seed + 7919 * rank)
 
     def save(step: int) -> None:
         if not ckpt_path:
             return
-        rngs = [None] * world
         if dist_on():
+            rngs = [None] * world
             dist.all_gather_object(rngs, rng_state())
         else:
             rngs = [rng_state()]
@@ -453,64 +459,66 @@ def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set:
             atomic_save(state, ckpt_path)
         barrier()
 
-    step = start
-    steps_per_epoch = mb_per_epoch // accum_iter  # a tail shorter than one step is skipped
-    epoch, offset_steps = divmod(start, steps_per_epoch)
+    if start >= total_steps:
+        return {"step": start, "resumed_from": resumed_from, "finished": True}
+    used = steps_per_epoch * accum_iter * batch_size
+    epoch0, step_in_epoch = divmod(start, steps_per_epoch)
+    sampler = EpochStreamSampler(len(train_set), seed=seed, rank=rank, world=world, used=used,
+                                 start_epoch=epoch0,
+                                 start_offset=step_in_epoch * accum_iter * batch_size)
+    # worker seeds depend on where we (re)start, so a resumed run does not replay augmentations
+    loader_gen = torch.Generator().manual_seed((seed * 1_000_003 + rank) * 1_000_003 + start)
+    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=device.type == "cuda", generator=loader_gen,
+                        persistent_workers=workers > 0)
+    it = iter(loader)
     model.train()
     running, t0 = [], time.time()
+    step = start
     while step < total_steps:
-        sampler.set_epoch(epoch, offset_steps * accum_iter * batch_size)
-        loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, drop_last=True,
-                            num_workers=workers, pin_memory=device.type == "cuda",
-                            generator=loader_gen, persistent_workers=False)
-        it = iter(loader)
-        for _ in range(offset_steps, steps_per_epoch):
-            if step >= total_steps:
-                break
-            set_lr(optimizer, lr_at(step))
-            optimizer.zero_grad(set_to_none=True)
-            loss_acc = 0.0
-            for a in range(accum_iter):
-                images, targets = next(it)
-                images = images.to(device, non_blocking=True)
-                targets = targets.to(device, non_blocking=True)
-                if mixup_fn is not None:
-                    images, targets = mixup_fn(images, targets)
-                sync = a == accum_iter - 1 or not hasattr(model, "no_sync")
-                with (nullcontext() if sync else model.no_sync()):
-                    with autocast(device, amp):
-                        out = model(images)
-                    loss = loss_fn(out.float(), targets)
-                    if not torch.isfinite(loss):
-                        raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-                    (loss / accum_iter).backward()
-                loss_acc += loss.item() / accum_iter
-            if clip_grad:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            optimizer.step()
-            if ema is not None:
-                ema.update(unwrap(model), step=step)
-            step += 1
-            running.append(loss_acc)
-            if step % log_every == 0 or step == total_steps:
-                log(event="train", step=step, epoch=epoch, loss=float(np.mean(running)),
-                    lr=lr_at(step - 1), sec=round(time.time() - t0, 3))
-                running, t0 = [], time.time()
-            if stop_after is not None and step >= stop_after and step < total_steps:
-                save(step)
-                log(event="stop", step=step)
-                return {"step": step, "resumed_from": resumed_from, "finished": False}
-            if ckpt_every and step % ckpt_every == 0 and step < total_steps:
-                save(step)
-        else:
-            # complete epoch
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, step)
-                model.train()
-                save(step)
-            epoch, offset_steps = epoch + 1, 0
-            continue
-        break  # total_steps reached inside the epoch
+        epoch = step // steps_per_epoch
+        set_lr(optimizer, lr_at(step))
+        optimizer.zero_grad(set_to_none=True)
+        loss_acc = 0.0
+        for a in range(accum_iter):
+            images, targets = next(it)
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            if mixup_fn is not None:
+                images, targets = mixup_fn(images, targets)
+            sync = a == accum_iter - 1 or not hasattr(model, "no_sync")
+            with (nullcontext() if sync else model.no_sync()):
+                with autocast(device, amp):
+                    out = model(images)
+                loss = loss_fn(out.float(), targets)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+                (loss / accum_iter).backward()
+            loss_acc += loss.item() / accum_iter
+        if clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+        if ema is not None:
+            ema.update(unwrap(model), step=step)
+        step += 1
+        running.append(loss_acc)
+        if step % log_every == 0 or step == total_steps:
+            log(event="train", step=step, epoch=epoch, loss=float(np.mean(running)),
+                lr=lr_at(step - 1), sec=round(time.time() - t0, 3))
+            running, t0 = [], time.time()
+        if step % steps_per_epoch == 0 and on_epoch_end is not None:
+            on_epoch_end(epoch, step)
+            model.train()
+            save(step)
+        elif stop_after is not None and step >= stop_after and step < total_steps:
+            save(step)
+        elif ckpt_every and step % ckpt_every == 0 and step < total_steps:
+            save(step)
+        if stop_after is not None and step >= stop_after and step < total_steps:
+            log(event="stop", step=step)
+            del it
+            return {"step": step, "resumed_from": resumed_from, "finished": False}
+    del it
     return {"step": step, "resumed_from": resumed_from, "finished": True}
 
 

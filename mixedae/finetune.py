@@ -294,8 +294,8 @@ def run(args, out_dir: Path) -> dict:
         amp=not args.no_amp, stop_after=args.max_steps, on_epoch_end=evaluate,
         extra_state={"args": {k: v for k, v in vars(args).items()
                               if isinstance(v, (int, float, str, bool, type(None)))}})
-    if not out["finished"] and not last:
-        evaluate(-1, out["step"])  # smoke runs: report the model where it stopped
+    if not last:  # stopped early, or resumed after the end: report the model as it is
+        evaluate(-1, out["step"])
     result = {"step": out["step"], "finished": out["finished"], "resumed_from":
               out["resumed_from"], "best_top1": best["top1"], "last": last,
               "layer_decay": args.layer_decay, "seconds": round(time.time() - t0, 2)}

@@ -162,15 +162,15 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
         diff = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in settings(args).items()
                 if old.get(k) != v]
         if diff:
-            raise ValueError(f"{res_path} was produced with other settings ({'; '.join(diff)}); "
+            raise E.UsageError(f"{res_path} was produced with other settings ({'; '.join(diff)}); "
                              f"use another --output-dir")
-        print(f"[transfer] {data.name} {phase} {lr_tag(lr)}: done before "
-              f"({res['metric']} {res['score']:.2f}), skipped", flush=True)
+        E.print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: done before "
+                 f"({res['metric']} {res['score']:.2f}), skipped")
         res["skipped"] = True
         return res
     world = E.get_world()
     if args.batch_size % world:
-        raise ValueError(f"--batch-size {args.batch_size} is not divisible by {world} ranks")
+        raise E.UsageError(f"--batch-size {args.batch_size} is not divisible by {world} ranks")
     E.seed_everything(args.seed)
     model, info = build_model(args, data.num_classes, device)
     if world > 1:
@@ -193,8 +193,8 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
         ckpt_every=args.ckpt_every, log=log, log_every=args.log_every,
         amp=not args.no_amp, stop_after=args.stop_after)
     if not out["finished"]:
-        print(f"[transfer] {data.name} {phase} {lr_tag(lr)}: stopped at iteration "
-              f"{out['step']} (resumable)", flush=True)
+        E.print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: stopped at iteration "
+                 f"{out['step']} (resumable)")
         return {"finished": False, "step": out["step"]}
     ev = E.evaluate(model, eval_set, args.eval_batch_size, device, multilabel=data.multilabel,
                     workers=args.workers, amp=not args.no_amp)
@@ -211,8 +211,8 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
         if not args.keep_checkpoints and ck.exists():
             ck.unlink()
     E.barrier()
-    print(f"[transfer] {data.name} {phase} {lr_tag(lr)}: {eval_split} {metric} "
-          f"{res['score']:.2f} ({res['seconds']:.0f}s)", flush=True)
+    E.print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: {eval_split} {metric} "
+             f"{res['score']:.2f} ({res['seconds']:.0f}s)")
     return res
 
 
@@ -224,10 +224,11 @@ def val_split(args, data: D.ClsData, ds_dir: Path) -> tuple[list[int], list[int]
         if s["n_train_total"] == len(data.train_targets) and s["val_frac"] == args.val_frac \
                 and s["seed"] == args.seed:
             return s["train"], s["val"]
-        raise ValueError(f"{path} does not match this data/settings; use another --output-dir")
+        raise E.UsageError(f"{path} does not match this data/settings; use another "
+                           f"--output-dir")
     tr, va = E.stratified_split(data.train_targets, args.val_frac, args.seed)
     if not va:
-        raise ValueError(f"{data.name}: --val-frac {args.val_frac} leaves no validation data")
+        raise E.UsageError(f"{data.name}: --val-frac {args.val_frac} leaves no validation data")
     if E.is_main():
         E.atomic_write_text(path, json.dumps({
             "n_train_total": len(data.train_targets), "val_frac": args.val_frac,
@@ -254,7 +255,7 @@ def run_dataset(args, data: D.ClsData, lrs: list[float], out_dir: Path,
     if not final.get("finished"):
         return None
     if final["lr"] != best_lr:
-        raise ValueError(f"{ds_dir}/final was trained with lr {final['lr']} but the search now "
+        raise E.UsageError(f"{ds_dir}/final was trained with lr {final['lr']} but the search now "
                          f"picks {best_lr}; use another --output-dir")
     summary = {"dataset": data.name, "column": D.SPECS[data.name].column,
                "metric": final["metric"], "val_scores": val_scores, "chosen_lr": best_lr,
@@ -314,6 +315,25 @@ def _all_lrs(res: dict) -> list[float]:
     return sorted(lrs)
 
 
+def _run_all(args, names: list[str], lrs: list[float], out_dir: Path,
+             device: torch.device) -> list[dict]:
+    done = []
+    for n in names:
+        data = D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
+                              seed=args.seed)
+        E.print0(f"[transfer] {n}: {len(data.train_targets)} train / "
+                 f"{len(data.test_targets)} test, {data.num_classes} classes "
+                 f"({data.split_note})")
+        s = run_dataset(args, data, lrs, out_dir, device)
+        if s is None:
+            E.print0("[transfer] stopped early (--stop-after); rerun the same command to resume")
+            break
+        done.append(s)
+        if E.is_main():
+            write_tables(out_dir, args.name)
+    return done
+
+
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
@@ -330,8 +350,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--val-frac must be in (0, 1), got {args.val_frac}")
         if not Path(args.root).is_dir():
             raise D.DatasetNotFoundError(f"--root {args.root} is not a directory")
-        for n in names:  # fail fast, before any training
-            D.check_layout(n, args.root)
+        missing = []
+        for n in names:  # fail fast, before any training, naming every missing dataset
+            try:
+                D.check_layout(n, args.root)
+            except D.DatasetNotFoundError as e:
+                missing.append(str(e))
+        if missing:
+            raise D.DatasetNotFoundError("\n".join(missing))
     except (ValueError, FileNotFoundError) as e:
         print(f"mixedae transfer: error: {e}", file=sys.stderr)
         return 2
@@ -344,20 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     if E.is_main():
         E.atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
-    done = []
-    for n in names:
-        data = D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
-                              seed=args.seed)
-        print(f"[transfer] {n}: {len(data.train_targets)} train / {len(data.test_targets)} test,"
-              f" {data.num_classes} classes ({data.split_note})", flush=True)
-        s = run_dataset(args, data, lrs, out_dir, device)
-        if s is None:
-            print("[transfer] stopped early (--stop-after); rerun the same command to resume",
-                  flush=True)
-            break
-        done.append(s)
-        if E.is_main():
-            write_tables(out_dir, args.name)
+    try:
+        done = _run_all(args, names, lrs, out_dir, device)
+    except (E.UsageError, E.CheckpointError) as e:
+        print(f"mixedae transfer: error: {e}", file=sys.stderr)
+        return 2
     if E.is_main() and done:
         csv_path, md_path = write_tables(out_dir, args.name)
         print(md_path.read_text())

@@ -165,3 +165,31 @@ def test_bad_input_errors(tmp_path, capsys):
     assert F.main(["--data", str(tmp_path / "d"), "--output-dir", str(tmp_path / "o"),
                    "--model", "micro"]) == 2
     assert str(tmp_path / "d" / "val") in capsys.readouterr().err
+
+
+def test_two_rank_ddp_gloo(tmp_path):
+    """torchrun, 2 CPU ranks (gloo): per-rank batch, sharded eval counts every image once,
+    rank 0 writes the checkpoint, resume works."""
+    import os
+    import subprocess
+    import sys
+    root = data_dir("cls_tiny") / "cifar10"
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", "-m", "mixedae.cli", "finetune", "--data", str(root), *TINY,
+           "--output-dir", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[1]))
+    r = subprocess.run(cmd + ["--max-steps", "1"], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run(cmd + ["--max-steps", "2", "--resume", "auto"], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    start = log[0]
+    assert start["world"] == 2 and start["per_rank_batch"] == 8
+    evals = [e for e in log if e["event"] == "eval"]
+    assert len(evals) == 2  # rank 0 logs only
+    ck = E.load_checkpoint(out / "checkpoint.pth")
+    assert ck["step"] == 2 and len(ck["rng"]) == 2
+    assert r.stdout.count("[finetune] epoch") == 1  # printed once, by rank 0
