@@ -91,7 +91,8 @@ SPECS: dict[str, DatasetSpec] = {s.name: s for s in [
         "images_variant_trainval.txt, images_variant_test.txt}"),
     DatasetSpec(
         "caltech101", "Caltech",
-        "https://data.caltech.edu/records/mzrjq-6wc02 (caltech-101.zip → 101_ObjectCategories.tar.gz)",
+        "https://data.caltech.edu/records/mzrjq-6wc02 "
+        "(caltech-101.zip → 101_ObjectCategories.tar.gz)",
         ("caltech101/101_ObjectCategories",),
         "ROOT/caltech101/101_ObjectCategories/<class>/image_0001.jpg ... (BACKGROUND_Google "
         "is ignored)"),

@@ -191,8 +191,8 @@ def image_folders(args):
     for sub in ("train", args.val_folder):
         d = root / sub
         if not d.is_dir():
-            raise E.UsageError(f"--data {root}: missing folder {d} (expected "
-                                    f"{root}/train/<class>/* and {root}/{args.val_folder}/<class>/*)")
+            raise E.UsageError(f"--data {root}: missing folder {d} (expected {root}/train/"
+                               f"<class>/* and {root}/{args.val_folder}/<class>/*)")
     train_tf, eval_tf = build_transforms(args)
     tr = ImageFolder(str(root / "train"), transform=train_tf, loader=_rgb)
     va = ImageFolder(str(root / args.val_folder), transform=eval_tf, loader=_rgb)

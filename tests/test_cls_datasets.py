@@ -250,12 +250,11 @@ def test_caltech101_30_per_class_seeded(tmp_path):
     assert all(Path(p).parent.name == d.classes[y] for p, y in zip(d.train_images, d.train_targets))
     again = load("caltech101", tmp_path)
     assert again.train_images == d.train_images  # fixed seed
-    gray = next(i for i, p in enumerate(d.train_images + d.test_images)
-                if p.endswith("image_0001.jpg"))
-    split = "train" if gray < len(d.train_images) else "test"
-    x, _ = d.dataset(split, D.eval_transform(8))[gray % len(d.train_images)
-                                                 if split == "train" else gray - len(d.train_images)]
-    assert x.shape == (3, 8, 8)  # grayscale → RGB
+    for split, images in (("train", d.train_images), ("test", d.test_images)):
+        for i, p in enumerate(images):
+            if p.endswith("image_0001.jpg"):  # the grayscale ones
+                x, _ = d.dataset(split, D.eval_transform(8))[i]
+                assert x.shape == (3, 8, 8)  # converted to RGB
     check_items(d)
 
 

@@ -2,7 +2,6 @@
 timm mixup/cutmix soft targets, and a 2-step run on real tiny data that checkpoints and
 resumes exactly."""
 import json
-from argparse import Namespace
 from pathlib import Path
 
 import pytest

@@ -223,7 +223,8 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     assert T.main([*base, "--output-dir", str(a)]) == 0
     r = json.loads((run / "result.json").read_text())
     assert r["resumed_from"] == 10 and not (run / "checkpoint.pth").exists()
-    assert any(e.get("event") == "resume" and e["step"] == 10 for e in read_jsonl(run / "log.jsonl"))
+    log = read_jsonl(run / "log.jsonl")
+    assert any(e.get("event") == "resume" and e["step"] == 10 for e in log)
     # the resumed run is the uninterrupted run (same data order, same RNG streams)
     assert T.main([*base, "--output-dir", str(b)]) == 0
     r2 = json.loads((b / "runs" / "cifar10" / "lr0.01" / "result.json").read_text())
