@@ -272,17 +272,26 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 # ==== metrics ===============================================================================
 
 
+def _rank(scores, targets):
+    """Drop ``IGNORE`` entries; (scores, positive mask, descending stable order) or None if no
+    positive is left."""
+    scores, targets = np.asarray(scores, float), np.asarray(targets)
+    keep = targets != IGNORE
+    scores, pos = scores[keep], targets[keep] > 0
+    if pos.sum() == 0:
+        return None
+    return scores, pos, np.argsort(-scores, kind="mergesort")
+
+
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     """Standard (non-interpolated) AP: Σ_n (R_n − R_{n−1}) P_n over distinct score thresholds.
 
     Equals ``sklearn.metrics.average_precision_score`` (ties share one threshold).
     ``targets`` in {1, 0} (entries equal to ``IGNORE`` are removed first)."""
-    scores, targets = np.asarray(scores, float), np.asarray(targets)
-    keep = targets != IGNORE
-    scores, pos = scores[keep], targets[keep] > 0
-    if pos.sum() == 0:
+    ranked = _rank(scores, targets)
+    if ranked is None:
         return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
+    scores, pos, order = ranked
     s, p = scores[order], pos[order]
     tp = np.cumsum(p)
     last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each distinct score
@@ -296,12 +305,10 @@ def voc07_11point_ap(scores: np.ndarray, targets: np.ndarray) -> float:
     """11-point interpolated AP of the VOC2007 devkit (``VOCevalcls.m`` / ``VOCap`` 2007):
     rank by descending score, prec/rec after every example, mean over t ∈ {0, .1, …, 1} of
     max precision at recall ≥ t. ``targets``: 1 positive, 0 negative, ``IGNORE`` difficult."""
-    scores, targets = np.asarray(scores, float), np.asarray(targets)
-    keep = targets != IGNORE
-    scores, pos = scores[keep], targets[keep] > 0
-    if pos.sum() == 0:
+    ranked = _rank(scores, targets)
+    if ranked is None:
         return float("nan")
-    order = np.argsort(-scores, kind="mergesort")
+    scores, pos, order = ranked
     tp = np.cumsum(pos[order]).astype(float)
     fp = np.cumsum(~pos[order]).astype(float)
     rec, prec = tp / pos.sum(), tp / (tp + fp)

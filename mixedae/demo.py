@@ -9,7 +9,7 @@ on random resized crops of them with the same engine as ``mixedae pretrain``; th
     <output-dir>/reconstructions.png   rows: original / mixed input / reconstruction per source
     <output-dir>/curves.png            loss terms and TopK sampling accuracy per layer
 
-    mixedae demo                      # ~2-3 minutes on 2 CPU cores
+    mixedae demo                      # about 2 minutes on 2 idle CPU cores (stops at 240 s)
     mixedae demo --steps 20 --output-dir /tmp/demo
 """
 from __future__ import annotations
@@ -91,7 +91,8 @@ def plot_reconstructions(vis: dict, path: Path, names: list[str]) -> None:
     plt.close(fig)
 
 
-def plot_curves(log_path: Path, path: Path) -> None:
+def plot_curves(log_path: Path, path: Path, first_block: int = 1) -> None:
+    """Loss terms and TopK accuracy per homologous block (block index = encoder layer)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -104,7 +105,7 @@ def plot_curves(log_path: Path, path: Path) -> None:
     acc = np.array([r["topk_acc"] for r in recs], dtype=float)
     if acc.ndim == 2 and acc.shape[1]:
         for j in range(acc.shape[1]):
-            b.plot(steps, acc[:, j], lw=0.8, alpha=0.6, label=f"layer {j}")
+            b.plot(steps, acc[:, j], lw=0.8, alpha=0.6, label=f"block {first_block + j}")
         b.plot(steps, acc.mean(1), "k", lw=2, label="mean")
         b.legend(fontsize=6, ncol=2)
     b.set_xlabel("step"), b.set_title("TopK sampling accuracy (homologous attention)")
@@ -117,8 +118,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("mixedae demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", default="outputs/demo")
-    p.add_argument("--steps", type=int, default=300, help="optimizer steps (schedule length)")
-    p.add_argument("--time-limit", type=float, default=170.0,
+    p.add_argument("--steps", type=int, default=600, help="optimizer steps (schedule length)")
+    p.add_argument("--time-limit", type=float, default=240.0,
                    help="stop training earlier after this many seconds (keeps the demo short "
                         "on a slow or busy CPU)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     vis = model.visualize(imgs)
     plot_reconstructions(vis, out / "reconstructions.png", shown)
-    plot_curves(out / "log.jsonl", out / "curves.png")
+    plot_curves(out / "log.jsonl", out / "curves.png", cfg.num_global_layers)
     m = result.metrics
     acc = f"{np.mean(m['topk_acc']):.3f}" if m.get("topk_acc") else "n/a"
     print(f"demo finished in {time.perf_counter() - t0:.0f}s: step {result.step}, "

@@ -152,7 +152,8 @@ class RunLogger:
             log.warning("tensorboard not installed; scalars only go to %s", self.jsonl)
         from tqdm import tqdm
         self.bar = tqdm(total=total, initial=start_step, disable=not progress,
-                        dynamic_ncols=True, desc="pretrain")
+                        dynamic_ncols=True, desc="pretrain",
+                        mininterval=0.1 if sys.stderr.isatty() else 30.0)  # quiet in log files
 
     def step(self) -> None:
         if self.bar is not None:

@@ -18,12 +18,7 @@ TINY = ["--val-folder", "test", "--model", "micro", "--patch-size", "8", "--img-
         "--batch-size", "16", "--workers", "0", "--log-every", "1", "--eval-batch-size", "500"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def parse(*extra):

@@ -20,13 +20,7 @@ MICRO = ["--model", "micro", "--patch-size", "8", "--img-size", "32", "--workers
          "--log-every", "20"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are much faster single-threaded, especially on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def write_pretrain_checkpoint(run_dir: Path, img_size: int = 16, seed: int = 1) -> Path:

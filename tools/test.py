@@ -9,7 +9,6 @@ load it non-strictly). Metrics are those of the config's ``test_evaluator``.
 """
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -17,18 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv=None):
-    from mixedae.mm.runner import DictAction
+    from mixedae.mm.runner import add_launch_args, parse_launch_args
     ap = argparse.ArgumentParser(description="Test a detector/segmentor (mmengine Runner)")
     ap.add_argument("config")
     ap.add_argument("checkpoint")
     ap.add_argument("--work-dir")
     ap.add_argument("--out", help="write the metrics as JSON here")
-    ap.add_argument("--cfg-options", nargs="+", action=DictAction)
-    ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = ap.parse_args(argv)
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    return args
+    add_launch_args(ap)
+    return parse_launch_args(ap, argv)
 
 
 def main(argv=None) -> int:

@@ -12,7 +12,6 @@ backbone's checked loader (every dropped/missing key reported, unexpected ones a
 Not distributed: SyncBN becomes BN; no CUDA: AMP is turned off.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv=None):
-    from mixedae.mm.runner import DictAction
+    from mixedae.mm.runner import add_launch_args, parse_launch_args
     ap = argparse.ArgumentParser(description="Train a detector/segmentor (mmengine Runner)")
     ap.add_argument("config", help="config file")
     ap.add_argument("--work-dir", help="where logs and checkpoints go")
@@ -28,13 +27,8 @@ def parse_args(argv=None):
     ap.add_argument("--resume", nargs="?", const="auto", default=None,
                     help="resume: a checkpoint path, or the latest in work-dir if no path")
     ap.add_argument("--amp", action="store_true", help="force AmpOptimWrapper (GPU)")
-    ap.add_argument("--cfg-options", nargs="+", action=DictAction,
-                    help="override config entries, e.g. train_cfg.max_iters=100")
-    ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    ap.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    args = ap.parse_args(argv)
-    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    return args
+    add_launch_args(ap)
+    return parse_launch_args(ap, argv)
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,20 @@ __all__ = ["TASKS", "DictAction", "load_config", "detect_task", "adapt_to_machin
            "attach_pretrained", "build_runner", "check_full_checkpoint"]
 
 
+def add_launch_args(ap) -> None:
+    """Arguments shared by tools/train.py and tools/test.py (overrides and launcher)."""
+    ap.add_argument("--cfg-options", nargs="+", action=DictAction,
+                    help="override config entries, e.g. train_cfg.max_iters=100")
+    ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=0)
+
+
+def parse_launch_args(ap, argv=None):
+    args = ap.parse_args(argv)
+    os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    return args
+
+
 def load_config(path: str, cfg_options: dict | None = None) -> Config:
     if not osp.isfile(path):
         raise FileNotFoundError(f"config not found: {path}")
