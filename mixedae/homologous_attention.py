@@ -4,7 +4,8 @@ Each patch query keeps only its K largest attention logits (K = rL by default) a
 over them, so it attends to the patches it recognises as homologous (same source image).
 
 How it is computed (fast path). The TopK selection is a hard, non-differentiable choice, so it
-is made once without autograd on fp32 logits, turned into an additive 0/−inf bias with exactly K
+is made once without autograd on the logits (in the compute dtype: bf16 under autocast, like the
+attention itself), turned into an additive 0/−inf bias with exactly K
 open entries per query row (indices from ``torch.topk`` scattered into it, so ties never select
 more than K), and the attention itself then runs through ``F.scaled_dot_product_attention`` with
 that bias. Forward values and gradients equal the explicit ``softmax(TopK(·))`` reference below
@@ -51,7 +52,8 @@ def topk_attn_bias(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_token
     so CUDA's memory-efficient SDPA kernel accepts it without a copy.
     """
     p = num_prefix_tokens
-    logits = q[:, :, p:].float() @ k[:, :, p:].float().transpose(-2, -1)  # scale: same ranking
+    # in the compute dtype (bf16 under autocast, as the attention itself); 1/√d: same ranking
+    logits = q[:, :, p:] @ k[:, :, p:].transpose(-2, -1)
     idx = logits.topk(topk, dim=-1, sorted=False).indices
     B, H, N, _ = q.shape
     bias = q.new_full((B, H, N, -(-N // 16) * 16), float("-inf"))[..., :N]
