@@ -34,7 +34,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   log "creating venv $VENV with $($PY --version)"
   "$PY" -m venv "$VENV"
 fi
-PIP=("$VENV/bin/python" -m pip)
+PIP=(pip_quiet)
+# pip, minus the "Location ... is ignored" lines that some machines' pip.conf find-links cause
+pip_quiet() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "^WARNING: Location 'file:" >&2); }
 "${PIP[@]}" install -q --upgrade pip 'setuptools>=77,<82' wheel ninja
 log "installing torch $TORCH_VERSION / torchvision $TV_VERSION"
 "${PIP[@]}" install -q "torch==$TORCH_VERSION" "torchvision==$TV_VERSION" 'setuptools>=77,<82'
