@@ -57,6 +57,10 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 # ---- RNG state (tensors / plain types only) --------------------------------------------------
 def rng_state() -> dict:
     """This process's python / numpy / torch (CPU, current CUDA device) RNG states."""

@@ -52,6 +52,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -483,9 +485,6 @@ _LOADERS: dict[str, Callable[..., ClsData]] = {
 
 
 # ==== transforms ============================================================================
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def train_transform(img_size: int):

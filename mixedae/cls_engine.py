@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -28,7 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint  # noqa: F401
 from .convert import ConversionError
+from .distributed import init_distributed  # noqa: F401
+from .lr_sched import cosine_lr, set_lr  # noqa: F401
 
 IGNORE = -1  # multi-label target value of a class that is only "difficult" (VOC): not scored
 
@@ -37,24 +39,6 @@ class UsageError(ValueError):
 
 
 # ==== distributed ===========================================================================
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """(rank, world_size, device). Initialises the process group when started by torchrun."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1:
-        if not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() else "gloo"
-            if torch.cuda.is_available():
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            dist.init_process_group(backend=backend, init_method="env://")
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
-    if torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    else:
-        device = torch.device("cpu")
-    return rank, world, device
 
 
 def dist_on() -> bool:
@@ -149,25 +133,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to ``path.tmp`` then ``os.replace``: a crash never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # ==== pretrained weights ====================================================================
@@ -248,25 +214,6 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
     return {"path": str(path), "format": "pretrain" if source == "pretrain" else "plain",
             "source": source, "dropped": sorted(dropped + heads + ignored),
             "fresh": sorted(missing), "resized": bool(resized)}
-
-
-# ==== schedules =============================================================================
-
-
-def cosine_lr(step: int, total: int, base: float, warmup: int = 0, min_lr: float = 0.0) -> float:
-    """Linear warm-up for ``warmup`` steps, then half-cosine from ``base`` to ``min_lr``
-    (evaluated per iteration; ``step`` counts from 0)."""
-    if step < warmup:
-        return base * step / warmup
-    if total <= warmup:
-        return base
-    t = (step - warmup) / (total - warmup)
-    return min_lr + (base - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 # ==== metrics ===============================================================================
@@ -463,7 +410,7 @@ def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set:
                      "step": step, "rng": rngs, **(extra_state or {})}
             if ema is not None:
                 state["ema"] = ema.state_dict()
-            atomic_save(state, ckpt_path)
+            atomic_torch_save(state, ckpt_path)
         barrier()
 
     if start >= total_steps:

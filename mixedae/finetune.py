@@ -209,7 +209,8 @@ def _rgb(path):
 
 def run(args, out_dir: Path) -> dict:
     """One fine-tuning run into ``out_dir``; returns the final metrics."""
-    rank, world, device = E.init_distributed()
+    info = E.init_distributed()
+    rank, world, device = info.rank, info.world_size, info.device
     E.seed_everything(args.seed + rank)
     train_set, val_set = image_folders(args)
     per_rank, rem = divmod(args.batch_size, world * args.accum_iter)
@@ -250,7 +251,7 @@ def run(args, out_dir: Path) -> dict:
             raise E.UsageError(f"--resume {src}: no such file")
         if src.resolve() != ckpt.resolve() and E.is_main():
             out_dir.mkdir(parents=True, exist_ok=True)
-            E.atomic_save(E.load_checkpoint(src), ckpt)
+            E.atomic_torch_save(E.load_checkpoint(src), ckpt)
         E.barrier()
     elif args.resume != "auto" and ckpt.exists():
         raise E.UsageError(f"{ckpt} exists: pass --resume auto to continue it, or use "
@@ -288,7 +289,7 @@ def run(args, out_dir: Path) -> dict:
     out = E.train_loop(
         model=model, optimizer=optimizer, train_set=train_set, loss_fn=build_loss(args, mixup),
         batch_size=per_rank, total_steps=total, accum_iter=args.accum_iter,
-        lr_at=lambda s: E.cosine_lr(s, total, args.abs_lr, warmup, args.min_lr), device=device,
+        lr_at=lambda s: E.cosine_lr(s, args.abs_lr, total, warmup, args.min_lr), device=device,
         seed=args.seed, workers=args.workers, ckpt_path=ckpt, ckpt_every=args.save_every_steps,
         log=log, log_every=args.log_every, mixup_fn=mixup, ema=ema, clip_grad=args.clip_grad,
         amp=not args.no_amp, stop_after=args.max_steps, on_epoch_end=evaluate,

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 from .config import PretrainConfig
 from .decoder import MAEDecoder
@@ -26,9 +28,6 @@ from .homologous_contrastive import homologous_contrastive_loss
 from .mixing import mix_images, mixing_masks, source_onehot, unmix_tokens
 from .segment_embedding import SegmentEmbedding
 from .vit import create_vit
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:

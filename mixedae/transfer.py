@@ -188,7 +188,7 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
     out = E.train_loop(
         model=model, optimizer=optimizer, train_set=train_set, loss_fn=loss_fn,
         batch_size=args.batch_size // world, total_steps=args.iters,
-        lr_at=lambda s: E.cosine_lr(s, args.iters, lr, args.warmup_iters), device=device,
+        lr_at=lambda s: E.cosine_lr(s, lr, args.iters, args.warmup_iters), device=device,
         seed=args.seed, workers=args.workers, ckpt_path=run_dir / "checkpoint.pth",
         ckpt_every=args.ckpt_every, log=log, log_every=args.log_every,
         amp=not args.no_amp, stop_after=args.stop_after)
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         ck = E.resolve_checkpoint_path(args.checkpoint) if args.checkpoint else None
         args.name = ("random-init" if ck is None else
                      ck.parent.name if ck.name == "model.safetensors" else ck.stem)
-    rank, world, device = E.init_distributed()
+    device = E.init_distributed().device
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if E.is_main():
