@@ -54,7 +54,7 @@ def topk_attn_bias(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_token
     p = num_prefix_tokens
     # in the compute dtype (bf16 under autocast, as the attention itself); 1/√d: same ranking
     logits = q[:, :, p:] @ k[:, :, p:].transpose(-2, -1)
-    idx = logits.topk(topk, dim=-1, sorted=False).indices
+    idx = select_topk(logits, topk)
     B, H, N, _ = q.shape
     bias = q.new_full((B, H, N, -(-N // 16) * 16), float("-inf"))[..., :N]
     bias[:, :, p:, p:].scatter_(-1, idx, 0.0)
@@ -72,9 +72,20 @@ def topk_accuracy(idx: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
 
 
 # Implementation of Eq. (6): "sdpa" (TopK bias + fused SDPA kernel, default) or "explicit"
-# (materialised logits, TopK threshold, masked softmax; what torch.compile fuses best on some
-# devices). Both give the same values and gradients; tools/benchmark_pretrain.py compares them.
+# (materialised logits, TopK threshold, masked softmax). Both give the same values and
+# gradients; tools/benchmark_pretrain.py compares them (modes "eager:explicit", ...).
 IMPL = "sdpa"
+# Row-wise selection of the K best keys: "topk" (torch.topk, default; measured on H200) or
+# "sort" (a full per-row sort; many short rows are a known slow case of topk's radix select,
+# measure with the benchmark's ":sort" modes before switching).
+SELECT = "topk"
+
+
+def select_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest entries of every row (last dim), in no particular order."""
+    if SELECT == "sort":
+        return logits.sort(dim=-1, descending=True).indices[..., :k]
+    return logits.topk(k, dim=-1, sorted=False).indices
 
 
 def homologous_attention(q, k, v, ctx: HomologousContext, dropout_p: float = 0.0) -> torch.Tensor:
@@ -93,7 +104,7 @@ def _homologous_attention_explicit(q, k, v, ctx: HomologousContext, dropout_p: f
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # softmax in fp32 under autocast
     with torch.no_grad():
-        idx = logits[:, :, p:, p:].topk(ctx.k, dim=-1, sorted=False).indices
+        idx = select_topk(logits[:, :, p:, p:], ctx.k)
         keep = torch.zeros_like(logits, dtype=torch.bool)
         keep[:, :, p:, p:].scatter_(-1, idx, True)
         keep[:, :, :p] = True

@@ -78,10 +78,12 @@ def _qkv(B=2, H=3, N=17, d=8, seed=0):
             for _ in range(3)]
 
 
+@pytest.mark.parametrize("select", ["topk", "sort"])
 @pytest.mark.parametrize("impl", ["sdpa", "explicit"])
 @pytest.mark.parametrize("K", [1, 4, 9])
-def test_topk_attention_matches_reference_values_and_grads(K, impl, monkeypatch):
+def test_topk_attention_matches_reference_values_and_grads(K, impl, select, monkeypatch):
     monkeypatch.setattr(homologous_attention_module, "IMPL", impl)
+    monkeypatch.setattr(homologous_attention_module, "SELECT", select)
     q, k, v = _qkv()
     out = homologous_attention(q, k, v, HomologousContext(k=K))
     ref = homologous_attention_reference(q, k, v, K)

@@ -76,8 +76,9 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--modes", default="eager,compiled",
-                    help="comma list of eager|compiled, optionally with :explicit for the "
-                         "materialised TopK implementation (e.g. eager:explicit)")
+                    help="comma list of eager|compiled, optionally with ':' and '+'-joined "
+                         "options: explicit (materialised TopK attention), sort (sort-based "
+                         "TopK selection), e.g. eager:explicit,compiled:sort")
     ap.add_argument("--json", help="append results as JSON lines to this file")
     args = ap.parse_args(argv)
     if args.device == "cuda":
@@ -87,8 +88,10 @@ def main(argv=None):
     rows = []
     mae = {}
     for mode in args.modes.split(","):
-        base_mode, _, impl = mode.partition(":")
-        homologous_attention.IMPL = impl or "sdpa"
+        base_mode, _, opts = mode.partition(":")
+        opts = set(filter(None, opts.split("+")))
+        homologous_attention.IMPL = "explicit" if "explicit" in opts else "sdpa"
+        homologous_attention.SELECT = "sort" if "sort" in opts else "topk"
         pair = {"mae_base": mae[base_mode]} if base_mode in mae else {}
         for preset in ("mae_base", "mixedae_base"):
             if preset in pair:

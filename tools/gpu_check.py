@@ -31,21 +31,27 @@ def check(name, ok, detail=""):
         failures.append(name)
 
 
+import mixedae.homologous_attention as homologous_attention_module  # noqa: E402
+
 torch.manual_seed(0)
-for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 3e-2)):
+for select, dtype, tol in (("topk", torch.float32, 1e-4), ("topk", torch.bfloat16, 3e-2),
+                           ("sort", torch.float32, 1e-4)):
+    homologous_attention_module.SELECT = select
     q, k, v = (torch.randn(4, 12, 197, 64, device=dev, dtype=dtype, requires_grad=True)
                for _ in range(3))
     out = homologous_attention(q, k, v, HomologousContext(k=49))
     ref = homologous_attention_reference(*(t.float() for t in (q, k, v)), 49)
     err = (out.float() - ref).abs().max().item()
-    check(f"homologous attention == reference ({dtype})", err < tol, f"max err {err:.2e}")
+    check(f"homologous attention == reference ({dtype}, {select})", err < tol,
+          f"max err {err:.2e}")
     g = torch.randn_like(ref)
     g1 = torch.autograd.grad(out.float(), (q, k, v), g)
     g2 = torch.autograd.grad(ref, (q, k, v), g)
     gerr = max((a.float() - b.float()).abs().max().item() for a, b in zip(g1, g2))
-    check(f"homologous attention grads == reference ({dtype})", gerr < tol * 10,
+    check(f"homologous attention grads == reference ({dtype}, {select})", gerr < tol * 10,
           f"max err {gerr:.2e}")
 
+homologous_attention_module.SELECT = "topk"
 if dev.type == "cuda":
     from torch.nn.attention import SDPBackend, sdpa_kernel
     q, k, v = (torch.randn(64, 12, 197, 64, device=dev, dtype=torch.bfloat16) for _ in range(3))
