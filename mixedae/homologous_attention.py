@@ -4,8 +4,8 @@ Each patch query keeps only its K largest attention logits (K = rL by default) a
 over them, so it attends to the patches it recognises as homologous (same source image).
 
 How it is computed (fast path). The TopK selection is a hard, non-differentiable choice, so it
-is made once without autograd on the logits (in the compute dtype: bf16 under autocast, like the
-attention itself), turned into an additive 0/−inf bias with exactly K
+is made once without autograd on fp32 logits (``SELECT_FP32``: bf16 logits tie at the K-th value
+in ~11% of rows), turned into an additive 0/−inf bias with exactly K
 open entries per query row (indices from ``torch.topk`` scattered into it, so ties never select
 more than K), and the attention itself then runs through ``F.scaled_dot_product_attention`` with
 that bias. Forward values and gradients equal the explicit ``softmax(TopK(·))`` reference below
@@ -52,8 +52,7 @@ def topk_attn_bias(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_token
     so CUDA's memory-efficient SDPA kernel accepts it without a copy.
     """
     p = num_prefix_tokens
-    # in the compute dtype (bf16 under autocast, as the attention itself); 1/√d: same ranking
-    logits = q[:, :, p:] @ k[:, :, p:].transpose(-2, -1)
+    logits = selection_logits(q[:, :, p:], k[:, :, p:])  # 1/√d: same ranking
     idx = select_topk(logits, topk)
     B, H, N, _ = q.shape
     bias = q.new_full((B, H, N, -(-N // 16) * 16), float("-inf"))[..., :N]
@@ -81,6 +80,20 @@ IMPL = "sdpa"
 SELECT = "topk"
 
 
+# Rank keys on fp32 logits (default). In bf16, ~11% of query rows of a ViT-B layer have ties at
+# the K-th logit (measured on random activations), which would make the selection arbitrary;
+# False ranks in the compute dtype (cheaper; what the H200 numbers in the README measured).
+SELECT_FP32 = True
+
+
+def selection_logits(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """q kᵀ for ranking keys: fp32 (autocast off) if ``SELECT_FP32``, else the compute dtype."""
+    if SELECT_FP32 and q.dtype != torch.float64:
+        with torch.autocast(q.device.type, enabled=False):
+            return q.float() @ k.float().transpose(-2, -1)
+    return q @ k.transpose(-2, -1)
+
+
 def select_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest entries of every row (last dim), in no particular order."""
     if SELECT == "sort":
@@ -104,7 +117,7 @@ def _homologous_attention_explicit(q, k, v, ctx: HomologousContext, dropout_p: f
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # softmax in fp32 under autocast
     with torch.no_grad():
-        idx = select_topk(logits[:, :, p:, p:], ctx.k)
+        idx = select_topk(selection_logits(q[:, :, p:], k[:, :, p:]), ctx.k)
         keep = torch.zeros_like(logits, dtype=torch.bool)
         keep[:, :, p:, p:].scatter_(-1, idx, True)
         keep[:, :, :p] = True

@@ -106,6 +106,18 @@ def test_topk_attention_keeps_exactly_k_and_cls_global():
     assert torch.equal(mask[:, :, 1:, 1:], logits >= kth)
 
 
+def test_selection_ranks_on_fp32_logits_under_bf16():
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(2, 4, 197, 64, generator=g).bfloat16() for _ in range(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bias, idx = topk_attn_bias(q, k, 49)
+    exact = q[:, :, 1:].float() @ k[:, :, 1:].float().transpose(-1, -2)
+    kth = exact.topk(49, -1).values[..., -1:]
+    assert torch.equal(bias[:, :, 1:, 1:] == 0, exact >= kth)  # fp32 ranking: no ties
+    low = (q[:, :, 1:] @ k[:, :, 1:].transpose(-1, -2))
+    assert ((low >= low.topk(49, -1).values[..., -1:]).sum(-1) > 49).any()  # bf16 would tie
+
+
 def test_topk_equals_full_softmax_when_k_is_l():
     q, k, v = _qkv(N=13)
     out = homologous_attention(q, k, v, HomologousContext(k=12))

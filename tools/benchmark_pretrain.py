@@ -78,7 +78,8 @@ def main(argv=None):
     ap.add_argument("--modes", default="eager,compiled",
                     help="comma list of eager|compiled, optionally with ':' and '+'-joined "
                          "options: explicit (materialised TopK attention), sort (sort-based "
-                         "TopK selection), e.g. eager:explicit,compiled:sort")
+                         "TopK selection), lowp (rank keys in the compute dtype instead of "
+                         "fp32), e.g. eager:explicit,compiled:sort+lowp")
     ap.add_argument("--json", help="append results as JSON lines to this file")
     args = ap.parse_args(argv)
     if args.device == "cuda":
@@ -92,6 +93,7 @@ def main(argv=None):
         opts = set(filter(None, opts.split("+")))
         homologous_attention.IMPL = "explicit" if "explicit" in opts else "sdpa"
         homologous_attention.SELECT = "sort" if "sort" in opts else "topk"
+        homologous_attention.SELECT_FP32 = "lowp" not in opts
         pair = {"mae_base": mae[base_mode]} if base_mode in mae else {}
         for preset in ("mae_base", "mixedae_base"):
             if preset in pair:
