@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 import torch
-import torch.nn.functional as F
+
+from .pos_embed import resize_pos_embed  # noqa: F401  (re-exported)
 
 __all__ = ["ConversionError", "load_checkpoint_file", "extract_vit", "to_target", "convert",
            "resize_pos_embed", "match_state_dict", "main", "TARGETS"]
@@ -210,22 +211,6 @@ def summarize(dropped: list[tuple[str, str]]) -> str:
 
 
 # ---- tensors ---------------------------------------------------------------------------------
-def resize_pos_embed(pos: torch.Tensor, old_grid, new_grid, num_prefix_tokens: int = 1):
-    """Bicubic (align_corners=False, as MAE/BEiT/mmseg) resize of the patch part of a
-    (1, prefix+h·w, D) absolute position embedding; prefix tokens are kept."""
-    old_grid, new_grid = tuple(int(g) for g in old_grid), tuple(int(g) for g in new_grid)
-    if old_grid == new_grid:
-        return pos
-    prefix, patch = pos[:, :num_prefix_tokens], pos[:, num_prefix_tokens:]
-    if patch.shape[1] != old_grid[0] * old_grid[1]:
-        raise ConversionError(f"pos_embed has {patch.shape[1]} patch tokens, not a "
-                              f"{old_grid[0]}x{old_grid[1]} grid")
-    patch = patch.reshape(1, *old_grid, -1).permute(0, 3, 1, 2).float()
-    patch = F.interpolate(patch, size=new_grid, mode="bicubic", align_corners=False)
-    patch = patch.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(pos.dtype)
-    return torch.cat([prefix, patch], dim=1)
-
-
 def square_grid(num_patches: int, what: str = "pos_embed") -> tuple[int, int]:
     side = int(round(num_patches ** 0.5))
     if side * side != num_patches:

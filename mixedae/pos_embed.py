@@ -3,10 +3,13 @@
 ``sincos_1d`` encodes integer positions; ``sincos_2d`` builds the MAE/timm-compatible 2-D grid
 embedding (first half of the channels encodes the column index, second half the row index,
 exactly as MAE's ``get_2d_sincos_pos_embed``) so that official MAE checkpoints line up.
+``resize_pos_embed`` is the project's one resize of an absolute position embedding (model
+inputs of other sizes, checkpoints from other grids).
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def sincos_1d(dim: int, pos: torch.Tensor, temperature: float = 10000.0) -> torch.Tensor:
@@ -25,3 +28,19 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, num_prefix_tokens: int = 0) ->
     ys, xs = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
     emb = torch.cat([sincos_1d(dim // 2, xs.flatten()), sincos_1d(dim // 2, ys.flatten())], dim=1)
     return torch.cat([torch.zeros(num_prefix_tokens, dim), emb], dim=0)
+
+
+def resize_pos_embed(pos: torch.Tensor, old_grid, new_grid, num_prefix_tokens: int = 1):
+    """Bicubic (align_corners=False, as MAE/BEiT/mmseg) resize of the patch part of a
+    (1, prefix+h·w, D) absolute position embedding; prefix tokens are kept."""
+    old_grid, new_grid = tuple(int(g) for g in old_grid), tuple(int(g) for g in new_grid)
+    if old_grid == new_grid:
+        return pos
+    prefix, patch = pos[:, :num_prefix_tokens], pos[:, num_prefix_tokens:]
+    if patch.shape[1] != old_grid[0] * old_grid[1]:
+        raise ValueError(f"pos_embed has {patch.shape[1]} patch tokens, not a "
+                         f"{old_grid[0]}x{old_grid[1]} grid")
+    patch = patch.reshape(1, *old_grid, -1).permute(0, 3, 1, 2).float()
+    patch = F.interpolate(patch, size=new_grid, mode="bicubic", align_corners=False)
+    patch = patch.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(pos.dtype)
+    return torch.cat([prefix, patch], dim=1)

@@ -26,10 +26,10 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 
 from .homologous_attention import HomologousContext, homologous_attention
-from .pos_embed import sincos_2d
+from .pos_embed import resize_pos_embed, sincos_2d
 
 
 class Attention(nn.Module):
@@ -199,11 +199,7 @@ class VisionTransformer(nn.Module):
     # ---- embedding -------------------------------------------------------------------------
     def pos_embed_for(self, grid_hw: Sequence[int]) -> torch.Tensor:
         """Position embedding (1, 1+h·w, D) for a patch grid, bicubic-resized if needed."""
-        if tuple(grid_hw) == tuple(self.grid_size):
-            return self.pos_embed
-        return resample_abs_pos_embed(self.pos_embed, new_size=list(grid_hw),
-                                      old_size=list(self.grid_size),
-                                      num_prefix_tokens=self.num_prefix_tokens)
+        return resize_pos_embed(self.pos_embed, self.grid_size, grid_hw, self.num_prefix_tokens)
 
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -105,11 +105,6 @@ class MixedAEViT(VisionTransformer):
         self._mm_ready = True
         self._freeze()
 
-    # ---- position embedding: plain bicubic, identical to MAE/BEiT/mmseg --------------------
-    def pos_embed_for(self, grid_hw):
-        return cv.resize_pos_embed(self.pos_embed, self.grid_size, grid_hw,
-                                   self.num_prefix_tokens)
-
     def _freeze(self) -> None:
         if self.frozen_stages < 0:
             return
