@@ -18,7 +18,7 @@ Targets (``--to``):
 * ``timm``       timm ``VisionTransformer`` layout (``vit_base_patch16_224`` etc.), no head:
   ``timm.create_model(name, pretrained=True, num_classes=0,
   pretrained_cfg_overlay=dict(file=OUT))``;
-* ``vit``        ours: loads strictly into ``mixedae.vit.create_vit(size)`` (encoder incl. norm);
+* ``vit``        ours: loads strictly into ``mixedae.model.vit.create_vit(size)`` (encoder incl. norm);
 * ``classifier`` ours for fine-tuning ``create_vit(size, global_pool='avg', num_classes=N)``:
   the final ``norm`` is dropped (replaced by ``fc_norm``); ``load_state_dict(strict=False)``
   then misses exactly ``fc_norm.*`` and ``head.*``.
@@ -39,14 +39,15 @@ from typing import Callable, Iterable, Mapping
 
 import torch
 
-from .pos_embed import resize_pos_embed  # noqa: F401  (re-exported)
+from mixedae.runtime.errors import CheckpointError
+from mixedae.model.pos_embed import resize_pos_embed  # noqa: F401  (re-exported)
 
 __all__ = ["ConversionError", "load_checkpoint_file", "extract_vit", "to_target", "convert",
            "resize_pos_embed", "match_state_dict", "main", "TARGETS"]
 
 TARGETS = ("mm", "timm", "vit", "classifier")
 
-# keys of mixedae.vit.VisionTransformer (== timm / MAE layout)
+# keys of mixedae.model.vit.VisionTransformer (== timm / MAE layout)
 VIT_KEY = re.compile(
     r"^(cls_token|pos_embed|patch_embed\.proj\.(weight|bias)"
     r"|blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)"
@@ -74,8 +75,8 @@ _MM_DROP = [
 ]
 
 
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted or loaded as asked (message names the keys)."""
+# the project's one checkpoint error (kept under this name for callers of the converter)
+ConversionError = CheckpointError
 
 
 def _names(keys: Iterable[str], limit: int = 8) -> str:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from mixedae import checkpoint as ckpt
-from mixedae.config import get_preset
-from mixedae.mixed_autoencoder import build_model
+from mixedae.runtime import checkpoint as ckpt
+from mixedae.pretrain.config import get_preset
+from mixedae.model.mixed_autoencoder import build_model
 
 MICRO = dict(model="micro", img_size=32, patch_size=8, mask_patch_size=16, decoder_dim=32,
              decoder_depth=1, decoder_heads=2, homo_con_dim=16, batch_size=8)

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mixedae import cls_datasets as D
-from mixedae import cls_engine as E
+from mixedae.classification import datasets as D
+from mixedae.classification import engine as E
 
 from conftest import data_dir
 

@@ -9,7 +9,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from mixedae import convert as cv
-from mixedae.vit import create_vit
+from mixedae.model.vit import create_vit
 
 from conftest import REPO
 

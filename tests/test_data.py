@@ -8,8 +8,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import data_dir
-from mixedae.config import ConfigError
-from mixedae.data import (PretrainImages, ResumableSampler, build_pretrain_dataset, list_images,
+from mixedae.pretrain.config import ConfigError
+from mixedae.pretrain.data import (PretrainImages, ResumableSampler, build_pretrain_dataset, list_images,
                           load_rgb, pretrain_transform)
 
 
@@ -49,7 +49,7 @@ def test_corrupt_image_is_skipped_with_its_path(tmp_path, caplog):
     good = (root / "cls" / "rgb.JPEG").read_bytes()
     (root / "cls" / "truncated.jpg").write_bytes(good[: len(good) // 3])
     ds = build_pretrain_dataset(root, 32)
-    with caplog.at_level(logging.WARNING, logger="mixedae.data"):
+    with caplog.at_level(logging.WARNING, logger="mixedae.pretrain.data"):
         loader = DataLoader(ds, batch_size=3, sampler=ResumableSampler(ds, 3), drop_last=True)
         batches = [b for b in loader] + [b for b in loader]
     assert all(b.shape == (3, 3, 32, 32) for b in batches) and len(batches) == 6

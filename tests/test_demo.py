@@ -6,8 +6,8 @@ import pytest
 pytest.importorskip("skimage")
 pytest.importorskip("matplotlib")
 
-from mixedae import demo  # noqa: E402
-from mixedae.checkpoint import load_checkpoint, load_safetensors  # noqa: E402
+from mixedae.pretrain import demo  # noqa: E402
+from mixedae.runtime.checkpoint import load_checkpoint, load_safetensors  # noqa: E402
 
 
 def test_demo_writes_pngs_and_checkpoint(tmp_path, capsys):

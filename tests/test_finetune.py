@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mixedae import cls_engine as E
-from mixedae import finetune as F
-from mixedae.layer_decay import get_layer_id, is_no_weight_decay
-from mixedae.vit import create_vit
+from mixedae.classification import engine as E
+from mixedae.classification import finetune as F
+from mixedae.runtime.layer_decay import get_layer_id, is_no_weight_decay
+from mixedae.model.vit import create_vit
 
 from conftest import data_dir
 

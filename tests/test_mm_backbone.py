@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 import mixedae.mm  # noqa: F401  (a failing import must fail the tests: the stack is required)
 from mixedae import convert as cv
 from mixedae.mm import MixedAEViT
-from mixedae.vit import create_vit
+from mixedae.model.vit import create_vit
 from mmdet.registry import MODELS as DET_MODELS
 from mmengine.registry import DefaultScope
 from mmseg.registry import MODELS as SEG_MODELS

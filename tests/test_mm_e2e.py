@@ -9,7 +9,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-from mixedae.vit import create_vit
+from mixedae.model.vit import create_vit
 
 from conftest import REPO, data_dir
 

@@ -6,14 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mixedae.homologous_attention as homologous_attention_module
-from mixedae.config import PRESETS, get_preset
-from mixedae.homologous_attention import (HomologousContext, homologous_attention,
+from mixedae.pretrain.config import PRESETS, get_preset
+from mixedae.model.homologous_attention import (HomologousContext, homologous_attention,
                                           homologous_attention_reference, topk_accuracy,
                                           topk_attn_bias)
-from mixedae.homologous_contrastive import homologous_contrastive_loss
-from mixedae.mixed_autoencoder import build_model, patchify, unpatchify
-from mixedae.mixing import mix_images, mixing_masks, source_onehot, unmix_tokens
+from mixedae.model.homologous_contrastive import homologous_contrastive_loss
+from mixedae.model.mixed_autoencoder import build_model, patchify, unpatchify
+from mixedae.model.mixing import mix_images, mixing_masks, source_onehot, unmix_tokens
 
 MICRO = dict(model="micro", img_size=64, patch_size=8, mask_patch_size=16, batch_size=8,
              decoder_dim=32, decoder_depth=1, decoder_heads=2)
@@ -81,11 +80,9 @@ def _qkv(B=2, H=3, N=17, d=8, seed=0):
 @pytest.mark.parametrize("select", ["topk", "sort"])
 @pytest.mark.parametrize("impl", ["sdpa", "explicit"])
 @pytest.mark.parametrize("K", [1, 4, 9])
-def test_topk_attention_matches_reference_values_and_grads(K, impl, select, monkeypatch):
-    monkeypatch.setattr(homologous_attention_module, "IMPL", impl)
-    monkeypatch.setattr(homologous_attention_module, "SELECT", select)
+def test_topk_attention_matches_reference_values_and_grads(K, impl, select):
     q, k, v = _qkv()
-    out = homologous_attention(q, k, v, HomologousContext(k=K))
+    out = homologous_attention(q, k, v, HomologousContext(k=K, impl=impl, select=select))
     ref = homologous_attention_reference(q, k, v, K)
     torch.testing.assert_close(out, ref)
     gout = torch.randn_like(out)

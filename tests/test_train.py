@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 
 from conftest import data_dir
-from mixedae import train
-from mixedae.config import ConfigError, get_preset
-from mixedae.data import PretrainImages, build_pretrain_dataset, pretrain_transform
-from mixedae.lr_sched import cosine_lr
-from mixedae.mixed_autoencoder import build_model
+from mixedae.pretrain import engine as train
+from mixedae.pretrain.config import ConfigError, get_preset
+from mixedae.pretrain.data import PretrainImages, build_pretrain_dataset, pretrain_transform
+from mixedae.runtime.schedules import cosine_lr
+from mixedae.model.mixed_autoencoder import build_model
 
 MICRO = dict(model="micro", img_size=32, patch_size=8, mask_patch_size=16, decoder_dim=32,
              decoder_depth=1, decoder_heads=2, homo_con_dim=16)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mixedae import cls_datasets as D
-from mixedae import cls_engine as E
-from mixedae import transfer as T
-from mixedae.vit import create_vit
+from mixedae.classification import datasets as D
+from mixedae.classification import engine as E
+from mixedae.classification import transfer as T
+from mixedae.model.vit import create_vit
 
 from conftest import data_dir
 

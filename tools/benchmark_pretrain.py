@@ -19,16 +19,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mixedae import homologous_attention  # noqa: E402
-from mixedae.config import get_preset  # noqa: E402
-from mixedae.mixed_autoencoder import build_model  # noqa: E402
+from mixedae.pretrain.config import get_preset  # noqa: E402
+from mixedae.model.mixed_autoencoder import build_model  # noqa: E402
 
 
-def bench(preset: str, args, compiled: bool) -> dict:
+def bench(preset: str, args, compiled: bool, attn: dict | None = None) -> dict:
     dev = torch.device(args.device)
     torch.manual_seed(0)
     cfg = get_preset(preset, model=args.model, batch_size=args.batch_size,
-                     mixing=args.mixing if preset.startswith("mixedae") else "none")
+                     mixing=args.mixing if preset.startswith("mixedae") else "none",
+                     **(attn or {}))
     model = build_model(cfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95),
                             fused=dev.type == "cuda")
@@ -91,15 +91,16 @@ def main(argv=None):
     for mode in args.modes.split(","):
         base_mode, _, opts = mode.partition(":")
         opts = set(filter(None, opts.split("+")))
-        homologous_attention.IMPL = "explicit" if "explicit" in opts else "sdpa"
-        homologous_attention.SELECT = "sort" if "sort" in opts else "topk"
-        homologous_attention.SELECT_FP32 = "lowp" not in opts
+        attn = dict(attn_impl="explicit" if "explicit" in opts else "sdpa",
+                    topk_select="sort" if "sort" in opts else "topk",
+                    topk_select_fp32="lowp" not in opts)
         pair = {"mae_base": mae[base_mode]} if base_mode in mae else {}
         for preset in ("mae_base", "mixedae_base"):
             if preset in pair:
                 continue
             try:
-                r = bench(preset, args, compiled=base_mode == "compiled")
+                r = bench(preset, args, compiled=base_mode == "compiled",
+                          attn=attn if preset != "mae_base" else None)
             except Exception as e:  # report and go on: the other mode's numbers still count
                 print(f"{mode:9s} {preset:13s} FAILED: {type(e).__name__}: {str(e)[:300]}")
                 break

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from mixedae.vit import VIT_SIZES  # noqa: E402
+from mixedae.model.vit import VIT_SIZES  # noqa: E402
 
 
 def segmentor_cfgs(arch: str, size: int, rel_pos: bool):

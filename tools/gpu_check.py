@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mixedae.config import get_preset  # noqa: E402
-from mixedae.homologous_attention import (HomologousContext, homologous_attention,  # noqa: E402
+from mixedae.pretrain.config import get_preset  # noqa: E402
+from mixedae.model.homologous_attention import (HomologousContext, homologous_attention,  # noqa: E402
                                           homologous_attention_reference, topk_attn_bias)
-from mixedae.mixed_autoencoder import build_model  # noqa: E402
+from mixedae.model.mixed_autoencoder import build_model  # noqa: E402
 
 dev = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cuda")
 failures = []
@@ -31,15 +31,12 @@ def check(name, ok, detail=""):
         failures.append(name)
 
 
-import mixedae.homologous_attention as homologous_attention_module  # noqa: E402
-
 torch.manual_seed(0)
 for select, dtype, tol in (("topk", torch.float32, 1e-4), ("topk", torch.bfloat16, 3e-2),
                            ("sort", torch.float32, 1e-4)):
-    homologous_attention_module.SELECT = select
     q, k, v = (torch.randn(4, 12, 197, 64, device=dev, dtype=dtype, requires_grad=True)
                for _ in range(3))
-    out = homologous_attention(q, k, v, HomologousContext(k=49))
+    out = homologous_attention(q, k, v, HomologousContext(k=49, select=select))
     ref = homologous_attention_reference(*(t.float() for t in (q, k, v)), 49)
     err = (out.float() - ref).abs().max().item()
     check(f"homologous attention == reference ({dtype}, {select})", err < tol,
@@ -51,7 +48,6 @@ for select, dtype, tol in (("topk", torch.float32, 1e-4), ("topk", torch.bfloat1
     check(f"homologous attention grads == reference ({dtype}, {select})", gerr < tol * 10,
           f"max err {gerr:.2e}")
 
-homologous_attention_module.SELECT = "topk"
 if dev.type == "cuda":
     from torch.nn.attention import SDPBackend, sdpa_kernel
     q, k, v = (torch.randn(64, 12, 197, 64, device=dev, dtype=torch.bfloat16) for _ in range(3))

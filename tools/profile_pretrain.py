@@ -14,8 +14,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mixedae.config import get_preset  # noqa: E402
-from mixedae.mixed_autoencoder import build_model  # noqa: E402
+from mixedae.pretrain.config import get_preset  # noqa: E402
+from mixedae.model.mixed_autoencoder import build_model  # noqa: E402
 
 
 def main(argv=None):

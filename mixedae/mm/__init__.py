@@ -8,15 +8,15 @@ Importing it
 
 Configs load it with ``custom_imports = dict(imports=['mixedae.mm'], allow_failed_imports=False)``.
 """
-from . import compat
+from mixedae.mm import compat
 
 compat.apply()
 
 from mmdet.registry import MODELS as DET_MODELS  # noqa: E402
 from mmseg.registry import MODELS as SEG_MODELS  # noqa: E402
 
-from .backbone import MixedAEViT  # noqa: E402
-from .optim import MixedAELayerDecayOptimizerConstructor  # noqa: E402
+from mixedae.mm.backbone import MixedAEViT  # noqa: E402
+from mixedae.mm.optim import MixedAELayerDecayOptimizerConstructor  # noqa: E402
 
 SEG_MODELS.register_module(name="MixedAEViT", module=MixedAEViT, force=True)
 DET_MODELS.register_module(name="MixedAEViT", module=MixedAEViT, force=True)

@@ -1,6 +1,6 @@
 """``MixedAEViT``: the project's ViT as an mmseg / mmdet backbone.
 
-A subclass of :class:`mixedae.vit.VisionTransformer`, so parameter names stay the plain ViT
+A subclass of :class:`mixedae.model.vit.VisionTransformer`, so parameter names stay the plain ViT
 names (``backbone.blocks.3.attn.qkv.weight`` ...) and the layer-decay rule, the converters and
 timm/MAE checkpoints all agree on them.
 
@@ -27,8 +27,8 @@ import torch.nn as nn
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 
-from .. import convert as cv
-from ..vit import VIT_SIZES, VisionTransformer, relative_position_table_size, \
+from mixedae import convert as cv
+from mixedae.model.vit import VIT_SIZES, VisionTransformer, relative_position_table_size, \
     resize_relative_position_table
 
 

@@ -11,7 +11,7 @@ default scope) use it unchanged::
                            custom_keys={'decode_head': dict(lr_mult=1.0)}))
 
 The layer id and the no-weight-decay rule are the project's one rule in
-:mod:`mixedae.layer_decay` (``get_layer_id``, ``is_no_weight_decay``); this class only turns
+:mod:`mixedae.runtime.layer_decay` (``get_layer_id``, ``is_no_weight_decay``); this class only turns
 them into param groups: lr = base_lr · decay^(num_layers+1-id) · lr_mult and weight decay =
 0 for norms/biases/tokens/embeddings/relative tables, else base_wd · decay_mult, where
 lr_mult/decay_mult come from the longest ``custom_keys`` entry contained in the name
@@ -24,7 +24,7 @@ from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-from ..layer_decay import get_layer_id, is_no_weight_decay
+from mixedae.runtime.layer_decay import get_layer_id, is_no_weight_decay
 
 _KNOWN = {"num_layers", "layer_decay_rate", "custom_keys", "backbone_prefix", "decay_type"}
 

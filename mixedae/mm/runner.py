@@ -12,8 +12,8 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from .. import convert as cv
-from . import compat
+from mixedae import convert as cv
+from mixedae.mm import compat
 
 compat.apply()
 

@@ -4,8 +4,8 @@ Each patch query keeps only its K largest attention logits (K = rL by default) a
 over them, so it attends to the patches it recognises as homologous (same source image).
 
 How it is computed (fast path). The TopK selection is a hard, non-differentiable choice, so it
-is made once without autograd on fp32 logits (``SELECT_FP32``: bf16 logits tie at the K-th value
-in ~11% of rows), turned into an additive 0/−inf bias with exactly K
+is made once without autograd on fp32 logits (``HomologousContext.select_fp32``: bf16 logits tie
+at the K-th value in ~11% of rows), turned into an additive 0/−inf bias with exactly K
 open entries per query row (indices from ``torch.topk`` scattered into it, so ties never select
 more than K), and the attention itself then runs through ``F.scaled_dot_product_attention`` with
 that bias. Forward values and gradients equal the explicit ``softmax(TopK(·))`` reference below
@@ -25,25 +25,45 @@ import torch
 import torch.nn.functional as F
 
 
+IMPLS = ("sdpa", "explicit")     # how Eq. (6) is computed (see module docstring)
+SELECTS = ("topk", "sort")       # how the K best keys of a row are found
+
+
 @dataclass
 class HomologousContext:
-    """What a homologous-attention layer needs besides q, k, v.
+    """What a homologous-attention layer needs besides q, k, v (built once per forward from the
+    pretraining config, so a run's config.json records every choice).
 
     k: number of patch keys each patch query keeps (TopK threshold K).
     src: (B, L) long, source-image index of every patch of each mixed sample (or None); only
         used to measure the TopK sampling accuracy.
     num_prefix_tokens: leading tokens (cls) that are not patches.
+    impl: "sdpa" (TopK bias + fused SDPA kernel) or "explicit" (materialised masked softmax);
+        both give the same values and gradients.
+    select: "topk" (``torch.topk``) or "sort" (a full per-row sort) to find the K best keys.
+    select_fp32: rank keys on fp32 logits even under bf16/fp16 autocast (in bf16 ~11 % of the
+        query rows of a ViT-B layer tie at the K-th logit, making the selection arbitrary).
     accuracies: TopK accuracy of each homologous layer is appended here (0-dim tensors, no sync).
     """
 
     k: int
     src: torch.Tensor | None = None
     num_prefix_tokens: int = 1
+    impl: str = "sdpa"
+    select: str = "topk"
+    select_fp32: bool = True
     accuracies: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.impl not in IMPLS:
+            raise ValueError(f"homologous attention impl={self.impl!r}; choose from {IMPLS}")
+        if self.select not in SELECTS:
+            raise ValueError(f"TopK select={self.select!r}; choose from {SELECTS}")
 
 
 @torch.no_grad()
-def topk_attn_bias(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_tokens: int = 1):
+def topk_attn_bias(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_tokens: int = 1,
+                   select: str = "topk", select_fp32: bool = True):
     """Additive (B, H, N, N) attention bias in q's dtype: 0 where a query may attend (its
     ``topk`` best patch keys, plus prefix keys; prefix queries everywhere), −inf elsewhere.
 
@@ -52,8 +72,8 @@ def topk_attn_bias(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_token
     so CUDA's memory-efficient SDPA kernel accepts it without a copy.
     """
     p = num_prefix_tokens
-    logits = selection_logits(q[:, :, p:], k[:, :, p:])  # 1/√d: same ranking
-    idx = select_topk(logits, topk)
+    logits = selection_logits(q[:, :, p:], k[:, :, p:], select_fp32)  # 1/√d: same ranking
+    idx = select_topk(logits, topk, select)
     B, H, N, _ = q.shape
     bias = q.new_full((B, H, N, -(-N // 16) * 16), float("-inf"))[..., :N]
     bias[:, :, p:, p:].scatter_(-1, idx, 0.0)
@@ -70,42 +90,26 @@ def topk_accuracy(idx: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     return (key_src == src[:, None, :, None]).float().mean()
 
 
-# Implementation of Eq. (6): "sdpa" (TopK bias + fused SDPA kernel, default) or "explicit"
-# (materialised logits, TopK threshold, masked softmax). Both give the same values and
-# gradients; tools/benchmark_pretrain.py compares them (modes "eager:explicit", ...).
-IMPL = "sdpa"
-# Row-wise selection of the K best keys: "topk" (torch.topk, default; measured on H200) or
-# "sort" (a full per-row sort; many short rows are a known slow case of topk's radix select,
-# measure with the benchmark's ":sort" modes before switching).
-SELECT = "topk"
-
-
-# Rank keys on fp32 logits (default). In bf16, ~11% of query rows of a ViT-B layer have ties at
-# the K-th logit (measured on random activations), which would make the selection arbitrary;
-# False ranks in the compute dtype (cheaper; what the H200 numbers in the README measured).
-SELECT_FP32 = True
-
-
-def selection_logits(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """q kᵀ for ranking keys: fp32 (autocast off) if ``SELECT_FP32``, else the compute dtype."""
-    if SELECT_FP32 and q.dtype != torch.float64:
+def selection_logits(q: torch.Tensor, k: torch.Tensor, fp32: bool = True) -> torch.Tensor:
+    """q kᵀ for ranking keys: fp32 (autocast off) if ``fp32``, else the compute dtype."""
+    if fp32 and q.dtype != torch.float64:
         with torch.autocast(q.device.type, enabled=False):
             return q.float() @ k.float().transpose(-2, -1)
     return q @ k.transpose(-2, -1)
 
 
-def select_topk(logits: torch.Tensor, k: int) -> torch.Tensor:
+def select_topk(logits: torch.Tensor, k: int, select: str = "topk") -> torch.Tensor:
     """Indices of the k largest entries of every row (last dim), in no particular order."""
-    if SELECT == "sort":
+    if select == "sort":
         return logits.sort(dim=-1, descending=True).indices[..., :k]
     return logits.topk(k, dim=-1, sorted=False).indices
 
 
 def homologous_attention(q, k, v, ctx: HomologousContext, dropout_p: float = 0.0) -> torch.Tensor:
     """Eq. (6); appends the TopK accuracy to ``ctx`` if it has ``src``."""
-    if IMPL == "explicit":
+    if ctx.impl == "explicit":
         return _homologous_attention_explicit(q, k, v, ctx, dropout_p)
-    bias, idx = topk_attn_bias(q, k, ctx.k, ctx.num_prefix_tokens)
+    bias, idx = topk_attn_bias(q, k, ctx.k, ctx.num_prefix_tokens, ctx.select, ctx.select_fp32)
     if ctx.src is not None:
         ctx.accuracies.append(topk_accuracy(idx, ctx.src))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
@@ -117,7 +121,8 @@ def _homologous_attention_explicit(q, k, v, ctx: HomologousContext, dropout_p: f
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()  # softmax in fp32 under autocast
     with torch.no_grad():
-        idx = select_topk(selection_logits(q[:, :, p:], k[:, :, p:]), ctx.k)
+        idx = select_topk(selection_logits(q[:, :, p:], k[:, :, p:], ctx.select_fp32), ctx.k,
+                          ctx.select)
         keep = torch.zeros_like(logits, dtype=torch.bool)
         keep[:, :, p:, p:].scatter_(-1, idx, True)
         keep[:, :, :p] = True

@@ -2,7 +2,7 @@
 
 The classifier is ``create_vit(size, global_pool='avg')``: mean of the patch tokens after the
 last block → ``fc_norm`` LayerNorm → linear head (trunc-normal std 2e-5), as in MAE. All
-parameters are trained with layer-wise lr decay (:mod:`mixedae.layer_decay`, the project's
+parameters are trained with layer-wise lr decay (:mod:`mixedae.runtime.layer_decay`, the project's
 one rule). Defaults are the paper's recipe (Table 5):
 
 ==================  =================================================================
@@ -52,9 +52,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import cls_engine as E
-from .layer_decay import layer_decay_param_groups
-from .vit import VIT_SIZES, create_vit
+from mixedae.classification import engine as E
+from mixedae.runtime.layer_decay import layer_decay_param_groups
+from mixedae.model.vit import VIT_SIZES, create_vit
 
 # size → (blr, epochs, batch) of Table 5; sizes the paper does not use follow ViT-B
 RECIPE = {"large": (1e-3, 50, 512)}
@@ -128,7 +128,7 @@ def fill_defaults(args) -> None:
 
 
 def build_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float):
-    """The classifier's AdamW groups: :func:`mixedae.layer_decay.layer_decay_param_groups`
+    """The classifier's AdamW groups: :func:`mixedae.runtime.layer_decay.layer_decay_param_groups`
     with ``num_layers = depth`` and the model's own no-weight-decay names."""
     m = E.unwrap(model)
     return layer_decay_param_groups(m, lr, weight_decay, layer_decay, num_layers=len(m.blocks),
@@ -137,7 +137,7 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_d
 
 def build_transforms(args):
     from timm.data import create_transform
-    from .cls_datasets import eval_transform
+    from mixedae.classification.datasets import eval_transform
     train_tf = create_transform(
         input_size=args.img_size, is_training=True, auto_augment=None if args.aa in ("", "none")
         else args.aa, interpolation="bicubic", re_prob=args.reprob, re_mode=args.remode,
@@ -203,7 +203,7 @@ def image_folders(args):
 
 
 def _rgb(path):
-    from .cls_datasets import load_rgb
+    from mixedae.classification.datasets import load_rgb
     return load_rgb(path)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .pos_embed import sincos_1d
+from mixedae.model.pos_embed import sincos_1d
 
 
 class SegmentEmbedding(nn.Module):

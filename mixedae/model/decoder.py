@@ -12,8 +12,8 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from .pos_embed import sincos_2d
-from .vit import Block, init_weights_xavier
+from mixedae.model.pos_embed import sincos_2d
+from mixedae.model.vit import Block, init_weights_xavier
 
 
 class MAEDecoder(nn.Module):

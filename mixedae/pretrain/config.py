@@ -15,11 +15,9 @@ import json
 import math
 from dataclasses import dataclass
 
-from .vit import VIT_SIZES
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot train; raised before any work starts."""
+from mixedae.model.homologous_attention import IMPLS, SELECTS
+from mixedae.model.vit import VIT_SIZES
+from mixedae.runtime.errors import ConfigError
 
 
 @dataclass
@@ -39,6 +37,9 @@ class PretrainConfig:
     attention: str = "topk"             # global | topk | masked
     topk_ratio: float | None = None     # K = topk_ratio · L; None → r
     num_global_layers: int = 1          # leading layers with global self-attention (Tab. 3e)
+    attn_impl: str = "sdpa"             # how Eq. 6 is computed: sdpa | explicit (same values)
+    topk_select: str = "topk"           # row-wise K-best search: topk | sort (same keys)
+    topk_select_fp32: bool = True       # rank keys on fp32 logits under bf16 autocast
     homo_con: bool = True
     homo_con_weight: float = 0.1        # λ (Eq. 8)
     homo_con_tau: float = 0.25          # τ (Eq. 7)
@@ -83,6 +84,10 @@ class PretrainConfig:
             bad(f"mixing={self.mixing!r} must be 'none', 'compose' or 'full'")
         if self.attention not in ("global", "topk", "masked"):
             bad(f"attention={self.attention!r} must be 'global', 'topk' or 'masked'")
+        if self.attn_impl not in IMPLS:
+            bad(f"attn_impl={self.attn_impl!r} must be one of {IMPLS}")
+        if self.topk_select not in SELECTS:
+            bad(f"topk_select={self.topk_select!r} must be one of {SELECTS}")
         if not 0 < self.mix_ratio <= 0.5:
             bad(f"mix_ratio r={self.mix_ratio} must be in (0, 0.5]")
         if not math.isclose(1 / self.mix_ratio, self.group_size, abs_tol=1e-6):

@@ -19,12 +19,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from mixedae.runtime.errors import CheckpointError
+
 CHECKPOINT_NAME = "checkpoint.pth"
 WEIGHTS_NAME = "model.safetensors"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used (missing file, mismatched keys or shapes)."""
 
 
 # ---- atomic writes ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ Protocol (Appendix B "Downstream classification", following [39, 61]):
 * metric: top-1 accuracy; VOC2007 mAP with the 11-point interpolated AP of the VOC2007 devkit
   (the standard AP, equal to ``sklearn.metrics.average_precision_score``, is stored beside it).
 
-The splits of every dataset are documented in :mod:`mixedae.cls_datasets`.
+The splits of every dataset are documented in :mod:`mixedae.classification.datasets`.
 
 Outputs in ``--output-dir OUT``::
 
@@ -56,9 +56,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import cls_datasets as D
-from . import cls_engine as E
-from .vit import VIT_SIZES, create_vit
+from mixedae.classification import datasets as D
+from mixedae.classification import engine as E
+from mixedae.model.vit import VIT_SIZES, create_vit
 
 DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 # settings that must match for a finished run to be reused
@@ -72,7 +72,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", default="all", help="'all' or a comma list of: "
                    + ", ".join(D.ORDER))
     p.add_argument("--root", required=True, help="root holding the datasets (see "
-                   "mixedae.cls_datasets for each layout)")
+                   "mixedae.classification.datasets for each layout)")
     p.add_argument("--checkpoint", default=None, help="pretraining checkpoint (model.safetensors "
                    "or its run directory) or plain ViT state dict; omitted: random init")
     p.add_argument("--output-dir", required=True)

@@ -33,14 +33,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from . import checkpoint as ckpt
-from .config import PRESETS, ConfigError, PretrainConfig, get_preset
-from .data import ResumableSampler, build_pretrain_dataset
-from .distributed import (DistInfo, all_gather_object, all_reduce_mean, init_distributed,
+from mixedae.runtime import checkpoint as ckpt
+from mixedae.pretrain.config import PRESETS, ConfigError, PretrainConfig, get_preset
+from mixedae.pretrain.data import ResumableSampler, build_pretrain_dataset
+from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce_mean, init_distributed,
                           wrap_ddp)
-from .lr_sched import cosine_lr, set_lr
+from mixedae.runtime.schedules import cosine_lr, set_lr
 
-log = logging.getLogger("mixedae.train")
+log = logging.getLogger("mixedae.pretrain.engine")
 
 
 @dataclass
@@ -187,8 +187,8 @@ class RunLogger:
 def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
              dist_info: DistInfo | None = None) -> PretrainResult:
     """Pretrain ``build_model(cfg)`` on ``dataset`` (items: normalised (3,H,W) tensors, indexed
-    by ``(index, seed)``, e.g. ``mixedae.data.PretrainImages``). Resumes per ``opts.resume``."""
-    from .mixed_autoencoder import build_model
+    by ``(index, seed)``, e.g. ``mixedae.pretrain.data.PretrainImages``). Resumes per ``opts.resume``."""
+    from mixedae.model.mixed_autoencoder import build_model
 
     cfg.validate()
     info = dist_info or init_distributed(opts.device)
@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        from .distributed import cleanup
+        from mixedae.runtime.distributed import cleanup
         cleanup()
     return 0
 

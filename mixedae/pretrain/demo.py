@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from .config import get_preset
-from .data import IMAGENET_MEAN, IMAGENET_STD, PretrainImages, load_rgb, pretrain_transform
-from .train import RunOptions, pretrain, setup_logging
+from mixedae.pretrain.config import get_preset
+from mixedae.pretrain.data import IMAGENET_MEAN, IMAGENET_STD, PretrainImages, load_rgb, pretrain_transform
+from mixedae.pretrain.engine import RunOptions, pretrain, setup_logging
 
-log = logging.getLogger("mixedae.demo")
+log = logging.getLogger("mixedae.pretrain.demo")
 
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field",
                   "immunohistochemistry", "retina", "coins", "moon", "clock", "brick", "grass",

@@ -16,18 +16,22 @@ Eq. 7 across the visible patches of groups of g images (MAE + HomoCon, Tab. 7c).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
-from .config import PretrainConfig
-from .decoder import MAEDecoder
-from .homologous_attention import HomologousContext
-from .homologous_contrastive import homologous_contrastive_loss
-from .mixing import mix_images, mixing_masks, source_onehot, unmix_tokens
-from .segment_embedding import SegmentEmbedding
-from .vit import create_vit
+from mixedae.model.decoder import MAEDecoder
+from mixedae.model.homologous_attention import HomologousContext
+from mixedae.model.homologous_contrastive import homologous_contrastive_loss
+from mixedae.model.mixing import mix_images, mixing_masks, source_onehot, unmix_tokens
+from mixedae.model.segment_embedding import SegmentEmbedding
+from mixedae.model.vit import create_vit
+
+if TYPE_CHECKING:  # the model reads its config; it does not import the pretraining package
+    from mixedae.pretrain.config import PretrainConfig
 
 
 def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
@@ -88,7 +92,8 @@ class MixedAutoencoder(nn.Module):
         seg = self.seg_embed(flat_src).to(x.dtype) if self.seg_embed is not None else None
         homo, attn_mask = None, None
         if cfg.attention == "topk":
-            homo = HomologousContext(k=cfg.topk, src=flat_src)
+            homo = HomologousContext(k=cfg.topk, src=flat_src, impl=cfg.attn_impl,
+                                     select=cfg.topk_select, select_fp32=cfg.topk_select_fp32)
         elif cfg.attention == "masked":
             same = flat_src[:, :, None] == flat_src[:, None, :]
             attn_mask = torch.ones(same.shape[0], 1, *(s + 1 for s in same.shape[1:]),

@@ -57,7 +57,7 @@ from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from PIL import Image
 from torch.utils.data import Dataset
 
-IGNORE = -1  # same value as mixedae.cls_engine.IGNORE
+IGNORE = -1  # same value as mixedae.classification.engine.IGNORE
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",

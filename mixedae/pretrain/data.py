@@ -26,7 +26,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .config import ConfigError
+from mixedae.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 
-from .homologous_attention import HomologousContext, homologous_attention
-from .pos_embed import resize_pos_embed, sincos_2d
+from mixedae.model.homologous_attention import HomologousContext, homologous_attention
+from mixedae.model.pos_embed import resize_pos_embed, sincos_2d
 
 
 class Attention(nn.Module):

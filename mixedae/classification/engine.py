@@ -27,10 +27,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint  # noqa: F401
-from .convert import ConversionError
-from .distributed import init_distributed  # noqa: F401
-from .lr_sched import cosine_lr, set_lr  # noqa: F401
+from mixedae.runtime.checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint  # noqa: F401
+from mixedae.convert import ConversionError
+from mixedae.runtime.distributed import init_distributed  # noqa: F401
+from mixedae.runtime.schedules import cosine_lr, set_lr  # noqa: F401
 
 IGNORE = -1  # multi-label target value of a class that is only "difficult" (VOC): not scored
 
@@ -187,7 +187,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
     ``CheckpointError``) naming the keys. Returns ``{"path", "format", "dropped",
     "fresh", "resized"}``.
     """
-    from .convert import (extract_vit, load_checkpoint_file, match_state_dict,
+    from mixedae.convert import (extract_vit, load_checkpoint_file, match_state_dict,
                           resize_pos_embed, square_grid, to_target)
 
     m = unwrap(model)
