@@ -9,11 +9,14 @@ import importlib
 import sys
 
 COMMANDS = {
-    "pretrain": ("mixedae.pretrain.engine", "MixedAE / MAE / baseline pretraining (torchrun for DDP)"),
-    "demo": ("mixedae.pretrain.demo", "a few-minute CPU pretraining on photos shipped with packages"),
+    "pretrain": ("mixedae.pretrain.command",
+                 "MixedAE / MAE / baseline pretraining (torchrun for DDP)"),
+    "demo": ("mixedae.pretrain.demo",
+             "a few-minute CPU pretraining on photos shipped with packages"),
     "convert": ("mixedae.convert", "convert checkpoints (pretrain → backbone / timm, MAE → ours)"),
     "finetune": ("mixedae.classification.finetune", "ImageNet-style fine-tuning"),
-    "transfer": ("mixedae.classification.transfer", "the 11-dataset classification transfer benchmark"),
+    "transfer": ("mixedae.classification.transfer",
+                 "the 11-dataset classification transfer benchmark"),
 }
 
 

@@ -1,4 +1,6 @@
-"""Pretraining data: RGB conversion, corrupt-image skipping, augmentation, resumable sampler."""
+"""Data of every engine: RGB conversion (runtime.images), corrupt-image skipping, seeded
+augmentation and the resumable sample stream (runtime.sampler)."""
+import itertools
 import logging
 
 import numpy as np
@@ -8,9 +10,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from conftest import data_dir
-from mixedae.pretrain.config import ConfigError
-from mixedae.pretrain.data import (PretrainImages, ResumableSampler, build_pretrain_dataset, list_images,
-                          load_rgb, pretrain_transform)
+from mixedae.pretrain.data import (PretrainImages, build_pretrain_dataset, list_images,
+                                   pretrain_transform)
+from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.images import load_rgb
+from mixedae.runtime.sampler import EpochStreamSampler, SeededSample
 
 
 def write_modes(root):
@@ -50,8 +54,9 @@ def test_corrupt_image_is_skipped_with_its_path(tmp_path, caplog):
     (root / "cls" / "truncated.jpg").write_bytes(good[: len(good) // 3])
     ds = build_pretrain_dataset(root, 32)
     with caplog.at_level(logging.WARNING, logger="mixedae.pretrain.data"):
-        loader = DataLoader(ds, batch_size=3, sampler=ResumableSampler(ds, 3), drop_last=True)
-        batches = [b for b in loader] + [b for b in loader]
+        stream = EpochStreamSampler(len(ds), used=9)
+        loader = DataLoader(SeededSample(ds), batch_size=3, sampler=stream, drop_last=True)
+        batches = list(itertools.islice(iter(loader), 6))  # two epochs
     assert all(b.shape == (3, 3, 32, 32) for b in batches) and len(batches) == 6
     msgs = [r.getMessage() for r in caplog.records]
     assert sum(str(bad) in m for m in msgs) == 1  # reported once, with its path
@@ -63,7 +68,7 @@ def test_imagenet_tiny_loads(tmp_path):
     root = data_dir("imagenet_tiny")
     ds = build_pretrain_dataset(root, 48)
     assert len(ds) == 500
-    x = torch.stack([ds[(i, i)] for i in range(0, 500, 50)])
+    x = torch.stack([SeededSample(ds)[(i, i)] for i in range(0, 500, 50)])
     assert x.shape == (10, 3, 48, 48) and torch.isfinite(x).all()
 
 
@@ -79,7 +84,7 @@ def test_missing_and_empty_folders_are_named(tmp_path):
 
 def test_augmentation_is_seeded_per_sample_without_touching_global_rng():
     img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 80, 3), np.uint8))
-    ds = PretrainImages([img] * 4, pretrain_transform(32))
+    ds = SeededSample(PretrainImages([img] * 4, pretrain_transform(32)))
     torch.manual_seed(0)
     state = torch.get_rng_state()
     a, b, c = ds[(0, 7)], ds[(0, 7)], ds[(0, 8)]
@@ -88,18 +93,27 @@ def test_augmentation_is_seeded_per_sample_without_touching_global_rng():
 
 
 def test_sampler_shards_and_resumes():
-    ds = list(range(103))
     spr = 2 * 4  # accum 2 × micro 4
-    shards = [ResumableSampler(ds, spr, num_replicas=3, rank=r, seed=5) for r in range(3)]
-    for s in shards:
-        s.set_epoch(2)
-    idx = [[i for i, _ in s] for s in shards]
-    assert all(len(x) == shards[0].steps_per_epoch * spr == 32 for x in idx)  # 103//3=34 → 32
+    used = (-(-103 // 3)) // spr * spr  # 35 per rank → 4 whole steps = 32
+    shards = [EpochStreamSampler(103, seed=5, rank=r, world=3, used=used) for r in range(3)]
+    epoch2 = [list(itertools.islice(iter(s), 3 * used))[2 * used:] for s in shards]
+    idx = [[i for i, _ in e] for e in epoch2]
+    assert all(len(x) == 32 for x in idx)
     flat = sum(idx, [])
     assert len(set(flat)) == len(flat)  # disjoint shards
     # resume mid-epoch: the tail of the same permutation, with the same per-sample seeds
-    full = list(shards[1])
-    shards[1].set_epoch(2, start=16)
-    assert list(shards[1]) == full[16:] and len(shards[1]) == 16
-    shards[1].set_epoch(3)
-    assert [i for i, _ in shards[1]] != idx[1]  # new epoch, new order
+    resumed = EpochStreamSampler(103, seed=5, rank=1, world=3, used=used, start_epoch=2,
+                                 start_offset=16)
+    assert list(itertools.islice(iter(resumed), 16)) == epoch2[1][16:]
+    epoch3 = list(itertools.islice(iter(resumed), 16, 16 + used))
+    assert [i for i, _ in epoch3] != idx[1]  # new epoch, new order
+    assert {s for _, s in epoch3}.isdisjoint(s for _, s in epoch2[1])  # new crops too
+
+
+def test_16bit_images_are_scaled_not_clipped(tmp_path):
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # a 16-bit grayscale PNG
+    rgb = np.asarray(load_rgb(tmp_path / "deep.png"))
+    expect = np.rint(ramp / 65535 * 255)
+    assert rgb.shape == (64, 64, 3) and np.abs(rgb[..., 0] - expect).max() <= 1
+    assert (rgb == 255).mean() < 0.01  # PIL's convert("RGB") clips ~all of it to white

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import data_dir
-from mixedae.pretrain import engine as train
+from mixedae.pretrain import command, engine as train
 from mixedae.pretrain.config import ConfigError, get_preset
 from mixedae.pretrain.data import PretrainImages, build_pretrain_dataset, pretrain_transform
 from mixedae.runtime.schedules import cosine_lr
@@ -105,7 +105,7 @@ def test_kill_and_resume_is_exact(tmp_path, monkeypatch):
 def test_bad_config_fails_before_training(tmp_path, capsys, args, needle):
     data = synthetic_folder(tmp_path / "data", n=4)
     out = tmp_path / "out"
-    rc = train.main(MICRO_ARGS + ["--batch-size", "8", "--data", str(data),
+    rc = command.main(MICRO_ARGS + ["--batch-size", "8", "--data", str(data),
                                   "--output-dir", str(out)] + args)
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and needle in err, err
@@ -118,7 +118,7 @@ def test_bad_dataset_folder_is_named(tmp_path, capsys, kind):
     if kind == "empty":
         (data / "cls").mkdir(parents=True)
         (data / "cls" / "notes.txt").write_text("no images")
-    rc = train.main(MICRO_ARGS + ["--batch-size", "8", "--data", str(data),
+    rc = command.main(MICRO_ARGS + ["--batch-size", "8", "--data", str(data),
                                   "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 2 and str(data) in err

@@ -1,15 +1,13 @@
-"""Pretraining data: ImageFolder-style images, MAE augmentation and a resumable sharded sampler.
+"""Pretraining data: ImageFolder-style images and MAE augmentation.
 
 * ``PretrainImages`` turns a list of sources (file paths, or in-memory PIL images for the demo)
-  into augmented tensors. Every image is converted to RGB (grayscale, CMYK, palette); an
-  unreadable or corrupt file is reported once with its path and replaced by the next readable
-  index, so batches stay full.
+  into augmented tensors through the one image-loading path (:mod:`mixedae.runtime.images`:
+  any mode to 8-bit RGB); an unreadable or corrupt file is reported once with its path and
+  replaced by the next readable index, so batches stay full.
 * Augmentation is RandomResizedCrop(scale=(0.2, 1), bicubic) + horizontal flip + ImageNet
-  normalisation only (Sec. 4.1). Its randomness is seeded per sample from (seed, epoch, index)
-  by the sampler, so data is reproducible independent of worker count, and a resumed run sees
-  exactly the crops it would have seen.
-* ``ResumableSampler`` is a ``DistributedSampler`` (shuffle, drop_last) truncated to whole
-  optimizer steps that can start part-way through an epoch.
+  normalisation only (Sec. 4.1). The engine draws samples from the runtime's
+  ``EpochStreamSampler`` through ``SeededSample``, so the crops of a sample depend only on
+  (seed, epoch, index): reproducible for any worker count, and exact across a resume.
 """
 from __future__ import annotations
 
@@ -22,11 +20,12 @@ import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.images import load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +39,6 @@ def pretrain_transform(img_size: int, scale: Sequence[float] = (0.2, 1.0)) -> Ca
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
-
-
-def load_rgb(src) -> Image.Image:
-    """Open a path (or take a PIL image) and return a fully decoded RGB image."""
-    img = src if isinstance(src, Image.Image) else Image.open(src)
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")  # avoids PIL's palette-transparency warning
-    return img.convert("RGB")
 
 
 def list_images(root: str | os.PathLike) -> list[str]:
@@ -67,11 +58,7 @@ def list_images(root: str | os.PathLike) -> list[str]:
 
 
 class PretrainImages(Dataset):
-    """Augmented images from ``sources`` (paths or PIL images); no labels.
-
-    Indexed by an int or by ``(index, seed)`` from ``ResumableSampler``; with a seed the
-    transform runs under that torch seed without touching the global RNG.
-    """
+    """Augmented images from ``sources`` (paths or PIL images); no labels."""
 
     def __init__(self, sources: Sequence, transform: Callable, loader: Callable = load_rgb):
         self.sources = list(sources)
@@ -88,52 +75,16 @@ class PretrainImages(Dataset):
             src = self.sources[(index + i) % n]
             try:
                 return self.loader(src)
-            except Exception as e:  # corrupt / truncated / unreadable: skip, report once
+            except OSError as e:  # corrupt / truncated / unreadable: skip, report once
                 if str(src) not in self._reported:
                     self._reported.add(str(src))
-                    log.warning("skipping unreadable image %s (%s: %s)", src,
-                                type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-        raise RuntimeError(f"no readable image among {n} sources")
+                    log.warning("skipping %s", e)
+        raise ConfigError(f"none of the {n} images can be read (first: {self.sources[0]})")
 
-    def __getitem__(self, key) -> torch.Tensor:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        img = self._load(index)
-        if seed is None:
-            return self.transform(img)
-        with torch.random.fork_rng(devices=[]):  # CPU generator only; CUDA RNG untouched
-            torch.default_generator.manual_seed(seed)
-            return self.transform(img)
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.transform(self._load(index))
 
 
 def build_pretrain_dataset(root: str | os.PathLike, img_size: int,
                            scale: Sequence[float] = (0.2, 1.0)) -> PretrainImages:
     return PretrainImages(list_images(root), pretrain_transform(img_size, scale))
-
-
-class ResumableSampler(DistributedSampler):
-    """Shuffled per-rank shard holding ``steps_per_epoch · samples_per_step`` indices.
-
-    Yields ``(index, seed)``; the seed, a function of (seed, epoch, index), drives the
-    augmentation. ``set_epoch(epoch, start)`` skips the first ``start`` samples of this rank's
-    shard (the micro-batches already consumed before a checkpoint).
-    """
-
-    def __init__(self, dataset, samples_per_step: int, num_replicas: int = 1, rank: int = 0,
-                 seed: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
-                         seed=seed, drop_last=True)
-        self.samples_per_step = samples_per_step
-        self.steps_per_epoch = self.num_samples // samples_per_step
-        self.start = 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        super().set_epoch(epoch)
-        self.start = start
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch * self.samples_per_step - self.start
-
-    def __iter__(self):
-        idx = list(super().__iter__())[self.start:self.steps_per_epoch * self.samples_per_step]
-        base = ((self.seed * 1_000_003 + self.epoch) * 2_147_483_629) % 2 ** 62
-        return iter([(i, (base + i) % 2 ** 62) for i in idx])

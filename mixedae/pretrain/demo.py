@@ -27,7 +27,8 @@ from torchvision import transforms
 
 from mixedae.pretrain.config import get_preset
 from mixedae.pretrain.data import IMAGENET_MEAN, IMAGENET_STD, PretrainImages, load_rgb, pretrain_transform
-from mixedae.pretrain.engine import RunOptions, pretrain, setup_logging
+from mixedae.pretrain.engine import RunOptions, pretrain
+from mixedae.runtime.run_logger import setup_logging
 
 log = logging.getLogger("mixedae.pretrain.demo")
 

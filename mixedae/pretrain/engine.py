@@ -1,8 +1,5 @@
-"""``mixedae pretrain``: MixedAE / MAE / baseline pretraining (Sec. 4.1, Appendix B Table 4).
-
-    mixedae pretrain --preset mixedae_base --data /imagenet/train --output-dir runs/mixedae_base
-    torchrun --standalone --nproc_per_node 8 -m mixedae.cli pretrain --preset ... (see
-    mixedae/distributed.py for multi-node flags)
+"""The pretraining engine: MixedAE / MAE / baseline pretraining (Sec. 4.1, Appendix B Table 4).
+Command line: :mod:`mixedae.pretrain.command` (``mixedae pretrain``).
 
 Recipe: AdamW (betas from the config, weight decay 0.05, none on norms / biases / tokens /
 embeddings), lr = blr · batch / 256, MAE's per-iteration linear-warmup + cosine schedule,
@@ -19,12 +16,9 @@ The engine ``pretrain(cfg, dataset, opts)`` is shared with ``mixedae demo``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
-import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -34,10 +28,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from mixedae.runtime import checkpoint as ckpt
-from mixedae.pretrain.config import PRESETS, ConfigError, PretrainConfig, get_preset
-from mixedae.pretrain.data import ResumableSampler, build_pretrain_dataset
-from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce_mean, init_distributed,
-                          wrap_ddp)
+from mixedae.runtime.errors import ConfigError
+from mixedae.pretrain.config import PretrainConfig
+from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce_mean,
+                                         init_distributed, wrap_ddp)
+from mixedae.runtime.run_logger import RunLogger
+from mixedae.runtime.sampler import EpochStreamSampler, SeededSample
 from mixedae.runtime.schedules import cosine_lr, set_lr
 
 log = logging.getLogger("mixedae.pretrain.engine")
@@ -130,179 +126,187 @@ def train_step(model, batches, optimizer, accum_iter: int, device: torch.device,
     return stats
 
 
-class RunLogger:
-    """Rank-0 progress: tqdm bar, tensorboard scalars, ``log.jsonl`` (truncated on resume)."""
-
-    def __init__(self, output_dir: Path, start_step: int, total: int, enabled: bool,
-                 progress: bool, topk_offset: int):
-        self.enabled, self.topk_offset = enabled, topk_offset
-        self.bar = self.tb = None
-        if not enabled:
-            return
-        self.jsonl = output_dir / "log.jsonl"
-        if self.jsonl.exists():  # drop entries past the resume point (and all on a fresh run)
-            keep = [line for line in self.jsonl.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start_step]
-            ckpt.atomic_write(self.jsonl, lambda t: Path(t).write_text(
-                "".join(line + "\n" for line in keep)))
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(output_dir / "tb"), purge_step=start_step + 1)
-        except ImportError:  # tensorboard is optional on the training box
-            log.warning("tensorboard not installed; scalars only go to %s", self.jsonl)
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, initial=start_step, disable=not progress,
-                        dynamic_ncols=True, desc="pretrain",
-                        mininterval=0.1 if sys.stderr.isatty() else 30.0)  # quiet in log files
-
-    def step(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def log(self, step: int, epoch: int, values: list[float], lr: float, img_s: float) -> dict:
-        loss, rec, homo, *acc = values
-        rec_ = dict(step=step, epoch=epoch, loss=loss, loss_recon=rec, loss_homocon=homo, lr=lr,
-                    topk_acc=acc, img_per_s=img_s)
-        if not self.enabled:
-            return rec_
-        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
-        with open(self.jsonl, "a") as f:
-            f.write(json.dumps(rec_) + "\n")
-        if self.tb is not None:
-            for k in ("loss", "loss_recon", "loss_homocon", "lr"):
-                self.tb.add_scalar(k, rec_[k], step)
-            self.tb.add_scalar("img_per_s", img_s, step)
-            for i, a in enumerate(acc):
-                self.tb.add_scalar(f"topk_acc/layer_{i + self.topk_offset}", a, step)
-        return rec_
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
 # ---- the engine ------------------------------------------------------------------------------
-def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
-             dist_info: DistInfo | None = None) -> PretrainResult:
-    """Pretrain ``build_model(cfg)`` on ``dataset`` (items: normalised (3,H,W) tensors, indexed
-    by ``(index, seed)``, e.g. ``mixedae.pretrain.data.PretrainImages``). Resumes per ``opts.resume``."""
+@dataclass
+class _Run:
+    """Everything a pretraining run holds while it trains."""
+    cfg: PretrainConfig
+    opts: RunOptions
+    info: DistInfo
+    out_dir: Path
+    micro: int
+    spe: int                        # optimizer steps per epoch
+    total: int                      # steps of the full schedule
+    end: int                        # steps of this invocation (--max-steps)
+    model: torch.nn.Module          # unwrapped
+    optimizer: torch.optim.Optimizer
+    scaler: object | None
+    dtype: torch.dtype | None
+    step: int = 0
+    rng: list | None = None         # per-rank RNG states of the resumed checkpoint
+
+
+def _build(cfg: PretrainConfig, dataset, opts: RunOptions, info: DistInfo) -> _Run:
     from mixedae.model.mixed_autoencoder import build_model
-
-    cfg.validate()
-    info = dist_info or init_distributed(opts.device)
-    dev, main = info.device, info.is_main
     micro = micro_batch_size(cfg, info.world_size)
-    dtype = amp_dtype(opts.amp, dev)
-    out_dir = Path(opts.output_dir)
-
-    sampler = ResumableSampler(dataset, micro * cfg.accum_iter, info.world_size, info.rank,
-                               seed=opts.seed)
-    spe = sampler.steps_per_epoch
+    per_rank = -(-len(dataset) // info.world_size)
+    spe = per_rank // (micro * cfg.accum_iter)
     if spe == 0:
         raise ConfigError(f"dataset has {len(dataset)} images, fewer than one global batch "
                           f"({cfg.batch_size}) of world size {info.world_size}")
     total = int(round(cfg.epochs * spe))
-    warmup = cfg.warmup_epochs * spe
     end = min(total, opts.max_steps) if opts.max_steps else total
-    base_lr = cfg.effective_lr()
-
     torch.manual_seed(opts.seed)  # identical initialisation on every rank
-    model = build_model(cfg).to(dev)
-    optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    model = build_model(cfg).to(info.device)
+    dtype = amp_dtype(opts.amp, info.device)
+    return _Run(cfg, opts, info, Path(opts.output_dir), micro, spe, total, end, model,
+                build_optimizer(model, cfg),
+                torch.amp.GradScaler("cuda") if dtype == torch.float16 else None, dtype)
 
-    step, rng = 0, None
-    resume = ckpt.resolve_resume(opts.resume, out_dir)
-    if resume is not None:
-        state = ckpt.load_checkpoint(resume)
-        ckpt.load_model_state(model, state["model"], source=str(resume))
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        step, rng = state["step"], state["rng"]
-        old = json.loads(state["config"])
-        diff = sorted(k for k, v in json.loads(cfg.to_json()).items() if old.get(k) != v)
-        if diff and main:
-            log.warning("resuming %s with a changed config: %s", resume, diff)
-        if main:
-            log.info("resumed from %s at step %d", resume, step)
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(
-            json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
-        log.info("%d image(s), %d rank(s) × micro-batch %d × accum %d = batch %d; "
-                 "%d steps/epoch, %d steps (lr %.3g)", len(dataset), info.world_size, micro,
-                 cfg.accum_iter, cfg.batch_size, spe, end, base_lr)
 
-    raw_model = model
+def _resume(run: _Run) -> None:
+    path = ckpt.resolve_resume(run.opts.resume, run.out_dir)
+    if path is None:
+        return
+    state = ckpt.load_checkpoint(path)
+    ckpt.load_model_state(run.model, state["model"], source=str(path))
+    run.optimizer.load_state_dict(state["optimizer"])
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    run.step, run.rng = state["step"], state["rng"]
+    old = json.loads(state["config"])
+    diff = sorted(k for k, v in json.loads(run.cfg.to_json()).items() if old.get(k) != v)
+    if run.info.is_main:
+        if diff:
+            log.warning("resuming %s with a changed config: %s", path, diff)
+        log.info("resumed from %s at step %d", path, run.step)
+
+
+def _announce(run: _Run, n_images: int) -> None:
+    cfg, info = run.cfg, run.info
+    if not info.is_main:
+        return
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.atomic_write_text(run.out_dir / "config.json",
+                           json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
+    log.info("%d image(s), %d rank(s) × micro-batch %d × accum %d = batch %d; %d steps/epoch, "
+             "%d steps (lr %.3g)", n_images, info.world_size, run.micro, cfg.accum_iter,
+             cfg.batch_size, run.spe, run.end, cfg.effective_lr())
+    if cfg.attention == "topk":
+        log.info("homologous attention: K=%d, impl=%s, select=%s, fp32 ranking=%s",
+                 cfg.topk, cfg.attn_impl, cfg.topk_select, cfg.topk_select_fp32)
+
+
+def _loader(run: _Run, dataset) -> DataLoader:
+    """One DataLoader for the whole run over the endless, resumable sample stream."""
+    per_step = run.micro * run.cfg.accum_iter
+    epoch, within = divmod(run.step, run.spe)
+    sampler = EpochStreamSampler(len(dataset), seed=run.opts.seed, rank=run.info.rank,
+                                 world=run.info.world_size, used=run.spe * per_step,
+                                 start_epoch=epoch, start_offset=within * per_step)
+    n = run.opts.num_workers
+    return DataLoader(SeededSample(dataset), batch_size=run.micro, sampler=sampler,
+                      drop_last=True, num_workers=n, pin_memory=run.info.device.type == "cuda",
+                      persistent_workers=n > 0,
+                      generator=torch.Generator().manual_seed(run.opts.seed))
+
+
+def _restore_rng(run: _Run) -> None:
+    """Masks come from the global RNG: different per rank, restored exactly on resume."""
+    info = run.info
+    if run.rng is not None and len(run.rng) == info.world_size:
+        ckpt.set_rng_state(run.rng[info.rank])
+        return
+    if run.rng is not None and info.is_main:
+        log.warning("checkpoint has RNG states for %d rank(s), running %d: masks will differ "
+                    "from the original run", len(run.rng), info.world_size)
+    torch.manual_seed(run.opts.seed + info.rank + 1_000_003 * run.step)
+
+
+def _wrap(run: _Run) -> torch.nn.Module:
+    cfg, dev = run.cfg, run.info.device
     probe = torch.randn(cfg.group_size, 3, cfg.img_size, cfg.img_size, device=dev,
                         generator=torch.Generator(dev).manual_seed(0))
-    model = wrap_ddp(model, info, probe)
-    if opts.compile:
+    model = wrap_ddp(run.model, run.info, probe)
+    if run.opts.compile:
         model = torch.compile(model)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+    return model
 
-    loader = DataLoader(dataset, batch_size=micro, sampler=sampler, drop_last=True,
-                        num_workers=opts.num_workers, pin_memory=dev.type == "cuda",
-                        persistent_workers=opts.num_workers > 0,
-                        generator=torch.Generator().manual_seed(opts.seed))
-    # masks come from the global RNG: different per rank, restored exactly on resume
-    if rng is not None and len(rng) == info.world_size:
-        ckpt.set_rng_state(rng[info.rank])
-    else:
-        if rng is not None and main:
-            log.warning("checkpoint has RNG states for %d rank(s), running %d: masks will "
-                        "differ from the original run", len(rng), info.world_size)
-        torch.manual_seed(opts.seed + info.rank + 1_000_003 * step)
 
-    logger = RunLogger(out_dir, step, end, main, opts.progress,
-                       cfg.num_global_layers if cfg.attention == "topk" else 0)
-    model.train()
-    window, n_window, t0, last = 0.0, 0, time.perf_counter(), {}
-    deadline = time.perf_counter() + opts.time_limit if opts.time_limit else math.inf
-    done = step >= end
+def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
+             dist_info: DistInfo | None = None) -> PretrainResult:
+    """Pretrain ``build_model(cfg)`` on ``dataset`` (items: normalised (3,H,W) tensors, e.g.
+    ``mixedae.pretrain.data.PretrainImages``). Resumes per ``opts.resume``."""
+    cfg.validate()
+    run = _build(cfg, dataset, opts, dist_info or init_distributed(opts.device))
+    _resume(run)
+    _announce(run, len(dataset))
+    model = _wrap(run)
+    batches = iter(_loader(run, dataset))
+    _restore_rng(run)
+    logger = RunLogger(run.out_dir if run.info.is_main else None, desc="pretrain",
+                       total=run.end, start_step=run.step, progress=opts.progress)
     try:
-        while not done:
-            epoch, within = divmod(step, spe)
-            sampler.set_epoch(epoch, start=within * micro * cfg.accum_iter)
-            batches = iter(loader)
-            for _ in range(within, spe):
-                lr = cosine_lr(step, base_lr, total, warmup, cfg.min_lr)
-                set_lr(optimizer, lr)
-                stats = train_step(model, batches, optimizer, cfg.accum_iter, dev, dtype, scaler)
-                step += 1
-                window, n_window = window + stats, n_window + 1
-                logger.step()
-                done = step >= end
-                if step % opts.log_every == 0 or done or step % opts.save_every == 0:
-                    late = float(time.perf_counter() > deadline)  # any rank late → all stop
-                    *values, late = all_reduce_mean(torch.cat([
-                        window / n_window, torch.tensor([late], device=dev)])).tolist()
-                    if late > 0 and not done:
-                        done = True
-                        if main:
-                            log.info("time limit of %gs reached at step %d", opts.time_limit,
-                                     step)
-                    if not math.isfinite(values[0]):
-                        raise FloatingPointError(f"loss is {values[0]} at step {step}; stopping "
-                                                 f"(last good checkpoint kept)")
-                    img_s = n_window * cfg.batch_size / (time.perf_counter() - t0)
-                    last = logger.log(step, epoch, values, lr, img_s)
-                    window, n_window, t0 = 0.0, 0, time.perf_counter()
-                if step % opts.save_every == 0 or done:
-                    save(out_dir, raw_model, optimizer, scaler, cfg, step, spe, main)
-                if done:
-                    break
+        last = _train(run, model, batches, logger)
     finally:
         logger.close()
-    if main:
-        log.info("done at step %d; checkpoint and weights in %s", step, out_dir)
-    return PretrainResult(raw_model, step, last)
+        del batches
+    if run.info.is_main:
+        log.info("done at step %d; checkpoint and weights in %s", run.step, run.out_dir)
+    return PretrainResult(run.model, run.step, last)
+
+
+def _train(run: _Run, model, batches, logger: RunLogger) -> dict:
+    cfg, opts, dev = run.cfg, run.opts, run.info.device
+    warmup, base_lr = cfg.warmup_epochs * run.spe, cfg.effective_lr()
+    deadline = time.perf_counter() + opts.time_limit if opts.time_limit else math.inf
+    window, n_window, t0, last = 0.0, 0, time.perf_counter(), {}
+    model.train()
+    done = run.step >= run.end
+    while not done:
+        lr = cosine_lr(run.step, base_lr, run.total, warmup, cfg.min_lr)
+        set_lr(run.optimizer, lr)
+        stats = train_step(model, batches, run.optimizer, cfg.accum_iter, dev, run.dtype,
+                           run.scaler)
+        run.step += 1
+        window, n_window = window + stats, n_window + 1
+        logger.step()
+        done = run.step >= run.end
+        if run.step % opts.log_every == 0 or done or run.step % opts.save_every == 0:
+            late = float(time.perf_counter() > deadline)  # any rank late → all stop
+            *values, late = all_reduce_mean(torch.cat([
+                window / n_window, torch.tensor([late], device=dev)])).tolist()
+            if late > 0 and not done:
+                done = True
+                if run.info.is_main:
+                    log.info("time limit of %gs reached at step %d", opts.time_limit, run.step)
+            if not math.isfinite(values[0]):
+                raise FloatingPointError(f"loss is {values[0]} at step {run.step}; stopping "
+                                         f"(last good checkpoint kept)")
+            img_s = n_window * cfg.batch_size / (time.perf_counter() - t0)
+            last = _log_step(run, logger, values, lr, img_s)
+            window, n_window, t0 = 0.0, 0, time.perf_counter()
+        if run.step % opts.save_every == 0 or done:
+            save(run.out_dir, run.model, run.optimizer, run.scaler, cfg, run.step, run.spe,
+                 run.info.is_main)
+    return last
+
+
+def _log_step(run: _Run, logger: RunLogger, values: list[float], lr: float,
+              img_s: float) -> dict:
+    loss, rec, homo, *acc = values
+    record = dict(step=run.step, epoch=run.step // run.spe, loss=loss, loss_recon=rec,
+                  loss_homocon=homo, lr=lr, topk_acc=acc, img_per_s=img_s)
+    offset = run.cfg.num_global_layers if run.cfg.attention == "topk" else 0
+    scalars = {k: record[k] for k in ("loss", "loss_recon", "loss_homocon", "lr", "img_per_s")}
+    scalars.update({f"topk_acc/layer_{i + offset}": a for i, a in enumerate(acc)})
+    logger.log(record, scalars, postfix=dict(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                                             img_s=f"{img_s:.1f}"))
+    return record
 
 
 def save(out_dir: Path, model, optimizer, scaler, cfg, step: int, spe: int, main: bool) -> None:
@@ -314,92 +318,3 @@ def save(out_dir: Path, model, optimizer, scaler, cfg, step: int, spe: int, main
                              scaler=scaler, cfg=cfg, step=step, epoch=epoch,
                              step_in_epoch=within, rng=rng)
         ckpt.save_safetensors(out_dir / ckpt.WEIGHTS_NAME, model, cfg, step)
-
-
-# ---- command line ----------------------------------------------------------------------------
-_OVERRIDES = {  # flag → (config field, type)
-    "model": str, "batch_size": int, "epochs": int, "warmup_epochs": int, "blr": float,
-    "lr": float, "accum_iter": int, "mixing": str, "mix_ratio": float, "attention": str,
-    "img_size": int, "patch_size": int, "mask_patch_size": int,
-}
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("mixedae pretrain", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="mixedae_base", choices=sorted(PRESETS))
-    for name, typ in _OVERRIDES.items():
-        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None,
-                       help=f"override config.{name}")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any PretrainConfig field (JSON value), repeatable")
-    p.add_argument("--data", required=True, help="ImageFolder-style image folder")
-    p.add_argument("--output-dir", default=None, help="default runs/<preset>")
-    p.add_argument("--num-workers", type=int, default=8)
-    p.add_argument("--save-every", type=int, default=1000, help="checkpoint every N steps")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps")
-    p.add_argument("--time-limit", type=float, default=None,
-                   help="stop (with a checkpoint) after this many seconds of training")
-    p.add_argument("--resume", default="auto", help="'auto', a checkpoint path, or 'none'")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
-    p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--log-every", type=int, default=20)
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> PretrainConfig:
-    overrides = {k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return get_preset(args.preset, **overrides)
-
-
-def options_from_args(args: argparse.Namespace) -> RunOptions:
-    for flag in ("save_every", "log_every"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
-    return RunOptions(
-        output_dir=args.output_dir or f"runs/{args.preset}", num_workers=args.num_workers,
-        save_every=args.save_every, max_steps=args.max_steps, time_limit=args.time_limit,
-        resume=None if args.resume in ("none", "") else args.resume, seed=args.seed,
-        device=args.device, amp=args.amp, compile=args.compile, log_every=args.log_every,
-        progress=not args.no_progress)
-
-
-def setup_logging(rank: int) -> None:
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    setup_logging(int(os.environ.get("RANK", 0)))
-    try:  # every configuration problem surfaces here, before any training work
-        cfg = config_from_args(args)
-        opts = options_from_args(args)
-        micro_batch_size(cfg, world)
-        amp_dtype(opts.amp, torch.device("cpu"))
-        ckpt.resolve_resume(opts.resume, opts.output_dir)
-        dataset = build_pretrain_dataset(args.data, cfg.img_size, cfg.crop_scale)
-        pretrain(cfg, dataset, opts)
-    except (ConfigError, ckpt.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        from mixedae.runtime.distributed import cleanup
-        cleanup()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

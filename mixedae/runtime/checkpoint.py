@@ -20,9 +20,8 @@ import torch
 import torch.nn as nn
 
 from mixedae.runtime.errors import CheckpointError
+from mixedae.runtime.weights import CHECKPOINT_NAME, WEIGHTS_NAME, load_into  # noqa: F401 (re-exported)
 
-CHECKPOINT_NAME = "checkpoint.pth"
-WEIGHTS_NAME = "model.safetensors"
 
 
 # ---- atomic writes ---------------------------------------------------------------------------
@@ -77,6 +76,14 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` saved (also the plain-list layout that fine-tuning
+    checkpoints of version 0.1 used)."""
+    if not isinstance(state.get("python"), torch.Tensor):  # legacy plain-list layout
+        py, n = state["python"], state["numpy"]
+        random.setstate((py[0], tuple(py[1]), py[2]))
+        np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+        torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+        return
     random.setstate((state["python_version"], tuple(state["python"].tolist()),
                      state["python_gauss"]))
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"],
@@ -87,28 +94,9 @@ def set_rng_state(state: dict) -> None:
 
 
 # ---- model state -----------------------------------------------------------------------------
-def _names(keys, limit: int = 8) -> str:
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoint") -> None:
     """Strict load that fails with one line naming missing / unexpected / mis-shaped keys."""
-    own = model.state_dict()
-    missing, unexpected = set(own) - set(state_dict), set(state_dict) - set(own)
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_names(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_names(unexpected)}")
-    shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
-              if k in state_dict and state_dict[k].shape != v.shape]
-    if shapes:
-        problems.append(f"shape mismatch (checkpoint vs model): {_names(shapes)}")
-    if problems:
-        raise CheckpointError(f"{source} does not match the model; " + "; ".join(problems))
-    model.load_state_dict(state_dict, strict=True)
+    load_into(model, state_dict, what=f"{source} does not match the model")
 
 
 # ---- checkpoint files ------------------------------------------------------------------------

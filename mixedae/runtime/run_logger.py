@@ -1,0 +1,107 @@
+"""The one run logger of every engine (rank 0 only): a tqdm progress bar, tensorboard scalars
+in ``<dir>/tb`` and one JSON record per line in ``<dir>/log.jsonl``.
+
+On resume, records past the resume step are dropped from ``log.jsonl`` (and tensorboard purges
+them), so a resumed run's log reads like an uninterrupted one; a torn last line (a kill during
+a write) is dropped too. Console lines go through ``tqdm.write`` so the bar stays intact.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from mixedae.runtime.checkpoint import atomic_write_text
+from mixedae.runtime.distributed import is_main_process
+
+log = logging.getLogger(__name__)
+
+
+def setup_logging(rank: int = 0) -> None:
+    """Console logging of the command-line tools: INFO on rank 0, warnings elsewhere."""
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a ``log.jsonl`` (unparsable lines, e.g. a torn last line, skipped)."""
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+class RunLogger:
+    """See module docstring. ``start_step``: records with a larger ``step`` are dropped from an
+    existing log (``None`` keeps the whole log, e.g. a run directory shared by phases)."""
+
+    def __init__(self, output_dir: str | Path | None, *, desc: str, total: int | None = None,
+                 start_step: int | None = 0, progress: bool = True, tensorboard: bool = True):
+        self.enabled = output_dir is not None and is_main_process()
+        self.bar = self.tb = self.jsonl = None
+        if not self.enabled:
+            return
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.jsonl = out / "log.jsonl"
+        if self.jsonl.exists() and start_step is not None:
+            keep = [r for r in read_jsonl(self.jsonl) if r.get("step", 0) <= start_step]
+            atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in keep))
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(out / "tb"), purge_step=(start_step or 0) + 1)
+            except ImportError:  # tensorboard is optional on a training box
+                log.warning("tensorboard not installed; scalars only go to %s", self.jsonl)
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, initial=start_step or 0, disable=not progress,
+                        dynamic_ncols=True, desc=desc,
+                        mininterval=0.1 if sys.stderr.isatty() else 30.0)  # quiet in log files
+
+    def step(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def event(self, **record) -> None:
+        """Append one record to ``log.jsonl`` only."""
+        if self.enabled:
+            with open(self.jsonl, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def log(self, record: dict, scalars: dict | None = None, postfix: dict | None = None,
+            prefix: str = "") -> None:
+        """``record`` → log.jsonl; ``scalars`` (default: the numeric fields of ``record``) →
+        tensorboard at ``record['step']`` (names prefixed by ``prefix``); ``postfix`` → the
+        progress bar."""
+        if not self.enabled:
+            return
+        self.event(**record)
+        if self.tb is not None:
+            if scalars is None:
+                scalars = {k: v for k, v in record.items() if k not in ("step", "epoch")
+                           and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for k, v in scalars.items():
+                self.tb.add_scalar(prefix + k, v, record.get("step", 0))
+        if postfix and self.bar is not None:
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def info(self, msg: str) -> None:
+        """One console line (rank 0), printed above the progress bar."""
+        if not self.enabled:
+            return
+        if self.bar is not None and not self.bar.disable:
+            self.bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()

@@ -1,0 +1,293 @@
+"""The one weight loader: reading checkpoint files, recognising their layout, checking them
+against a model and loading them with a report — for every consumer (pretraining resume,
+fine-tuning / transfer, the OpenMMLab backbone, ``mixedae convert``).
+
+Sources (detected from the keys, after unwrapping ``{"model"|"state_dict"|"module": ...}`` and
+a DDP ``module.`` prefix):
+
+* ``pretrain``  our pretraining model: ``encoder.<vit keys>``, ``decoder.*``, ``projector.*``
+  (``<dir>/model.safetensors`` or ``<dir>/checkpoint.pth``; a directory is accepted);
+* ``mm``        an mmseg/mmdet checkpoint: ``backbone.<vit keys | adapter keys>`` + task heads;
+* ``vit``       flat ViT keys: official MAE (``decoder_*``/``mask_token`` dropped), timm, MAE
+  fine-tuned (``fc_norm``/``head``), or a file written by ``mixedae convert``.
+
+Everything dropped is reported by group (decoder, projector, mask token, ...); any key that is
+not known is an error naming it — nothing is silently ignored. Torch files are read with
+``weights_only=True`` (a pickle that needs code is refused, never run).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+from mixedae.runtime.errors import CheckpointError
+
+CHECKPOINT_NAME = "checkpoint.pth"
+WEIGHTS_NAME = "model.safetensors"
+
+TARGETS = ("mm", "timm", "vit", "classifier")
+
+# keys of mixedae.model.vit.VisionTransformer (== timm / MAE layout)
+VIT_KEY = re.compile(
+    r"^(cls_token|pos_embed|patch_embed\.proj\.(weight|bias)"
+    r"|blocks\.\d+\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)"
+    r"|blocks\.\d+\.attn\.relative_position_bias_table"
+    r"|(norm|fc_norm|head)\.(weight|bias))$")
+# the 4-scale adapter of the mm backbone (BEiT/iBOT fpn1..fpn4)
+ADAPTER_KEY = re.compile(r"^fpn[1-4]\.\d+\.(weight|bias|running_mean|running_var|num_batches_tracked)$")
+HEAD_KEY = re.compile(r"^(norm|fc_norm|head)\.(weight|bias)$")
+REL_POS_KEY = re.compile(r"^blocks\.\d+\.attn\.relative_position_bias_table$")
+
+# knowingly dropped groups: (regex on the key as found, reason)
+_PRETRAIN_DROP = [
+    (re.compile(r"^((en|de)coder\.)?mask_token$"), "mask token"),
+    (re.compile(r"^decoder[._]"), "decoder"),
+    (re.compile(r"^projector\."), "projector"),
+    (re.compile(r"^seg_embed\."), "segment embedding"),
+]
+_MAE_DROP = [
+    (re.compile(r"^decoder[._]"), "decoder"),
+    (re.compile(r"^mask_token$"), "mask token"),
+]
+_MM_DROP = [
+    (re.compile(r"^(decode_head|auxiliary_head|neck|rpn_head|roi_head|bbox_head|mask_head"
+                r"|data_preprocessor)\."), "task heads / neck"),
+]
+
+
+
+
+def _names(keys: Iterable[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+# ---- reading ---------------------------------------------------------------------------------
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A pretraining run directory stands for its ``model.safetensors`` (else its
+    ``checkpoint.pth``); any other path is returned as is."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (WEIGHTS_NAME, CHECKPOINT_NAME):
+            if (path / name).is_file():
+                return path / name
+    return path
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a checkpoint (.safetensors or a torch file, weights_only) → (state dict, metadata).
+    A directory means its ``model.safetensors`` (else ``checkpoint.pth``)."""
+    path = resolve_checkpoint_path(path)
+    if Path(path).is_dir():
+        raise CheckpointError(f"no {WEIGHTS_NAME} or {CHECKPOINT_NAME} in directory {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    meta: dict = {}
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        sd = {}
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            for k in f.keys():
+                sd[k] = f.get_tensor(k)
+        for k in ("config", "dropped"):
+            if k in meta:
+                try:
+                    meta[k] = json.loads(meta[k])
+                except (TypeError, ValueError):
+                    pass
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # pickle with code / unknown globals: never run it
+            raise CheckpointError(
+                f"{path}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); export a safetensors file or a "
+                f"plain tensor state dict") from None
+        sd = obj
+        if isinstance(obj, Mapping):
+            for key in ("model", "state_dict", "module"):
+                if key in obj and isinstance(obj[key], Mapping):
+                    sd = obj[key]
+                    if isinstance(obj.get("meta"), Mapping):
+                        meta = dict(obj["meta"])
+                    if "config" in obj:
+                        meta["config"] = obj["config"]
+                    break
+        if not isinstance(sd, Mapping):
+            raise CheckpointError(f"{path}: no state dict found (type {type(obj).__name__})")
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: non-tensor entries in the state dict: {_names(bad)}")
+    sd = dict(sd)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd, meta
+
+
+# ---- classification of keys -----------------------------------------------------------------
+def extract_vit(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list[tuple[str, str]]]:
+    """Split a state dict into (source kind, flat ViT[+adapter] tensors, dropped (key, reason)).
+    Raises CheckpointError naming every key it does not know."""
+    keys = list(sd)
+    if any(k.startswith("encoder.") for k in keys):
+        source, drops, strip = "pretrain", _PRETRAIN_DROP, "encoder."
+    elif any(k.startswith("backbone.") for k in keys):
+        source, drops, strip = "mm", _MM_DROP, "backbone."
+    else:
+        source, drops, strip = "vit", _MAE_DROP, ""
+    kept: dict[str, torch.Tensor] = OrderedDict()
+    dropped: list[tuple[str, str]] = []
+    unknown: list[str] = []
+    for k in keys:
+        reason = next((r for rx, r in drops if rx.search(k)), None)
+        if reason is not None:
+            dropped.append((k, reason))
+            continue
+        if strip and not k.startswith(strip):
+            unknown.append(k)
+            continue
+        bare = k[len(strip):]
+        if VIT_KEY.match(bare) or (source in ("mm", "vit") and ADAPTER_KEY.match(bare)):
+            kept[bare] = sd[k]
+        else:
+            unknown.append(k)
+    if unknown:
+        raise CheckpointError(f"unknown keys in a {source!r} checkpoint: {_names(unknown)}")
+    if "patch_embed.proj.weight" not in kept or not any(k.startswith("blocks.") for k in kept):
+        raise CheckpointError(f"no ViT weights (patch_embed.proj.weight, blocks.*) found in a "
+                              f"{source!r} checkpoint; keys start with {_names(keys, 4)}")
+    return source, kept, dropped
+
+
+def to_target(kept: Mapping[str, torch.Tensor], target: str) -> tuple[dict, list]:
+    """Select the tensors of a target layout from ``extract_vit``'s output; returns
+    (state dict, extra dropped (key, reason))."""
+    if target not in TARGETS:
+        raise CheckpointError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    out: dict[str, torch.Tensor] = OrderedDict()
+    dropped: list[tuple[str, str]] = []
+    for k, v in kept.items():
+        if ADAPTER_KEY.match(k) and target != "mm":
+            dropped.append((k, "dense adapter (fpn1-4)"))
+        elif HEAD_KEY.match(k) and target == "mm":
+            dropped.append((k, "final norm / classification head (unused by the dense backbone)"))
+        elif target == "timm" and k.startswith("head."):
+            dropped.append((k, "classification head"))
+        elif target == "classifier" and k.startswith("norm."):
+            dropped.append((k, "final norm (the avg-pool classifier uses fc_norm)"))
+        elif target == "timm" and REL_POS_KEY.match(k):
+            raise CheckpointError(f"{k}: timm's VisionTransformer has no relative position bias;"
+                                  f" convert with --to vit or --to mm instead")
+        else:
+            out[k] = v.contiguous()
+    return out, dropped
+
+
+def summarize(dropped: list[tuple[str, str]]) -> str:
+    if not dropped:
+        return "dropped: nothing"
+    groups: dict[str, list[str]] = {}
+    for k, r in dropped:
+        groups.setdefault(r, []).append(k)
+    return "dropped: " + "; ".join(f"{r} ({len(ks)} keys: {_names(ks, 3)})"
+                                   for r, ks in groups.items())
+
+
+# ---- tensors ---------------------------------------------------------------------------------
+def square_grid(num_patches: int, what: str = "pos_embed") -> tuple[int, int]:
+    side = int(round(num_patches ** 0.5))
+    if side * side != num_patches:
+        raise CheckpointError(f"{what}: {num_patches} patch tokens is not a square grid")
+    return side, side
+
+
+def match_state_dict(model_sd: Mapping[str, torch.Tensor], ckpt: Mapping[str, torch.Tensor],
+                     optional_missing: Callable[[str], bool] = lambda k: False,
+                     ignored: Mapping[str, str] | None = None,
+                     resize: Mapping[str, Callable] | None = None,
+                     what: str = "checkpoint") -> tuple[dict, list[str], list[str]]:
+    """Check a checkpoint against a model state dict before loading.
+
+    Returns (tensors to load, missing keys, ignored keys). ``optional_missing(key)`` says which
+    model keys may be absent (e.g. adapter, relative position tables); ``ignored`` maps
+    checkpoint keys knowingly not loaded to their reason; ``resize[key](tensor, target_shape)``
+    adapts a tensor whose shape differs. Anything else — a missing key, an unexpected key, a
+    shape that cannot be adapted — raises one CheckpointError naming the keys."""
+    ignored = dict(ignored or {})
+    resize = dict(resize or {})
+    missing = [k for k in model_sd if k not in ckpt]
+    unexpected = [k for k in ckpt if k not in model_sd and k not in ignored]
+    bad_missing = [k for k in missing if not optional_missing(k)]
+    problems = []
+    if bad_missing:
+        problems.append(f"missing keys: {_names(bad_missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_names(unexpected)}")
+    out = {}
+    mismatched = []
+    for k, v in ckpt.items():
+        if k not in model_sd:
+            continue
+        target = model_sd[k]
+        if v.shape != target.shape:
+            fn = resize.get(k)
+            if fn is None:
+                mismatched.append(f"{k} {tuple(v.shape)} vs model {tuple(target.shape)}")
+                continue
+            v = fn(v, target.shape)
+        out[k] = v.to(target.dtype)
+    if mismatched:
+        problems.append(f"shape mismatch: {_names(mismatched)}")
+    if problems:
+        raise CheckpointError(f"{what}: " + "; ".join(problems))
+    return out, missing, sorted(k for k in ckpt if k in ignored)
+
+
+def checkpoint_config(path: str | Path) -> dict:
+    """The pretraining ``config`` stored with a checkpoint ({} if none): safetensors metadata
+    is read from the header only; a torch file is read whole."""
+    path = resolve_checkpoint_path(path)
+    if not path.is_file():
+        return {}
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+        except Exception as e:  # damaged header
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    else:
+        meta = read_weights(path)[1]
+    cfg = meta.get("config", {})
+    if isinstance(cfg, str):
+        try:
+            cfg = json.loads(cfg)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: metadata 'config' is not valid json ({e})") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], what: str = "checkpoint",
+              **match_kw) -> dict:
+    """Check ``state`` against ``model`` (:func:`match_state_dict`, whose keyword arguments
+    say what may be missing, ignored or resized), then load it. Returns the load report
+    ``{"loaded", "missing", "ignored"}`` (sorted key lists)."""
+    load, missing, ignored = match_state_dict(model.state_dict(), state, what=what, **match_kw)
+    model.load_state_dict(load, strict=False)
+    return {"loaded": sorted(load), "missing": sorted(missing), "ignored": ignored}
+
+
+def load_report_line(path, source: str, report: dict, dropped: list[tuple[str, str]]) -> str:
+    """One line saying what a load took, dropped and left fresh (every consumer prints it)."""
+    fresh = report["missing"]
+    return (f"loaded {len(report['loaded'])} tensors from {path} ({source} layout); "
+            f"{summarize(dropped)}; " + (f"newly initialised: {_names(fresh, 4)} "
+                                         f"[{len(fresh)} keys]" if fresh else "nothing fresh"))
