@@ -11,6 +11,7 @@ from PIL import Image
 
 from mixedae.classification import datasets as D
 from mixedae.classification import engine as E
+from mixedae.classification import metrics as M
 
 from conftest import data_dir
 
@@ -379,12 +380,12 @@ def test_standard_ap_equals_sklearn():
         s = rng.randn(n)
         if trial % 2:  # ties
             s = np.round(s, 1)
-        assert E.average_precision(s, y) == pytest.approx(average_precision_score(y, s), abs=1e-12)
+        assert M.average_precision(s, y) == pytest.approx(average_precision_score(y, s), abs=1e-12)
     scores = rng.randn(40, 5)
     targets = (rng.rand(40, 5) < 0.3).astype(int)
     targets[0] = 1
     expect = np.mean([average_precision_score(targets[:, c], scores[:, c]) for c in range(5)])
-    assert E.mean_ap(scores, targets, eleven_point=False) == pytest.approx(expect, abs=1e-12)
+    assert M.mean_ap(scores, targets, eleven_point=False) == pytest.approx(expect, abs=1e-12)
 
 
 def test_voc07_11point_ap_hand_computed():
@@ -394,23 +395,23 @@ def test_voc07_11point_ap_hand_computed():
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
     y = np.array([1, 0, 1, 0, 1])
     expect = (4 * 1 + 3 * (2 / 3) + 4 * (3 / 5)) / 11
-    assert E.voc07_11point_ap(scores, y) == pytest.approx(expect, abs=1e-12)
+    assert M.voc07_11point_ap(scores, y) == pytest.approx(expect, abs=1e-12)
     # the standard AP on the same ranking: (1/3)(1) + (1/3)(2/3) + (1/3)(3/5)
-    assert E.average_precision(scores, y) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3, abs=1e-12)
+    assert M.average_precision(scores, y) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3, abs=1e-12)
     # difficult (IGNORE) examples are removed before ranking
     s2 = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5])
     y2 = np.array([D.IGNORE, 1, 0, 1, 0, 1])
-    assert E.voc07_11point_ap(s2, y2) == pytest.approx(expect, abs=1e-12)
+    assert M.voc07_11point_ap(s2, y2) == pytest.approx(expect, abs=1e-12)
     # negatives ranked first: (0,0),(0,0),(1/3,1/3),(2/3,1/2),(1,3/5) → 4·(3/5)+... by hand
     worse = np.array([0.1, 0.9, 0.2, 0.8, 0.3])
-    assert E.voc07_11point_ap(worse, y) == pytest.approx((11 * (3 / 5)) / 11, abs=1e-12)
+    assert M.voc07_11point_ap(worse, y) == pytest.approx((11 * (3 / 5)) / 11, abs=1e-12)
 
 
 def test_multilabel_bce_ignores_difficult():
     logits = torch.tensor([[2.0, -1.0, 5.0]])
     t = torch.tensor([[1.0, 0.0, float(D.IGNORE)]])
     ref = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, :2], t[:, :2])
-    assert E.multilabel_bce(logits, t).item() == pytest.approx(ref.item(), rel=1e-6)
+    assert M.multilabel_bce(logits, t).item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 def test_stratified_split_fixed_and_disjoint():

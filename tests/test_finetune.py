@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mixedae.classification import engine as E
+from mixedae.runtime.schedules import set_lr
 from mixedae.classification import finetune as F
 from mixedae.runtime.layer_decay import get_layer_id, is_no_weight_decay
 from mixedae.model.vit import create_vit
@@ -64,7 +65,7 @@ def test_layer_decay_groups_match_the_project_rule():
     assert got["fc_norm.weight"][:2] == (5, 1.0) and got["fc_norm.weight"][3] == 0.0
     # the schedule multiplies each group's lr_scale
     opt = torch.optim.AdamW([{k: v for k, v in g.items() if k != "param_names"} for g in groups])
-    E.set_lr(opt, 0.5)
+    set_lr(opt, 0.5)
     assert sorted({round(g["lr"], 12) for g in opt.param_groups}) == sorted(
         {round(0.5 * ld ** (depth + 1 - i), 12) for i in range(depth + 2)})
 

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from mixedae.classification import datasets as D
 from mixedae.classification import engine as E
+from mixedae.runtime.errors import CheckpointError
 from mixedae.classification import transfer as T
 from mixedae.model.vit import create_vit
 
@@ -92,24 +93,24 @@ def test_load_fails_naming_keys(tmp_path):
     sd = dict(src.state_dict())
     del sd["blocks.3.mlp.fc2.weight"]
     torch.save(sd, tmp_path / "missing.pth")
-    with pytest.raises(E.CheckpointError, match=r"missing keys: blocks\.3\.mlp\.fc2\.weight"):
+    with pytest.raises(CheckpointError, match=r"missing keys: blocks\.3\.mlp\.fc2\.weight"):
         E.load_pretrained(classifier(32), tmp_path / "missing.pth")
     sd = dict(src.state_dict(), **{"blocks.4.attn.qkv.weight": torch.zeros(192, 64)})
     torch.save(sd, tmp_path / "unexpected.pth")  # a 5th block in a 4-block model
-    with pytest.raises(E.CheckpointError, match=r"unexpected keys: blocks\.4\.attn\.qkv\.weight"):
+    with pytest.raises(CheckpointError, match=r"unexpected keys: blocks\.4\.attn\.qkv\.weight"):
         E.load_pretrained(classifier(32), tmp_path / "unexpected.pth")
     sd = dict(src.state_dict(), **{"blocks.1.extra": torch.zeros(1)})
     torch.save(sd, tmp_path / "unknown.pth")
-    with pytest.raises(E.CheckpointError, match=r"blocks\.1\.extra"):
+    with pytest.raises(CheckpointError, match=r"blocks\.1\.extra"):
         E.load_pretrained(classifier(32), tmp_path / "unknown.pth")
     tiny = create_vit("tiny", patch_size=8, img_size=32)
     torch.save(tiny.state_dict(), tmp_path / "tiny.pth")
-    with pytest.raises(E.CheckpointError, match="shape mismatch"):
+    with pytest.raises(CheckpointError, match="shape mismatch"):
         E.load_pretrained(classifier(32), tmp_path / "tiny.pth")
     enc = {f"encoder.{k}": v for k, v in src.state_dict().items()}
     enc["segment_table"] = torch.zeros(3)
     save_file(enc, str(tmp_path / "odd.safetensors"))
-    with pytest.raises(E.CheckpointError, match="segment_table"):
+    with pytest.raises(CheckpointError, match="segment_table"):
         E.load_pretrained(classifier(32), tmp_path / "odd.safetensors")
 
 

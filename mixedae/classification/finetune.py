@@ -53,8 +53,16 @@ import torch
 import torch.nn as nn
 
 from mixedae.classification import engine as E
-from mixedae.runtime.layer_decay import layer_decay_param_groups
 from mixedae.model.vit import VIT_SIZES, create_vit
+from mixedae.runtime.checkpoint import (CHECKPOINT_NAME, atomic_torch_save, atomic_write_text,
+                                        load_checkpoint)
+from mixedae.runtime.distributed import (barrier, cleanup, init_distributed, is_main_process,
+                                         unwrap, wrap_ddp)
+from mixedae.runtime.errors import CheckpointError, ConfigError as UsageError
+from mixedae.runtime.layer_decay import layer_decay_param_groups
+from mixedae.runtime.run_logger import RunLogger
+from mixedae.runtime.schedules import cosine_lr
+from mixedae.runtime.weights import checkpoint_config, resolve_checkpoint_path
 
 # size → (blr, epochs, batch) of Table 5; sizes the paper does not use follow ViT-B
 RECIPE = {"large": (1e-3, 50, 512)}
@@ -109,11 +117,12 @@ def get_parser() -> argparse.ArgumentParser:
                    help="stop after this global step (smoke tests); resumable")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
 
 
 def fill_defaults(args) -> None:
-    cfg = E.checkpoint_config(args.checkpoint) if args.checkpoint else {}
+    cfg = checkpoint_config(args.checkpoint) if args.checkpoint else {}
     for attr, default in (("model", "base"), ("patch_size", 16)):
         given, stored = getattr(args, attr), cfg.get(attr)
         if given is not None and stored is not None and given != stored:
@@ -130,7 +139,7 @@ def fill_defaults(args) -> None:
 def build_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float):
     """The classifier's AdamW groups: :func:`mixedae.runtime.layer_decay.layer_decay_param_groups`
     with ``num_layers = depth`` and the model's own no-weight-decay names."""
-    m = E.unwrap(model)
+    m = unwrap(model)
     return layer_decay_param_groups(m, lr, weight_decay, layer_decay, num_layers=len(m.blocks),
                                     backbone_prefix="", no_weight_decay=m.no_weight_decay())
 
@@ -191,46 +200,45 @@ def image_folders(args):
     for sub in ("train", args.val_folder):
         d = root / sub
         if not d.is_dir():
-            raise E.UsageError(f"--data {root}: missing folder {d} (expected {root}/train/"
+            raise UsageError(f"--data {root}: missing folder {d} (expected {root}/train/"
                                f"<class>/* and {root}/{args.val_folder}/<class>/*)")
     train_tf, eval_tf = build_transforms(args)
     tr = ImageFolder(str(root / "train"), transform=train_tf, loader=_rgb)
     va = ImageFolder(str(root / args.val_folder), transform=eval_tf, loader=_rgb)
     if va.classes != tr.classes:
-        raise E.UsageError(f"{root}/{args.val_folder} classes differ from {root}/train "
+        raise UsageError(f"{root}/{args.val_folder} classes differ from {root}/train "
                          f"({len(va.classes)} vs {len(tr.classes)})")
     return tr, va
 
 
 def _rgb(path):
-    from mixedae.classification.datasets import load_rgb
+    from mixedae.runtime.images import load_rgb
     return load_rgb(path)
 
 
-def run(args, out_dir: Path) -> dict:
-    """One fine-tuning run into ``out_dir``; returns the final metrics."""
-    info = E.init_distributed()
-    rank, world, device = info.rank, info.world_size, info.device
-    E.seed_everything(args.seed + rank)
-    train_set, val_set = image_folders(args)
-    per_rank, rem = divmod(args.batch_size, world * args.accum_iter)
-    if rem or per_rank == 0:
-        raise E.UsageError(f"--batch-size {args.batch_size} is not divisible by {world} rank(s) × "
-                         f"--accum-iter {args.accum_iter}")
-    mixup = build_mixup(args, len(train_set.classes))
-    if mixup is not None and per_rank % 2:
-        raise E.UsageError(f"mixup/cutmix need an even per-rank batch, got {per_rank}")
-    steps_per_epoch = (len(train_set) // world // per_rank) // args.accum_iter
-    if steps_per_epoch == 0:
-        raise E.UsageError(f"{len(train_set)} training images are fewer than one step "
-                         f"({args.batch_size} images)")
-    total = args.epochs * steps_per_epoch
-    warmup = int(round(args.warmup_epochs * steps_per_epoch))
+def _prepare_resume(args, out_dir: Path) -> Path:
+    """OUT/checkpoint.pth, seeded from ``--resume PATH`` when given; refuse to overwrite."""
+    ckpt = out_dir / CHECKPOINT_NAME
+    if args.resume and args.resume != "auto":
+        src = Path(args.resume)
+        if not src.is_file():
+            raise UsageError(f"--resume {src}: no such file")
+        if src.resolve() != ckpt.resolve() and is_main_process():
+            out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_torch_save(load_checkpoint(src), ckpt)
+        barrier()
+    elif args.resume != "auto" and ckpt.exists():
+        raise UsageError(f"{ckpt} exists: pass --resume auto to continue it, or use "
+                         f"another --output-dir")
+    return ckpt
 
+
+def _build(args, train_set, device):
+    """Classifier (with pretrained weights), EMA, AdamW with layer decay."""
     model = create_vit(args.model, patch_size=args.patch_size, img_size=args.img_size,
                        num_classes=len(train_set.classes), global_pool="avg",
                        drop_path_rate=args.drop_path, learnable_pos_embed=True)
-    info = E.load_pretrained(model, args.checkpoint) if args.checkpoint else None
+    loaded = E.load_pretrained(model, args.checkpoint) if args.checkpoint else None
     model.to(device)
     ema = None
     if args.model_ema:
@@ -240,75 +248,92 @@ def run(args, out_dir: Path) -> dict:
     for g in groups:
         g.pop("param_names", None)
     optimizer = torch.optim.AdamW(groups, lr=args.abs_lr, betas=(0.9, 0.999))
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return model, ema, optimizer, loaded
 
-    ckpt = out_dir / "checkpoint.pth"
-    if args.resume and args.resume != "auto":
-        src = Path(args.resume)
-        if not src.is_file():
-            raise E.UsageError(f"--resume {src}: no such file")
-        if src.resolve() != ckpt.resolve() and E.is_main():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            E.atomic_torch_save(E.load_checkpoint(src), ckpt)
-        E.barrier()
-    elif args.resume != "auto" and ckpt.exists():
-        raise E.UsageError(f"{ckpt} exists: pass --resume auto to continue it, or use "
-                              f"another --output-dir")
-    log = E.JsonlLogger(out_dir / "log.jsonl")
-    log(event="start", args=vars(args), world=world, per_rank_batch=per_rank,
-        steps_per_epoch=steps_per_epoch, total_steps=total, pretrained=info,
-        n_train=len(train_set), n_val=len(val_set))
-    if E.is_main():
-        print(f"[finetune] {args.model}/{args.patch_size} {len(train_set)} train / "
-              f"{len(val_set)} val, {len(train_set.classes)} classes; lr {args.abs_lr:.3g}, "
-              f"layer decay {args.layer_decay}, {total} steps", flush=True)
-    best = {"top1": -1.0}
-    last: dict = {}
 
+def _evaluator(args, model, ema, val_set, device, total, logger, best: dict, last: dict):
+    """``on_epoch_end``: evaluate (model and EMA), track the best top-1 in ``best``."""
     def evaluate(epoch: int, step: int) -> None:
-        nonlocal last
         if (epoch + 1) % args.eval_every and step < total:
             return
-        ev = E.evaluate(model, val_set, args.eval_batch_size, device, workers=args.workers,
-                        amp=not args.no_amp)
-        rec = {"epoch": epoch, "step": step, **{k: ev[k] for k in ("top1", "top5", "loss")}}
+        kw = dict(workers=args.workers, amp=not args.no_amp)
+        ev = E.evaluate(model, val_set, args.eval_batch_size, device, **kw)
+        rec = {"event": "eval", "epoch": epoch, "step": step,
+               **{k: ev[k] for k in ("top1", "top5", "loss")}}
         if ema is not None:
-            ee = E.evaluate(ema.module, val_set, args.eval_batch_size, device,
-                            workers=args.workers, amp=not args.no_amp)
+            ee = E.evaluate(ema.module, val_set, args.eval_batch_size, device, **kw)
             rec.update(ema_top1=ee["top1"], ema_top5=ee["top5"])
-        best["top1"] = max(best["top1"], rec["top1"])
-        last = rec
-        log(event="eval", **rec)
-        if E.is_main():
-            print(f"[finetune] epoch {epoch} step {step}: top-1 {rec['top1']:.2f} "
-                  f"top-5 {rec['top5']:.2f}", flush=True)
+        best["top1"] = max(best.get("top1", -1.0), rec["top1"])
+        last.clear()
+        last.update(rec)
+        logger.log(rec, {f"eval/{k}": v for k, v in rec.items()
+                         if k in ("top1", "top5", "loss", "ema_top1", "ema_top5")})
+        logger.info(f"[finetune] epoch {epoch} step {step}: top-1 {rec['top1']:.2f} "
+                    f"top-5 {rec['top5']:.2f} (best {best['top1']:.2f})")
+    return evaluate
 
+
+def run(args, out_dir: Path) -> dict:
+    """One fine-tuning run into ``out_dir``; returns the final metrics."""
+    info = init_distributed()
+    world, device = info.world_size, info.device
+    E.seed_everything(args.seed + info.rank)
+    train_set, val_set = image_folders(args)
+    per_rank, rem = divmod(args.batch_size, world * args.accum_iter)
+    if rem or per_rank == 0:
+        raise UsageError(f"--batch-size {args.batch_size} is not divisible by {world} rank(s) "
+                         f"× --accum-iter {args.accum_iter}")
+    mixup = build_mixup(args, len(train_set.classes))
+    if mixup is not None and per_rank % 2:
+        raise UsageError(f"mixup/cutmix need an even per-rank batch, got {per_rank}")
+    spe = (len(train_set) // world // per_rank) // args.accum_iter
+    if spe == 0:
+        raise UsageError(f"{len(train_set)} training images are fewer than one step "
+                         f"({args.batch_size} images)")
+    total, warmup = args.epochs * spe, int(round(args.warmup_epochs * spe))
+    ckpt = _prepare_resume(args, out_dir)
+    model, ema, optimizer, loaded = _build(args, train_set, device)
+    model = wrap_ddp(model, info)
+    logger = RunLogger(out_dir, desc=f"finetune ld{args.layer_decay:g}", total=total,
+                       start_step=None, progress=not args.no_progress)
+    logger.event(event="start", args=vars(args), world=world, per_rank_batch=per_rank,
+                 steps_per_epoch=spe, total_steps=total, pretrained=loaded,
+                 n_train=len(train_set), n_val=len(val_set))
+    if loaded:
+        logger.info(f"[finetune] {loaded['line']}")
+    logger.info(f"[finetune] {args.model}/{args.patch_size} {len(train_set)} train / "
+                f"{len(val_set)} val, {len(train_set.classes)} classes; lr {args.abs_lr:.3g}, "
+                f"layer decay {args.layer_decay}, {total} steps")
+    best, last = {"top1": -1.0}, {}
+    evaluate = _evaluator(args, model, ema, val_set, device, total, logger, best, last)
     t0 = time.time()
-    out = E.train_loop(
-        model=model, optimizer=optimizer, train_set=train_set, loss_fn=build_loss(args, mixup),
-        batch_size=per_rank, total_steps=total, accum_iter=args.accum_iter,
-        lr_at=lambda s: E.cosine_lr(s, args.abs_lr, total, warmup, args.min_lr), device=device,
-        seed=args.seed, workers=args.workers, ckpt_path=ckpt, ckpt_every=args.save_every_steps,
-        log=log, log_every=args.log_every, mixup_fn=mixup, ema=ema, clip_grad=args.clip_grad,
-        amp=not args.no_amp, stop_after=args.max_steps, on_epoch_end=evaluate,
-        extra_state={"args": {k: v for k, v in vars(args).items()
-                              if isinstance(v, (int, float, str, bool, type(None)))}})
-    if not last:  # stopped early, or resumed after the end: report the model as it is
-        evaluate(-1, out["step"])
+    try:
+        out = E.train_loop(
+            model=model, optimizer=optimizer, train_set=train_set,
+            loss_fn=build_loss(args, mixup), batch_size=per_rank, total_steps=total,
+            accum_iter=args.accum_iter, device=device, seed=args.seed, workers=args.workers,
+            lr_at=lambda s: cosine_lr(s, args.abs_lr, total, warmup, args.min_lr),
+            ckpt_path=ckpt, ckpt_every=args.save_every_steps, logger=logger,
+            log_every=args.log_every, mixup_fn=mixup, ema=ema, clip_grad=args.clip_grad,
+            amp=not args.no_amp, stop_after=args.max_steps, on_epoch_end=evaluate, state=best,
+            extra_state={"args": {k: v for k, v in vars(args).items()
+                                  if isinstance(v, (int, float, str, bool, type(None)))}})
+        if not last:  # stopped early, or resumed after the end: report the model as it is
+            evaluate((out["step"] - 1) // spe, out["step"])
+    finally:
+        logger.close()
     result = {"step": out["step"], "finished": out["finished"], "resumed_from":
               out["resumed_from"], "best_top1": best["top1"], "last": last,
               "layer_decay": args.layer_decay, "seconds": round(time.time() - t0, 2)}
-    if E.is_main():
-        E.atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1))
+    if is_main_process():
+        atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1))
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
-        if args.checkpoint and not E.resolve_checkpoint_path(args.checkpoint).is_file():
+        if args.checkpoint and not resolve_checkpoint_path(args.checkpoint).is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
         fill_defaults(args)
         if not Path(args.data).is_dir():
@@ -321,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     try:
         return _run_all(args, out, sweep)
-    except (E.UsageError, E.CheckpointError) as e:
+    except (UsageError, CheckpointError) as e:
         print(f"mixedae finetune: error: {e}", file=sys.stderr)
         return 2
 
@@ -336,13 +361,12 @@ def _run_all(args, out: Path, sweep: list[float] | None) -> int:
             results[f"{ld:g}"] = run(args, out / f"ld{ld:g}")
         done = {k: v for k, v in results.items() if v["finished"]}
         best = max(done, key=lambda k: done[k]["best_top1"]) if done else None
-        if E.is_main():
-            E.atomic_write_text(out / "sweep.json", json.dumps(
+        if is_main_process():
+            atomic_write_text(out / "sweep.json", json.dumps(
                 {"results": results, "best_layer_decay": best}, indent=1))
             print(f"[finetune] layer-decay sweep: best {best} "
                   + ", ".join(f"{k}: {v['best_top1']:.2f}" for k, v in results.items()))
-    if E.dist_on():
-        torch.distributed.destroy_process_group()
+    cleanup()
     return 0
 
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 import time
@@ -58,7 +59,15 @@ import torch.nn as nn
 
 from mixedae.classification import datasets as D
 from mixedae.classification import engine as E
+from mixedae.classification.metrics import multilabel_bce
 from mixedae.model.vit import VIT_SIZES, create_vit
+from mixedae.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text
+from mixedae.runtime.distributed import (barrier, cleanup, get_world_size, init_distributed,
+                                         is_main_process, wrap_ddp)
+from mixedae.runtime.errors import CheckpointError, ConfigError as UsageError
+from mixedae.runtime.run_logger import RunLogger, print0
+from mixedae.runtime.schedules import cosine_lr
+from mixedae.runtime.weights import checkpoint_config, resolve_checkpoint_path
 
 DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 # settings that must match for a finished run to be reused
@@ -100,6 +109,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
     p.add_argument("--no-verify-checksums", action="store_true",
                    help="only check that CIFAR/Flowers files exist (no md5)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop every run after this many iterations, leaving it resumable")
     return p
@@ -121,7 +131,7 @@ def lr_tag(lr: float) -> str:
 
 def resolve_model_args(args) -> None:
     """Fill --model/--patch-size from the checkpoint metadata; refuse contradictions."""
-    cfg = E.checkpoint_config(args.checkpoint) if args.checkpoint else {}
+    cfg = checkpoint_config(args.checkpoint) if args.checkpoint else {}
     for key, attr, default in (("model", "model", "base"), ("patch_size", "patch_size", 16)):
         given, stored = getattr(args, attr), cfg.get(key)
         if given is not None and stored is not None and given != stored:
@@ -133,7 +143,7 @@ def resolve_model_args(args) -> None:
 
 def settings(args) -> dict:
     d = {k: getattr(args, k) for k in _FINGERPRINT}
-    d["checkpoint"] = str(E.resolve_checkpoint_path(args.checkpoint)) if args.checkpoint else None
+    d["checkpoint"] = str(resolve_checkpoint_path(args.checkpoint)) if args.checkpoint else None
     return d
 
 
@@ -143,6 +153,21 @@ def build_model(args, num_classes: int, device: torch.device) -> tuple[nn.Module
                        drop_path_rate=args.drop_path, learnable_pos_embed=True)
     info = E.load_pretrained(model, args.checkpoint) if args.checkpoint else None
     return model.to(device), info
+
+
+def _reuse(args, res_path: Path, data: D.ClsData, phase: str, lr: float) -> dict | None:
+    """The result of a finished run with the same settings (None if none); refuses others."""
+    if not res_path.is_file():
+        return None
+    res = json.loads(res_path.read_text())
+    old = res.get("settings", {})
+    diff = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in settings(args).items() if old.get(k) != v]
+    if diff:
+        raise UsageError(f"{res_path} was produced with other settings ({'; '.join(diff)}); "
+                         f"use another --output-dir")
+    print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: done before "
+           f"({res['metric']} {res['score']:.2f}), skipped")
+    return {**res, "skipped": True}
 
 
 def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
@@ -156,64 +181,63 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
         raise ValueError("a search run scores held-out train examples; only 'final' sees test")
     eval_split = "val" if phase == "search" else "test"
     res_path = run_dir / "result.json"
-    if res_path.is_file():
-        res = json.loads(res_path.read_text())
-        old = res.get("settings", {})
-        diff = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in settings(args).items()
-                if old.get(k) != v]
-        if diff:
-            raise E.UsageError(f"{res_path} was produced with other settings ({'; '.join(diff)}); "
-                             f"use another --output-dir")
-        E.print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: done before "
-                 f"({res['metric']} {res['score']:.2f}), skipped")
-        res["skipped"] = True
-        return res
-    world = E.get_world()
+    done = _reuse(args, res_path, data, phase, lr)
+    if done is not None:
+        return done
+    world = get_world_size()
     if args.batch_size % world:
-        raise E.UsageError(f"--batch-size {args.batch_size} is not divisible by {world} ranks")
+        raise UsageError(f"--batch-size {args.batch_size} is not divisible by {world} ranks")
     E.seed_everything(args.seed)
-    model, info = build_model(args, data.num_classes, device)
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = E.build_sgd(model, lr, args.momentum, args.weight_decay)
+    model, loaded = build_model(args, data.num_classes, device)
+    model = wrap_ddp(model, init_distributed())
     train_set = data.dataset("train", D.train_transform(args.img_size), train_idx)
     eval_set = data.dataset("train" if phase == "search" else "test",
                             D.eval_transform(args.img_size), eval_idx)
-    loss_fn = E.multilabel_bce if data.multilabel else nn.CrossEntropyLoss()
-    log = E.JsonlLogger(run_dir / "log.jsonl")
-    log(event="start", dataset=data.name, phase=phase, lr=lr, n_train=len(train_set),
-        eval_split=eval_split, n_eval=len(eval_set), pretrained=info)
+    logger = RunLogger(run_dir, desc=f"{data.name} {phase} {lr_tag(lr)}", total=args.iters,
+                       start_step=None, progress=not args.no_progress)
+    logger.event(event="start", dataset=data.name, phase=phase, lr=lr, n_train=len(train_set),
+                 eval_split=eval_split, n_eval=len(eval_set), pretrained=loaded)
     t0 = time.time()
-    out = E.train_loop(
-        model=model, optimizer=optimizer, train_set=train_set, loss_fn=loss_fn,
-        batch_size=args.batch_size // world, total_steps=args.iters,
-        lr_at=lambda s: E.cosine_lr(s, lr, args.iters, args.warmup_iters), device=device,
-        seed=args.seed, workers=args.workers, ckpt_path=run_dir / "checkpoint.pth",
-        ckpt_every=args.ckpt_every, log=log, log_every=args.log_every,
-        amp=not args.no_amp, stop_after=args.stop_after)
-    if not out["finished"]:
-        E.print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: stopped at iteration "
-                 f"{out['step']} (resumable)")
-        return {"finished": False, "step": out["step"]}
-    ev = E.evaluate(model, eval_set, args.eval_batch_size, device, multilabel=data.multilabel,
-                    workers=args.workers, amp=not args.no_amp)
-    metric = "map11" if data.multilabel else "top1"
-    res = {"dataset": data.name, "phase": phase, "lr": lr, "metric": metric,
-           "score": ev[metric], "eval": ev, "eval_split": eval_split, "n_train": len(train_set),
-           "n_eval": len(eval_set), "iters": args.iters, "resumed_from": out["resumed_from"],
-           "seconds": round(time.time() - t0, 2), "split_note": data.split_note,
-           "settings": settings(args), "finished": True}
-    log(event="eval", **{k: v for k, v in res.items() if k != "settings"})
-    if E.is_main():
-        E.atomic_write_text(res_path, json.dumps(res, indent=1))
-        ck = run_dir / "checkpoint.pth"
+    try:
+        out = E.train_loop(
+            model=model, optimizer=E.build_sgd(model, lr, args.momentum, args.weight_decay),
+            train_set=train_set, loss_fn=multilabel_bce if data.multilabel
+            else nn.CrossEntropyLoss(), batch_size=args.batch_size // world,
+            total_steps=args.iters, device=device, seed=args.seed, workers=args.workers,
+            lr_at=lambda s: cosine_lr(s, lr, args.iters, args.warmup_iters),
+            ckpt_path=run_dir / CHECKPOINT_NAME, ckpt_every=args.ckpt_every, logger=logger,
+            log_every=args.log_every, amp=not args.no_amp, stop_after=args.stop_after)
+        if not out["finished"]:
+            print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: stopped at iteration "
+                   f"{out['step']} (resumable)")
+            return {"finished": False, "step": out["step"]}
+        ev = E.evaluate(model, eval_set, args.eval_batch_size, device,
+                        multilabel=data.multilabel, workers=args.workers, amp=not args.no_amp)
+        metric = "map11" if data.multilabel else "top1"
+        res = {"dataset": data.name, "phase": phase, "lr": lr, "metric": metric,
+               "score": ev[metric], "eval": ev, "eval_split": eval_split,
+               "n_train": len(train_set), "n_eval": len(eval_set), "iters": args.iters,
+               "resumed_from": out["resumed_from"], "seconds": round(time.time() - t0, 2),
+               "split_note": data.split_note, "settings": settings(args), "finished": True}
+        logger.log({"event": "eval", "step": out["step"],
+                    **{k: v for k, v in res.items() if k != "settings"}},
+                   {f"{eval_split}/{metric}": res["score"]})
+    finally:
+        logger.close()
+    _finish(args, run_dir, res)
+    print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: {eval_split} {metric} "
+           f"{res['score']:.2f} ({res['seconds']:.0f}s)")
+    return res
+
+
+def _finish(args, run_dir: Path, res: dict) -> None:
+    """result.json (atomic), then the run's checkpoint is no longer needed."""
+    if is_main_process():
+        atomic_write_text(run_dir / "result.json", json.dumps(res, indent=1))
+        ck = run_dir / CHECKPOINT_NAME
         if not args.keep_checkpoints and ck.exists():
             ck.unlink()
-    E.barrier()
-    E.print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: {eval_split} {metric} "
-             f"{res['score']:.2f} ({res['seconds']:.0f}s)")
-    return res
+    barrier()
 
 
 def val_split(args, data: D.ClsData, ds_dir: Path) -> tuple[list[int], list[int]]:
@@ -224,18 +248,18 @@ def val_split(args, data: D.ClsData, ds_dir: Path) -> tuple[list[int], list[int]
         if s["n_train_total"] == len(data.train_targets) and s["val_frac"] == args.val_frac \
                 and s["seed"] == args.seed:
             return s["train"], s["val"]
-        raise E.UsageError(f"{path} does not match this data/settings; use another "
+        raise UsageError(f"{path} does not match this data/settings; use another "
                            f"--output-dir")
     tr, va = E.stratified_split(data.train_targets, args.val_frac, args.seed)
     if not va:
-        raise E.UsageError(f"{data.name}: --val-frac {args.val_frac} leaves no validation data")
-    if E.is_main():
-        E.atomic_write_text(path, json.dumps({
+        raise UsageError(f"{data.name}: --val-frac {args.val_frac} leaves no validation data")
+    if is_main_process():
+        atomic_write_text(path, json.dumps({
             "n_train_total": len(data.train_targets), "val_frac": args.val_frac,
             "seed": args.seed, "train": tr, "val": va,
             "val_images": [str(x) if not isinstance(x, np.ndarray) else f"train[{i}]"
                            for i, x in ((i, data.train_images[i]) for i in va)]}))
-    E.barrier()
+    barrier()
     return tr, va
 
 
@@ -255,7 +279,7 @@ def run_dataset(args, data: D.ClsData, lrs: list[float], out_dir: Path,
     if not final.get("finished"):
         return None
     if final["lr"] != best_lr:
-        raise E.UsageError(f"{ds_dir}/final was trained with lr {final['lr']} but the search now "
+        raise UsageError(f"{ds_dir}/final was trained with lr {final['lr']} but the search now "
                          f"picks {best_lr}; use another --output-dir")
     summary = {"dataset": data.name, "column": D.SPECS[data.name].column,
                "metric": final["metric"], "val_scores": val_scores, "chosen_lr": best_lr,
@@ -263,9 +287,9 @@ def run_dataset(args, data: D.ClsData, lrs: list[float], out_dir: Path,
                "n_train": len(data.train_targets), "n_test": len(data.test_targets),
                "split_note": data.split_note, "notes": data.notes, "source": data.source,
                "settings": settings(args), "name": args.name}
-    if E.is_main():
-        E.atomic_write_text(ds_dir / "result.json", json.dumps(summary, indent=1))
-    E.barrier()
+    if is_main_process():
+        atomic_write_text(ds_dir / "result.json", json.dumps(summary, indent=1))
+    barrier()
     return summary
 
 
@@ -281,12 +305,12 @@ def write_tables(out_dir: Path, name: str) -> tuple[Path, Path]:
     have = [s for s in scores if s is not None]
     avg = float(np.mean(have)) if have else None
     header = ["Method"] + cols + ["Avg."]
-    with open(out_dir / "results.csv.tmp", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerow([name] + ["" if s is None else f"{s:.4f}" for s in scores]
-                   + ["" if avg is None else f"{avg:.4f}"])
-    (out_dir / "results.csv.tmp").replace(out_dir / "results.csv")
+    rows = io.StringIO()
+    w = csv.writer(rows)
+    w.writerow(header)
+    w.writerow([name] + ["" if s is None else f"{s:.4f}" for s in scores]
+               + ["" if avg is None else f"{avg:.4f}"])
+    atomic_write_text(out_dir / "results.csv", rows.getvalue())
     fmt = lambda s: "–" if s is None else f"{s:.1f}"  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
              "| " + " | ".join([name] + [fmt(s) for s in scores] + [fmt(avg)]) + " |", ""]
@@ -304,7 +328,7 @@ def write_tables(out_dir: Path, name: str) -> tuple[Path, Path]:
                      + f" | {r['test_score']:.1f}{extra} | {r['split_note']} |")
     notes = [x for r in res.values() for x in r.get("notes", [])]
     lines += [""] + [f"Note: {x}" for x in notes]
-    E.atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
     return out_dir / "results.csv", out_dir / "results.md"
 
 
@@ -321,15 +345,15 @@ def _run_all(args, names: list[str], lrs: list[float], out_dir: Path,
     for n in names:
         data = D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
                               seed=args.seed)
-        E.print0(f"[transfer] {n}: {len(data.train_targets)} train / "
+        print0(f"[transfer] {n}: {len(data.train_targets)} train / "
                  f"{len(data.test_targets)} test, {data.num_classes} classes "
                  f"({data.split_note})")
         s = run_dataset(args, data, lrs, out_dir, device)
         if s is None:
-            E.print0("[transfer] stopped early (--stop-after); rerun the same command to resume")
+            print0("[transfer] stopped early (--stop-after); rerun the same command to resume")
             break
         done.append(s)
-        if E.is_main():
+        if is_main_process():
             write_tables(out_dir, args.name)
     return done
 
@@ -340,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         names = D.resolve_names(args.datasets)
         lrs = parse_lrs(args.lrs)
         if args.checkpoint:
-            ck = E.resolve_checkpoint_path(args.checkpoint)
+            ck = resolve_checkpoint_path(args.checkpoint)
             if not ck.is_file():
                 raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file ({ck})")
         resolve_model_args(args)
@@ -362,24 +386,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mixedae transfer: error: {e}", file=sys.stderr)
         return 2
     if not args.name:
-        ck = E.resolve_checkpoint_path(args.checkpoint) if args.checkpoint else None
+        ck = resolve_checkpoint_path(args.checkpoint) if args.checkpoint else None
         args.name = ("random-init" if ck is None else
                      ck.parent.name if ck.name == "model.safetensors" else ck.stem)
-    device = E.init_distributed().device
+    device = init_distributed().device
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if E.is_main():
-        E.atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
+    if is_main_process():
+        atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
     try:
         done = _run_all(args, names, lrs, out_dir, device)
-    except (E.UsageError, E.CheckpointError) as e:
+    except (UsageError, CheckpointError) as e:
         print(f"mixedae transfer: error: {e}", file=sys.stderr)
         return 2
-    if E.is_main() and done:
+    if is_main_process() and done:
         csv_path, md_path = write_tables(out_dir, args.name)
         print(md_path.read_text())
-    if E.dist_on():
-        torch.distributed.destroy_process_group()
+    cleanup()
     return 0
 
 

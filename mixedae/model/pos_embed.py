@@ -9,7 +9,7 @@ inputs of other sizes, checkpoints from other grids).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 
 
 def sincos_1d(dim: int, pos: torch.Tensor, temperature: float = 10000.0) -> torch.Tensor:
@@ -31,16 +31,16 @@ def sincos_2d(dim: int, grid_h: int, grid_w: int, num_prefix_tokens: int = 0) ->
 
 
 def resize_pos_embed(pos: torch.Tensor, old_grid, new_grid, num_prefix_tokens: int = 1):
-    """Bicubic (align_corners=False, as MAE/BEiT/mmseg) resize of the patch part of a
-    (1, prefix+h·w, D) absolute position embedding; prefix tokens are kept."""
+    """Bicubic (align_corners=False, no antialias: as MAE/BEiT/mmseg) resize of the patch part
+    of a (1, prefix+h·w, D) absolute position embedding; prefix tokens are kept. This is
+    ``timm.layers.resample_abs_pos_embed(..., antialias=False)`` plus a shape check."""
     old_grid, new_grid = tuple(int(g) for g in old_grid), tuple(int(g) for g in new_grid)
     if old_grid == new_grid:
         return pos
-    prefix, patch = pos[:, :num_prefix_tokens], pos[:, num_prefix_tokens:]
-    if patch.shape[1] != old_grid[0] * old_grid[1]:
-        raise ValueError(f"pos_embed has {patch.shape[1]} patch tokens, not a "
-                         f"{old_grid[0]}x{old_grid[1]} grid")
-    patch = patch.reshape(1, *old_grid, -1).permute(0, 3, 1, 2).float()
-    patch = F.interpolate(patch, size=new_grid, mode="bicubic", align_corners=False)
-    patch = patch.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], -1).to(pos.dtype)
-    return torch.cat([prefix, patch], dim=1)
+    if pos.shape[1] - num_prefix_tokens != old_grid[0] * old_grid[1]:
+        raise ValueError(f"pos_embed has {pos.shape[1] - num_prefix_tokens} patch tokens, not "
+                         f"a {old_grid[0]}x{old_grid[1]} grid")
+    out = resample_abs_pos_embed(pos.float(), new_size=list(new_grid), old_size=list(old_grid),
+                                 num_prefix_tokens=num_prefix_tokens, interpolation="bicubic",
+                                 antialias=False)
+    return out.to(pos.dtype)

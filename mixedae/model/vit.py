@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
+from timm.layers.pos_embed_rel import gen_relative_position_index
 
 from mixedae.model.homologous_attention import HomologousContext, homologous_attention
 from mixedae.model.pos_embed import resize_pos_embed, sincos_2d
@@ -79,20 +80,10 @@ class Block(nn.Module):
 
 def relative_position_index(grid_hw: Sequence[int], device=None) -> torch.Tensor:
     """(1+h·w, 1+h·w) index into a BEiT relative-position table for an h×w grid with a cls
-    token: patch pairs use their (dy, dx) offset; the last three entries of the table are
-    cls→patch, patch→cls and cls→cls."""
-    h, w = int(grid_hw[0]), int(grid_hw[1])
-    ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device),
-                            indexing="ij")
-    coords = torch.stack([ys.flatten(), xs.flatten()])               # (2, hw)
-    rel = coords[:, :, None] - coords[:, None, :]                    # (2, hw, hw)
-    num = (2 * h - 1) * (2 * w - 1)
-    index = torch.empty(h * w + 1, h * w + 1, dtype=torch.long, device=device)
-    index[1:, 1:] = (rel[0] + h - 1) * (2 * w - 1) + (rel[1] + w - 1)
-    index[0, :] = num
-    index[:, 0] = num + 1
-    index[0, 0] = num + 2
-    return index
+    token (timm's ``gen_relative_position_index``): patch pairs use their (dy, dx) offset; the
+    last three entries of the table are cls→patch, patch→cls and cls→cls."""
+    return gen_relative_position_index((int(grid_hw[0]), int(grid_hw[1])), class_token=True,
+                                       device=device)
 
 
 def relative_position_table_size(grid_hw: Sequence[int]) -> int:
@@ -101,7 +92,9 @@ def relative_position_table_size(grid_hw: Sequence[int]) -> int:
 
 def resize_relative_position_table(table: torch.Tensor, old_grid: Sequence[int],
                                    new_grid: Sequence[int]) -> torch.Tensor:
-    """Bicubic resize of the (dy, dx) part of a (T, heads) table; the 3 cls entries are kept."""
+    """Bicubic resize of the (dy, dx) part of a (T, heads) table; the 3 cls entries are kept.
+    (timm's ``resize_rel_pos_bias_table`` uses a different interpolation: up to 2.5 apart on a
+    random 14→16 table, so it is not a drop-in replacement.)"""
     if tuple(old_grid) == tuple(new_grid):
         return table
     (h0, w0), (h1, w1) = old_grid, new_grid

@@ -88,6 +88,13 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo,
     return DDP(model, device_ids=ids, find_unused_parameters=bool(unused))
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP / torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -24,6 +24,12 @@ def setup_logging(rank: int = 0) -> None:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
 
+def print0(*args, **kw) -> None:
+    """print on rank 0 only (flushed)."""
+    if is_main_process():
+        print(*args, **kw, flush=True)
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     """The records of a ``log.jsonl`` (unparsable lines, e.g. a torn last line, skipped)."""
     out = []
@@ -45,24 +51,40 @@ class RunLogger:
                  start_step: int | None = 0, progress: bool = True, tensorboard: bool = True):
         self.enabled = output_dir is not None and is_main_process()
         self.bar = self.tb = self.jsonl = None
+        self._tb_dir, self._purge = None, None
         if not self.enabled:
             return
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.jsonl = out / "log.jsonl"
-        if self.jsonl.exists() and start_step is not None:
-            keep = [r for r in read_jsonl(self.jsonl) if r.get("step", 0) <= start_step]
+        self._tb_dir = out / "tb" if tensorboard else None
+        from tqdm import tqdm
+        self.bar = tqdm(total=total, initial=0, disable=not progress, dynamic_ncols=True,
+                        desc=desc, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        if start_step is not None:
+            self.resume_at(start_step)
+
+    def resume_at(self, step: int) -> None:
+        """Continue a run at ``step``: drop later records (log.jsonl and tensorboard)."""
+        if not self.enabled:
+            return
+        if self.jsonl.exists():
+            keep = [r for r in read_jsonl(self.jsonl) if r.get("step", 0) <= step]
             atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in keep))
-        if tensorboard:
+        self._purge = step + 1
+        if self.bar is not None:
+            self.bar.n = self.bar.last_print_n = step
+            self.bar.refresh()
+
+    def _writer(self):
+        if self.tb is None and self._tb_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(out / "tb"), purge_step=(start_step or 0) + 1)
+                self.tb = SummaryWriter(str(self._tb_dir), purge_step=self._purge)
             except ImportError:  # tensorboard is optional on a training box
                 log.warning("tensorboard not installed; scalars only go to %s", self.jsonl)
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, initial=start_step or 0, disable=not progress,
-                        dynamic_ncols=True, desc=desc,
-                        mininterval=0.1 if sys.stderr.isatty() else 30.0)  # quiet in log files
+                self._tb_dir = None
+        return self.tb
 
     def step(self, n: int = 1) -> None:
         if self.bar is not None:
@@ -82,7 +104,7 @@ class RunLogger:
         if not self.enabled:
             return
         self.event(**record)
-        if self.tb is not None:
+        if self._writer() is not None:
             if scalars is None:
                 scalars = {k: v for k, v in record.items() if k not in ("step", "epoch")
                            and isinstance(v, (int, float)) and not isinstance(v, bool)}
