@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from mixedae.model.homologous_attention_triton import (block_sizes, check_k, triton,
+from mixedae.model.homologous_attention_triton import (_ieee, block_sizes, check_k, triton,
                                                        unavailable_reason)
 from mixedae.runtime.errors import ConfigError
 
@@ -131,8 +131,7 @@ if triton is not None:
 
 def _flags(q):
     B, H, N, D = q.shape
-    return B, H, N, D, block_sizes(N, D), -(-N // 16) * 16, q.dtype in (torch.float32,
-                                                                       torch.float64)
+    return B, H, N, D, block_sizes(N, D), -(-N // 16) * 16, _ieee(q)
 
 
 @torch.library.custom_op("mixedae::homologous_fused_fwd", mutates_args=())

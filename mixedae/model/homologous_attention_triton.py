@@ -49,14 +49,16 @@ except ImportError:  # Triton is optional: only the triton/flex/fused impls need
     triton = None
 
 CLS_MODES = ("always_visible", "topk")
+# how the kernels were built (Triton decides when they are decorated, i.e. at this import)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def unavailable_reason(device: torch.device, impl: str = "triton") -> str | None:
+def unavailable_reason(device: torch.device, impl: str = "triton",
+                       interpret: bool = INTERPRET) -> str | None:
     """None if Triton kernels can run on ``device``, else one line saying why not."""
     if triton is None:
         return f"attn_impl={impl!r} needs Triton, which is not installed; use attn_impl='sdpa'"
-    if device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET")
-                                 == "1"):
+    if device.type == ("cpu" if interpret else "cuda"):
         return None
     return (f"attn_impl={impl!r} runs Triton kernels on CUDA tensors (or on the CPU only under "
             f"TRITON_INTERPRET=1), got a {device.type} tensor; use attn_impl='sdpa'")
@@ -69,6 +71,15 @@ if triton is not None:
         s = tl.where(s == 0.0, 0.0, s)
         b = s.to(tl.int32, bitcast=True)
         return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+    @triton.jit
+    def _round_like(s, q):
+        """fp32 → q's dtype → fp32, round to nearest even (bf16 by bit arithmetic: the
+        interpreter's own bf16 cast truncates)."""
+        if q.dtype == tl.bfloat16:
+            b = s.to(tl.int32, bitcast=True)
+            return ((b + 0x7FFF + ((b >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+        return s.to(q.dtype).to(tl.float32)
 
     @triton.jit
     def _topk_keep(s, cand, K):
@@ -100,7 +111,7 @@ if triton is not None:
             s = tl.dot(q, tl.trans(k))
         rank = s
         if LOWP:
-            rank = s.to(q.dtype).to(tl.float32)
+            rank = _round_like(s, q)
         col_ok = (cols < N)[None, :]
         if CLS_TOPK:
             keep = _topk_keep(rank, col_ok, TOPK)
@@ -164,6 +175,12 @@ def check_k(N: int, p: int, topk: int, cls_mode: str) -> None:
                          f"({N} tokens, {p} prefix, cls_mode={cls_mode!r})")
 
 
+def _ieee(q: torch.Tensor) -> bool:
+    """fp32 dot without TF32 for fp32/fp64 inputs, and in the interpreter (numpy has no bf16
+    matmul, so bf16 tiles are widened to fp32 there: the products are exact either way)."""
+    return INTERPRET or q.dtype in (torch.float32, torch.float64)
+
+
 def _select_impl(q, k, topk: int, prefix: int, cls_topk: bool, lowp: bool, bias: bool,
                  src: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, N, D = q.shape
@@ -176,9 +193,8 @@ def _select_impl(q, k, topk: int, prefix: int, cls_topk: bool, lowp: bool, bias:
     _select_kernel[grid](
         q, k, out, hits, src if src is not None else hits, *q.stride(), *k.stride(),
         *out.stride()[:3], H, N, D, prefix, topk, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
-        CLS_TOPK=cls_topk, LOWP=lowp and q.dtype != torch.float32,
-        IEEE=q.dtype in (torch.float32, torch.float64), OUT_BIAS=bias, HAS_SRC=src is not None,
-        num_warps=4)
+        CLS_TOPK=cls_topk, LOWP=lowp and q.dtype != torch.float32, IEEE=_ieee(q),
+        OUT_BIAS=bias, HAS_SRC=src is not None, num_warps=4)
     return out, hits
 
 
