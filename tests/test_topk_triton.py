@@ -166,6 +166,19 @@ def test_bf16_inputs_rank_on_fp32_logits_and_lowp_option():
         1).any()                                    # ... and there are ties to break
 
 
+def test_custom_ops_fake_kernels_and_autograd_pass_opcheck():
+    """torch.compile sees the kernels as custom ops: their fake (meta) kernels must give the
+    real outputs' shapes, dtypes and strides, and the fused op's autograd must be sound."""
+    fused = importlib.import_module("mixedae.model.homologous_attention_fused")
+    q, k, v = qkv(B=1, H=2, N=9, d=16, seed=6)
+    qkv_view = torch.stack([q, k, v], -2)[..., 0, :]  # strided like the ViT's q
+    src = torch.tensor([[0, 1, 0, 1, 2, 2, 0, 1]])
+    torch.library.opcheck(hat._select_op, (qkv_view, k, 3, 1, False, False, True, src))
+    args = (qkv_view.requires_grad_(), k.requires_grad_(), v.requires_grad_(), 3, 1, True, False,
+            None)
+    torch.library.opcheck(fused._fwd_op, args)
+
+
 def test_bad_device_and_k_fail_with_one_clear_line():
     msg = hat.unavailable_reason(torch.device("cpu"), "fused", interpret=False)
     assert "attn_impl='fused'" in msg and "CUDA" in msg and "sdpa" in msg

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from mixedae.model.homologous_attention_triton import (_ieee, block_sizes, check_k, triton,
-                                                       unavailable_reason)
+from mixedae.model.homologous_attention_triton import (_ieee, block_sizes, check_k, num_warps,
+                                                       triton, unavailable_reason)
 from mixedae.runtime.errors import ConfigError
 
 if triton is not None:
@@ -60,7 +60,7 @@ if triton is not None:
                  o.to(O.dtype.element_ty), mask=rm[:, None] & dm)
         tl.store(LSE + bh * N + rows, m + tl.log(l), mask=rm)
         tl.store(KEEP + bh * N * WP + rows[:, None] * WP + cols[None, :], keep.to(tl.int8),
-                 mask=rm[:, None] & cm[None, :])
+                 mask=rm[:, None] & (cols < WP)[None, :])
         if HAS_SRC:
             tl.store(HITS + bh * tl.num_programs(1) + mb, _hits(keep, rows, cols, SRC, b, N, P))
 
@@ -150,7 +150,7 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, prefix
                       *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
                       H, N, D, prefix, topk, D ** -0.5, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
                       CLS_TOPK=cls_topk, LOWP=lowp and not ieee, IEEE=ieee,
-                      HAS_SRC=src is not None, WP=WP, num_warps=4)
+                      HAS_SRC=src is not None, WP=WP, num_warps=num_warps(BN))
     return o, lse, keep, hits
 
 
@@ -169,11 +169,11 @@ def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     B, H, N, D, (BM, BN, BD), WP, ieee = _flags(q)
     delta = (do.float() * o.float()).sum(-1).contiguous()
     do, q, k, v = (t.contiguous() for t in (do, q, k, v))
-    dq, dk, dv = (torch.empty_like(t) for t in (q, k, v))
+    dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
     common = (*q.stride()[:3], H, N, D, D ** -0.5)
     _bwd_dq_kernel[(B * H, triton.cdiv(N, BM))](
         q, k, v, do, lse, delta, keep, dq, *common, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
-        IEEE=ieee, WP=WP, num_warps=4)
+        IEEE=ieee, WP=WP, num_warps=num_warps(BN))
     BN2 = min(32, BN)
     _bwd_dkdv_kernel[(B * H, triton.cdiv(N, BN2))](
         q, k, v, do, lse, delta, keep, dk, dv, *common, BLOCK_M=BM, BLOCK_N=BN2, BLOCK_D=BD,
@@ -183,7 +183,7 @@ def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 @_bwd_op.register_fake
 def _(do, q, k, v, o, lse, keep):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return tuple(torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
 
 
 def _setup_context(ctx, inputs, output):

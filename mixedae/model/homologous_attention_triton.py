@@ -148,7 +148,7 @@ if triton is not None:
                     mask=(cols < N)[:, None] & (dd < D)[None, :], other=0.0)
         _, keep = _logits_keep(q, k, rows, cols, N, P, TOPK, CLS_TOPK, LOWP, IEEE)
         out = OUT + b * sob + h * soh + rows[:, None] * son + cols[None, :]
-        omask = (rows < N)[:, None] & (cols < N)[None, :]
+        omask = (rows < N)[:, None] & (cols < son)[None, :]  # padding columns too: −inf / 0
         if OUT_BIAS:
             val = tl.where(keep, 0.0, float("-inf")).to(OUT.dtype.element_ty)
         else:
@@ -164,6 +164,12 @@ def block_sizes(N: int, D: int) -> tuple[int, int, int]:
         raise ValueError(f"fused TopK holds all keys in one tile; {N} tokens exceed 512")
     BN = max(16, triton.next_power_of_2(N))
     return min(32, BN), BN, max(16, triton.next_power_of_2(D))
+
+
+def num_warps(block_n: int) -> int:
+    """8 warps once a (32 × 256) fp32 logit tile is held (fewer registers per thread); the
+    choice is untuned: the GPU suite times it."""
+    return 8 if block_n >= 256 else 4
 
 
 def check_k(N: int, p: int, topk: int, cls_mode: str) -> None:
@@ -194,7 +200,7 @@ def _select_impl(q, k, topk: int, prefix: int, cls_topk: bool, lowp: bool, bias:
         q, k, out, hits, src if src is not None else hits, *q.stride(), *k.stride(),
         *out.stride()[:3], H, N, D, prefix, topk, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
         CLS_TOPK=cls_topk, LOWP=lowp and q.dtype != torch.float32, IEEE=_ieee(q),
-        OUT_BIAS=bias, HAS_SRC=src is not None, num_warps=4)
+        OUT_BIAS=bias, HAS_SRC=src is not None, num_warps=num_warps(BN))
     return out, hits
 
 
@@ -260,10 +266,8 @@ def homologous_attention_triton(q, k, v, ctx, dropout_p: float = 0.0) -> torch.T
             raise ConfigError("attn_impl='flex' has no attention dropout; use 'triton'")
         keep, acc = homologous_select(q, k, ctx.k, ctx.num_prefix_tokens, cls_mode,
                                       ctx.select_fp32, "keep", ctx.src, ctx.impl)
-        neg_inf = torch.tensor(float("-inf"), device=q.device, dtype=torch.float32)
-
         def score_mod(score, b, h, qi, ki):
-            return torch.where(keep[b, h, qi, ki], score, neg_inf)
+            return torch.where(keep[b, h, qi, ki], score, float("-inf"))
         out = _flex_attention(q.device.type)(q, k, v, score_mod=score_mod)
     else:  # "triton", or "fused" with attention dropout (the fused kernel has none)
         bias, acc = homologous_select(q, k, ctx.k, ctx.num_prefix_tokens, cls_mode,
