@@ -8,6 +8,12 @@
 #   bash tools/gpu_suite.sh                        # on the GPU machine
 #   bash tools/gpu_suite.sh --device cpu --quick   # every part at toy size, here (~1 min)
 # Extra flags go to tools/gpu_suite.py (--parts, --impls, --budget-scale, --data).
+#
+# Real JPEGs for the loader part: a GPU machine that receives only the source tree needs them
+# copied into the ignored folder .bench_data/ first (and carried), e.g. ~27 MB:
+#   mkdir -p .bench_data/imagenet_tiny && cp -r ../shared/data/imagenet_tiny/n0[12]* \
+#     .bench_data/imagenet_tiny/
+# Without any, the loader part times synthetic JPEGs and says so in its rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

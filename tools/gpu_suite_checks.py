@@ -1,6 +1,6 @@
 """Parts of ``tools/gpu_suite.py``: attention/preset/compile correctness (formerly
 tools/gpu_check.py) and the dense-backbone timing. Each part takes the suite (``s.add`` records
-a row) and ``in_budget()`` (False once the part's time budget is spent)."""
+a row) and ``in_budget(need_s=0)`` (False once less than ``need_s`` of the budget is left)."""
 from __future__ import annotations
 
 import importlib.util
@@ -115,7 +115,8 @@ def _time_cuda(fn, n=20):
 def check_presets(s, dev, quick, impls, in_budget):
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     size = MICRO if quick else dict(model="small")
-    runs = [(p, "sdpa") for p in PRESETS] + [("mixedae_base", i) for i in impls
+    presets = ("mixedae_base", "mae_base") if quick else PRESETS
+    runs = [(p, "sdpa") for p in presets] + [("mixedae_base", i) for i in impls
                                              if i != "sdpa" and not impl_unavailable(i, dev.type)]
     for preset, impl in runs:
         if not in_budget():
@@ -140,7 +141,7 @@ def check_compiled(s, dev, quick, impls, in_budget):
     ind.fallback_random = True  # inductor's RNG made to match eager
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     for impl in [i for i in ("sdpa", "fused") if i in impls]:
-        if quick or not in_budget() or impl_unavailable(impl, dev.type):
+        if quick or not in_budget(40) or impl_unavailable(impl, dev.type):
             s.add("correctness", f"compiled == eager ({impl})",
                   "skipped: " + ("quick" if quick else "out of budget or unavailable"))
             continue
@@ -172,6 +173,9 @@ def part_correctness(s, in_budget):
             for mode in modes:
                 if in_budget():
                     check_attention(s, impl, dtype, mode, shape, K, dev)
+                else:
+                    s.add("correctness", f"{impl} {str(dtype)[6:]} cls={mode}",
+                          "skipped: out of budget")
     if not impl_unavailable("triton", a.device):
         check_selection(s, shape, K, dev)
     check_presets(s, dev, a.quick, a.impls, in_budget)

@@ -7,7 +7,8 @@ All keys of a row fit in one tile (L ≤ 256 plus the prefix), so no online soft
   kept logits (scaled by 1/√D) → P·V. Saves the row log-sum-exp and the int8 keep mask.
 * backward (FlashAttention-2 style, probabilities recomputed from the saved log-sum-exp):
   one program per query block computes dQ = dS·K/√D; one program per key block loops over
-  the query blocks for dV = Pᵀ·dO and dK = dSᵀ·Q/√D, with dS = P ⊙ (dP − rowsum(dO ⊙ O)).
+  the query blocks for dV = Pᵀ·dO and dK = dSᵀ·Q/√D, where
+  dS = P ⊙ (dP − rowsum(dO ⊙ O)).
   The unselected logits get zero gradient, exactly as in the reference.
 
 No attention dropout (the dispatcher routes ``dropout_p > 0`` to the bias + SDPA path).
@@ -141,13 +142,14 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, prefix
     B, H, N, D, (BM, BN, BD), WP, ieee = _flags(q)
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    o = q.new_empty((B, N, H, D)).transpose(1, 2)  # (B, H, N, D) view: free to merge heads
+    o = q.new_empty((B, N, H, D))  # heads last: merging them after attention is free
     lse = q.new_empty((B, H, N), dtype=torch.float32)
     keep = q.new_empty((B, H, N, WP), dtype=torch.int8)
     grid = (B * H, triton.cdiv(N, BM))
     hits = q.new_zeros((grid[0] * grid[1],), dtype=torch.int32)
     _fwd_kernel[grid](q, k, v, o, lse, keep, hits, src if src is not None else hits,
-                      *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
+                      *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+                      o.stride(0), o.stride(2), o.stride(1),
                       H, N, D, prefix, topk, D ** -0.5, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
                       CLS_TOPK=cls_topk, LOWP=lowp and not ieee, IEEE=ieee,
                       HAS_SRC=src is not None, WP=WP, num_warps=num_warps(BN))
@@ -157,7 +159,7 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, prefix
 @_fwd_op.register_fake
 def _(q, k, v, topk, prefix, cls_topk, lowp, src):
     B, H, N, D, (BM, _, _), WP, _ = _flags(q)
-    return (q.new_empty((B, N, H, D)).transpose(1, 2), q.new_empty((B, H, N), dtype=torch.float32),
+    return (q.new_empty((B, N, H, D)), q.new_empty((B, H, N), dtype=torch.float32),
             q.new_empty((B, H, N, WP), dtype=torch.int8),
             q.new_empty((B * H * -(-N // BM),), dtype=torch.int32))
 
@@ -167,6 +169,7 @@ def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             o: torch.Tensor, lse: torch.Tensor, keep: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B, H, N, D, (BM, BN, BD), WP, ieee = _flags(q)
+    do, o = do.transpose(1, 2), o.transpose(1, 2)  # (B, N, H, D) → (B, H, N, D)
     delta = (do.float() * o.float()).sum(-1).contiguous()
     do, q, k, v = (t.contiguous() for t in (do, q, k, v))
     dq, dk, dv = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
@@ -214,6 +217,7 @@ def homologous_attention_fused(q, k, v, topk: int, num_prefix_tokens: int = 1,
         src = src.to(torch.int64).contiguous()
     o, _, _, hits = _fwd_op(q, k, v, topk, num_prefix_tokens, cls_mode == "topk",
                             not select_fp32, src)
+    o = o.transpose(1, 2)  # (B, H, N, D) view; a custom op may not return a view itself
     acc = None
     if src is not None:
         acc = hits.sum().float() / (B * H * (N - num_prefix_tokens) * topk)

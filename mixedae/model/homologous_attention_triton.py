@@ -266,6 +266,7 @@ def homologous_attention_triton(q, k, v, ctx, dropout_p: float = 0.0) -> torch.T
             raise ConfigError("attn_impl='flex' has no attention dropout; use 'triton'")
         keep, acc = homologous_select(q, k, ctx.k, ctx.num_prefix_tokens, cls_mode,
                                       ctx.select_fp32, "keep", ctx.src, ctx.impl)
+
         def score_mod(score, b, h, qi, ki):
             return torch.where(keep[b, h, qi, ki], score, float("-inf"))
         out = _flex_attention(q.device.type)(q, k, v, score_mod=score_mod)
