@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from PIL import Image
 
 from mixedae.model.homologous_attention import HomologousContext, homologous_attention
 from mixedae.runtime.errors import ConfigError
@@ -190,6 +191,23 @@ def test_bad_device_and_k_fail_with_one_clear_line():
         hat.homologous_select(q, k, 3, cls_mode="never")
     with pytest.raises(ConfigError, match="dropout"):
         homologous_attention(q, k, q, HomologousContext(k=3, impl="flex"), dropout_p=0.1)
+
+
+def test_pretrain_refuses_triton_impl_on_cpu_before_any_work(tmp_path, capsys, monkeypatch):
+    from mixedae.pretrain import engine
+    monkeypatch.setattr(hat, "INTERPRET", False)    # as in any process without the variable
+    data = tmp_path / "data" / "c"
+    data.mkdir(parents=True)
+    for i in range(8):
+        Image.new("RGB", (40, 40), (i * 30, 90, 200)).save(data / f"{i}.png")
+    out = tmp_path / "out"
+    rc = engine.main(["--preset", "mixedae_tiny", "--model", "micro", "--img-size", "32",
+                      "--patch-size", "8", "--mask-patch-size", "16", "--batch-size", "8",
+                      "--device", "cpu", "--set", "attn_impl=fused", "--data",
+                      str(tmp_path / "data"), "--output-dir", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("error: attn_impl='fused'") and "sdpa" in err, err
+    assert len(err.splitlines()) == 1 and not out.exists()
 
 
 def test_config_accepts_triton_impls():

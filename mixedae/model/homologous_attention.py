@@ -109,6 +109,14 @@ def select_topk(logits: torch.Tensor, k: int, select: str = "topk") -> torch.Ten
     return logits.topk(k, dim=-1, sorted=False).indices
 
 
+def impl_unavailable(impl: str, device: torch.device) -> str | None:
+    """None if ``impl`` can run on ``device``, else one line saying why (checked before work)."""
+    if impl not in TRITON_IMPLS:
+        return None
+    from mixedae.model.homologous_attention_triton import unavailable_reason
+    return unavailable_reason(device, impl)
+
+
 def homologous_attention(q, k, v, ctx: HomologousContext, dropout_p: float = 0.0) -> torch.Tensor:
     """Eq. (6); appends the TopK accuracy to ``ctx`` if it has ``src``."""
     if ctx.impl in TRITON_IMPLS:  # imported on use: Triton is optional

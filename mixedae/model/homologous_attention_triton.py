@@ -54,8 +54,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def unavailable_reason(device: torch.device, impl: str = "triton",
-                       interpret: bool = INTERPRET) -> str | None:
+                       interpret: bool | None = None) -> str | None:
     """None if Triton kernels can run on ``device``, else one line saying why not."""
+    interpret = INTERPRET if interpret is None else interpret
     if triton is None:
         return f"attn_impl={impl!r} needs Triton, which is not installed; use attn_impl='sdpa'"
     if device.type == ("cpu" if interpret else "cuda"):

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mixedae.runtime import checkpoint as ckpt
+from mixedae.model.homologous_attention import impl_unavailable
 from mixedae.pretrain.config import PRESETS, ConfigError, PretrainConfig, get_preset
 from mixedae.pretrain.data import ResumableSampler, build_pretrain_dataset
 from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce_mean, init_distributed,
@@ -195,6 +196,8 @@ def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
     dev, main = info.device, info.is_main
     micro = micro_batch_size(cfg, info.world_size)
     dtype = amp_dtype(opts.amp, dev)
+    if cfg.attention == "topk" and impl_unavailable(cfg.attn_impl, dev):
+        raise ConfigError(impl_unavailable(cfg.attn_impl, dev))
     out_dir = Path(opts.output_dir)
 
     sampler = ResumableSampler(dataset, micro * cfg.accum_iter, info.world_size, info.rank,
