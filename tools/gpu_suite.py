@@ -126,6 +126,8 @@ def part_loader(s: Suite, in_budget):
 def part_pretrain(s: Suite, in_budget, compiled: bool):
     a = s.args
     part = "pretrain_compiled" if compiled else "pretrain_eager"
+    torch.backends.cuda.matmul.allow_tf32 = True  # as tools/benchmark_pretrain.py
+    torch.backends.cudnn.allow_tf32 = True
     bargs = argparse.Namespace(device=a.device, model=a.model, batch_size=a.batch_size,
                                mixing="compose", steps=a.steps, warmup=a.warmup,
                                overrides=a.overrides)
@@ -190,9 +192,6 @@ def main(argv=None):
                           decoder_depth=1, decoder_heads=2) if q else {}
     args.workers = 0 if q else os.cpu_count()
     args.loader_seconds, args.loader_batch = (1.0, 4) if q else (12.0, 128)
-    if args.device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     s = Suite(args)
     print(f"GPU SUITE on {s.meta['device']}, torch {torch.__version__}, commit "
           f"{s.meta['commit']}{' (quick)' if q else ''}", flush=True)

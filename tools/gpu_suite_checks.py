@@ -122,23 +122,42 @@ def check_presets(s, dev, quick, impls, in_budget):
         if not in_budget():
             s.add("correctness", f"{preset} {impl}", "skipped: out of budget")
             continue
-        torch.manual_seed(0)
-        m = build_model(get_preset(preset, **size, batch_size=16, attn_impl=impl)).to(dev)
-        img = size.get("img_size", 224)
-        with amp:
-            out = m(torch.randn(16, 3, img, img, device=dev))
-        out["loss"].backward()
-        bad = [n for n, p in m.named_parameters() if p.requires_grad and
-               (p.grad is None or not torch.isfinite(p.grad).all())]
-        s.add("correctness", f"{preset} {impl} fwd/bwd", f"loss {out['loss'].item():.3f} "
-              f"topk_acc {[round(a, 3) for a in out['topk_acc'].tolist()]}" +
-              (f" bad grads {bad[:3]}" if bad else ""),
-              ok=bool(torch.isfinite(out["loss"]).item() and not bad))
+        guarded(s, f"{preset} {impl} fwd/bwd", _check_preset, s, preset, impl, size, amp, dev)
+
+
+def _check_preset(s, preset, impl, size, amp, dev):
+    torch.manual_seed(0)
+    m = build_model(get_preset(preset, **size, batch_size=16, attn_impl=impl)).to(dev)
+    img = size.get("img_size", 224)
+    with amp:
+        out = m(torch.randn(16, 3, img, img, device=dev))
+    out["loss"].backward()
+    bad = [n for n, p in m.named_parameters() if p.requires_grad and
+           (p.grad is None or not torch.isfinite(p.grad).all())]
+    s.add("correctness", f"{preset} {impl} fwd/bwd", f"loss {out['loss'].item():.3f} "
+          f"topk_acc {[round(a, 3) for a in out['topk_acc'].tolist()]}" +
+          (f" bad grads {bad[:3]}" if bad else ""),
+          ok=bool(torch.isfinite(out["loss"]).item() and not bad))
+
+
+def guarded(s, name, fn, *args):
+    """Run one check; an exception becomes a FAIL row and the part goes on."""
+    try:
+        fn(*args)
+    except Exception as e:
+        s.add("correctness", name, f"{type(e).__name__}: {str(e)[:200]}", ok=False)
 
 
 def check_compiled(s, dev, quick, impls, in_budget):
     import torch._inductor.config as ind
-    ind.fallback_random = True  # inductor's RNG made to match eager
+    old, ind.fallback_random = ind.fallback_random, True  # inductor's RNG made to match eager
+    try:
+        _check_compiled(s, dev, quick, impls, in_budget)
+    finally:
+        ind.fallback_random = old
+
+
+def _check_compiled(s, dev, quick, impls, in_budget):
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     for impl in [i for i in ("sdpa", "fused") if i in impls]:
         if quick or not in_budget(40) or impl_unavailable(impl, dev.type):
@@ -161,6 +180,8 @@ def check_compiled(s, dev, quick, impls, in_budget):
 
 def part_correctness(s, in_budget):
     a, dev = s.args, torch.device(s.args.device)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 references in true fp32
+    torch.backends.cudnn.allow_tf32 = False
     shape, K = ((2, 2, 17, 16), 4) if a.quick else ((4, 12, 197, 64), 49)
     for impl in a.impls:
         reason = impl_unavailable(impl, a.device)
@@ -172,20 +193,23 @@ def part_correctness(s, in_budget):
         for dtype in (torch.float32, torch.bfloat16):
             for mode in modes:
                 if in_budget():
-                    check_attention(s, impl, dtype, mode, shape, K, dev)
+                    guarded(s, f"{impl} {str(dtype)[6:]} cls={mode}", check_attention, s, impl,
+                            dtype, mode, shape, K, dev)
                 else:
                     s.add("correctness", f"{impl} {str(dtype)[6:]} cls={mode}",
                           "skipped: out of budget")
     if not impl_unavailable("triton", a.device):
-        check_selection(s, shape, K, dev)
-    check_presets(s, dev, a.quick, a.impls, in_budget)
-    check_compiled(s, dev, a.quick, a.impls, in_budget)
+        guarded(s, "selection", check_selection, s, shape, K, dev)
+    guarded(s, "presets", check_presets, s, dev, a.quick, a.impls, in_budget)
+    guarded(s, "compiled == eager", check_compiled, s, dev, a.quick, a.impls, in_budget)
 
 
 def part_dense(s, in_budget):
     """Dense backbone (what the mm MixedAEViT runs, rebuilt from the plain ViT: relative
     position bias, 4 feature maps) forward+backward, fp32 (TF32) vs bf16 autocast."""
     a, dev = s.args, torch.device(s.args.device)
+    torch.backends.cuda.matmul.allow_tf32 = True  # as in training
+    torch.backends.cudnn.allow_tf32 = True
     size, img, batch, outs = ("micro", 64, 2, (0, 1, 2, 3)) if a.quick else \
         ("base", 512, 8, (3, 5, 7, 11))
     torch.manual_seed(0)

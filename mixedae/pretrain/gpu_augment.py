@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 
 class EncodedImages(Dataset):
@@ -41,8 +41,14 @@ def collate_encoded(batch: list) -> list:
 
 
 def decode_batch(data: list, device: str | torch.device = "cuda") -> list:
-    """JPEG bytes → list of (3, H, W) uint8 RGB images on ``device`` (grayscale/CMYK → RGB)."""
-    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    """JPEG bytes → list of (3, H, W) uint8 RGB images on ``device`` (grayscale/CMYK → RGB).
+
+    A batch the batched decoder rejects (a PNG among the JPEGs, a JPEG flavour nvJPEG does not
+    take) is decoded image by image on the CPU and moved to ``device``."""
+    try:
+        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        return [decode_image(d, mode=ImageReadMode.RGB).to(device) for d in data]
 
 
 def crop_params(sizes: torch.Tensor, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), tries: int = 10,
