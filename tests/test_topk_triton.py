@@ -3,12 +3,17 @@ interpreter, against a Python loop reference of Eq. (6): kept keys, the tie rule
 modes, values, gradients, K = 1 and K = L, TopK accuracy, bf16 ranking, the model end to end.
 
 Triton builds its own and our kernels as interpreted or compiled when they are decorated (at
-import) and reads the variable again at launch, so TRITON_INTERPRET=1 is set for the import of
-Triton and the kernel modules below and during each test of this module.
+import) and reads TRITON_INTERPRET again at launch. So: if Triton is not imported yet (or was
+imported interpreted), the variable is set for the import of Triton and the kernel modules and
+during each test here; if another module already imported Triton compiled (timm does, so a
+whole-suite run does), this file runs itself once more in a fresh process with the variable set
+(``test_all_in_a_fresh_interpreter_process``) and its in-process tests skip.
 """
 import importlib
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,29 +22,57 @@ from PIL import Image
 from mixedae.model.homologous_attention import HomologousContext, homologous_attention
 from mixedae.runtime.errors import ConfigError
 
-_old = os.environ.get("TRITON_INTERPRET")
-if "triton" in sys.modules and not sys.modules["triton"].knobs.runtime.interpret:
-    pytest.skip("Triton was imported before this module without TRITON_INTERPRET=1, so its "
-                "kernels cannot run on the CPU in this process (run this file alone)",
-                allow_module_level=True)
-os.environ["TRITON_INTERPRET"] = "1"
-try:
-    pytest.importorskip("triton", reason="Triton is not installed (the triton/flex/fused "
-                                         "impls need it; sdpa does not)")
-    hat = importlib.import_module("mixedae.model.homologous_attention_triton")
-    importlib.import_module("mixedae.model.homologous_attention_fused")
-finally:
-    if _old is None:
-        os.environ.pop("TRITON_INTERPRET")
-    else:
-        os.environ["TRITON_INTERPRET"] = _old
+def _triton_state() -> str:
+    """'absent', 'interpreted' or 'compiled' (how Triton's own library was decorated)."""
+    std = sys.modules.get("triton.language.standard")
+    if std is None:
+        return "absent"
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+    fns = [f for f in vars(std).values() if isinstance(f, (JITFunction, InterpretedFunction))]
+    return "interpreted" if fns and all(isinstance(f, InterpretedFunction) for f in fns) \
+        else "compiled"
+
+
+IN_PROCESS = _triton_state() != "compiled"
+hat = None
+if IN_PROCESS:
+    _old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        pytest.importorskip("triton", reason="Triton is not installed (the triton/flex/fused "
+                                             "impls need it; sdpa does not)")
+        hat = importlib.import_module("mixedae.model.homologous_attention_triton")
+        importlib.import_module("mixedae.model.homologous_attention_fused")
+    finally:
+        if _old is None:
+            os.environ.pop("TRITON_INTERPRET")
+        else:
+            os.environ["TRITON_INTERPRET"] = _old
 
 MODES = ("always_visible", "topk")
 
 
 @pytest.fixture(autouse=True)
-def _interpret(monkeypatch):
+def _interpret(request, monkeypatch):
+    if not IN_PROCESS and request.node.name != "test_all_in_a_fresh_interpreter_process":
+        pytest.skip("Triton was imported compiled in this process: covered by "
+                    "test_all_in_a_fresh_interpreter_process")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def test_all_in_a_fresh_interpreter_process():
+    if IN_PROCESS:
+        pytest.skip("the tests of this file run in this process")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-p", "no:logging", str(Path(__file__))], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=1200)
+    tail = proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0 and " passed" in proc.stdout, tail
+    last = proc.stdout.strip().splitlines()[-1]
+    assert " passed, 1 skipped" in last and "failed" not in last, tail  # skipped: this test
 
 
 def qkv(B=2, H=2, N=17, d=8, seed=0, dtype=torch.float32):
