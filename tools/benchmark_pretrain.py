@@ -20,7 +20,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mixedae.pretrain.config import get_preset  # noqa: E402
+from mixedae.model.homologous_attention import IMPLS  # noqa: E402
 from mixedae.model.mixed_autoencoder import build_model  # noqa: E402
+
+
+def mode_attn(opts: set) -> dict:
+    """Config fields of a benchmark mode's options (see --modes)."""
+    impls = [o for o in opts if o in IMPLS]
+    return dict(attn_impl=impls[0] if impls else "sdpa",
+                topk_select="sort" if "sort" in opts else "topk",
+                topk_select_fp32="lowp" not in opts)
 
 
 def bench(preset: str, args, compiled: bool, attn: dict | None = None) -> dict:
@@ -28,7 +37,7 @@ def bench(preset: str, args, compiled: bool, attn: dict | None = None) -> dict:
     torch.manual_seed(0)
     cfg = get_preset(preset, model=args.model, batch_size=args.batch_size,
                      mixing=args.mixing if preset.startswith("mixedae") else "none",
-                     **(attn or {}))
+                     **getattr(args, "overrides", {}), **(attn or {}))
     model = build_model(cfg).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95),
                             fused=dev.type == "cuda")
@@ -77,9 +86,9 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--modes", default="eager,compiled",
                     help="comma list of eager|compiled, optionally with ':' and '+'-joined "
-                         "options: explicit (materialised TopK attention), sort (sort-based "
-                         "TopK selection), lowp (rank keys in the compute dtype instead of "
-                         "fp32), e.g. eager:explicit,compiled:sort+lowp")
+                         f"options: an attention impl ({'|'.join(IMPLS)}; default sdpa), "
+                         "sort (sort-based TopK selection), lowp (rank keys in the compute "
+                         "dtype instead of fp32), e.g. eager:fused,compiled:sort+lowp")
     ap.add_argument("--json", help="append results as JSON lines to this file")
     args = ap.parse_args(argv)
     if args.device == "cuda":
@@ -91,9 +100,7 @@ def main(argv=None):
     for mode in args.modes.split(","):
         base_mode, _, opts = mode.partition(":")
         opts = set(filter(None, opts.split("+")))
-        attn = dict(attn_impl="explicit" if "explicit" in opts else "sdpa",
-                    topk_select="sort" if "sort" in opts else "topk",
-                    topk_select_fp32="lowp" not in opts)
+        attn = mode_attn(opts)
         pair = {"mae_base": mae[base_mode]} if base_mode in mae else {}
         for preset in ("mae_base", "mixedae_base"):
             if preset in pair:

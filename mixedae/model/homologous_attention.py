@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 
-IMPLS = ("sdpa", "explicit")     # how Eq. (6) is computed (see module docstring)
+IMPLS = ("sdpa", "explicit", "triton", "flex", "fused")  # how Eq. (6) is computed (docstring)
+TRITON_IMPLS = ("triton", "flex", "fused")  # homologous_attention_triton: CUDA or interpreter
 SELECTS = ("topk", "sort")       # how the K best keys of a row are found
 
 
@@ -39,7 +40,10 @@ class HomologousContext:
         used to measure the TopK sampling accuracy.
     num_prefix_tokens: leading tokens (cls) that are not patches.
     impl: "sdpa" (TopK bias + fused SDPA kernel) or "explicit" (materialised masked softmax);
-        both give the same values and gradients.
+        both give the same values and gradients. "triton" (fused Triton selection → bias →
+        SDPA), "flex" (Triton selection → FlexAttention) and "fused" (selection, softmax and ·V
+        in one Triton kernel) need CUDA tensors (``homologous_attention_triton``); they
+        rank on fp32 logits with a fixed tie rule and ignore ``select``.
     select: "topk" (``torch.topk``) or "sort" (a full per-row sort) to find the K best keys.
     select_fp32: rank keys on fp32 logits even under bf16/fp16 autocast (in bf16 ~11 % of the
         query rows of a ViT-B layer tie at the K-th logit, making the selection arbitrary).
@@ -105,8 +109,19 @@ def select_topk(logits: torch.Tensor, k: int, select: str = "topk") -> torch.Ten
     return logits.topk(k, dim=-1, sorted=False).indices
 
 
+def impl_unavailable(impl: str, device: torch.device) -> str | None:
+    """None if ``impl`` can run on ``device``, else one line saying why (checked before work)."""
+    if impl not in TRITON_IMPLS:
+        return None
+    from mixedae.model.homologous_attention_triton import unavailable_reason
+    return unavailable_reason(device, impl)
+
+
 def homologous_attention(q, k, v, ctx: HomologousContext, dropout_p: float = 0.0) -> torch.Tensor:
     """Eq. (6); appends the TopK accuracy to ``ctx`` if it has ``src``."""
+    if ctx.impl in TRITON_IMPLS:  # imported on use: Triton is optional
+        from mixedae.model.homologous_attention_triton import homologous_attention_triton
+        return homologous_attention_triton(q, k, v, ctx, dropout_p)
     if ctx.impl == "explicit":
         return _homologous_attention_explicit(q, k, v, ctx, dropout_p)
     bias, idx = topk_attn_bias(q, k, ctx.k, ctx.num_prefix_tokens, ctx.select, ctx.select_fp32)

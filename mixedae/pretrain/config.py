@@ -37,7 +37,7 @@ class PretrainConfig:
     attention: str = "topk"             # global | topk | masked
     topk_ratio: float | None = None     # K = topk_ratio · L; None → r
     num_global_layers: int = 1          # leading layers with global self-attention (Tab. 3e)
-    attn_impl: str = "sdpa"             # how Eq. 6 is computed: sdpa | explicit (same values)
+    attn_impl: str = "sdpa"             # Eq. 6: sdpa | explicit | triton | flex | fused (CUDA)
     topk_select: str = "topk"           # row-wise K-best search: topk | sort (same keys)
     topk_select_fp32: bool = True       # rank keys on fp32 logits under bf16 autocast
     homo_con: bool = True

@@ -28,10 +28,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from mixedae.runtime import checkpoint as ckpt
-from mixedae.runtime.errors import ConfigError
+from mixedae.model.homologous_attention import impl_unavailable
 from mixedae.pretrain.config import PretrainConfig
 from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce_mean,
                                          init_distributed, wrap_ddp)
+from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.sampler import EpochStreamSampler, SeededSample
 from mixedae.runtime.schedules import cosine_lr, set_lr
@@ -149,6 +150,8 @@ class _Run:
 def _build(cfg: PretrainConfig, dataset, opts: RunOptions, info: DistInfo) -> _Run:
     from mixedae.model.mixed_autoencoder import build_model
     micro = micro_batch_size(cfg, info.world_size)
+    if cfg.attention == "topk" and impl_unavailable(cfg.attn_impl, info.device):
+        raise ConfigError(impl_unavailable(cfg.attn_impl, info.device))
     per_rank = -(-len(dataset) // info.world_size)
     spe = per_rank // (micro * cfg.accum_iter)
     if spe == 0:
