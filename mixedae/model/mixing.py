@@ -21,14 +21,16 @@ import torch
 
 
 def mixing_masks(num_groups: int, num_mix: int, group_size: int, grid_hw: tuple[int, int],
-                 block: int, device=None) -> torch.Tensor:
+                 block: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random symmetric mixing masks M: (num_groups, num_mix, L) long in [0, group_size).
 
-    ``block`` is the mask-patch size in patches (mask_patch_size // patch_size)."""
+    ``block`` is the mask-patch size in patches (mask_patch_size // patch_size); ``generator``
+    (default: the global RNG) draws the permutations."""
     gh, gw = grid_hw
     bh, bw = gh // block, gw // block
-    perm = torch.rand(num_groups, num_mix, bh * bw, device=device).argsort(-1)
-    relabel = torch.rand(num_groups, num_mix, group_size, device=device).argsort(-1)
+    rand = lambda *shape: torch.rand(*shape, device=device, generator=generator)
+    perm = rand(num_groups, num_mix, bh * bw).argsort(-1)
+    relabel = rand(num_groups, num_mix, group_size).argsort(-1)
     src = relabel.gather(-1, perm % group_size).view(num_groups, num_mix, bh, 1, bw, 1)
     return src.expand(-1, -1, -1, block, -1, block).reshape(num_groups, num_mix, gh * gw)
 

@@ -12,7 +12,10 @@ per micro-batch, which must be divisible by the group size 1/r.
 
 Outputs in ``--output-dir``: ``checkpoint.pth`` (resumable, atomic; every ``--save-every`` steps
 and at the end), ``model.safetensors``, ``config.json``, ``log.jsonl`` (one JSON line per logged
-step) and tensorboard scalars in ``tb/`` (``topk_acc/layer_{i}``: i is the encoder block index).
+step) and tensorboard scalars in ``tb/`` (``topk_acc/layer_{i}``: i is the encoder block index;
+``homocon_ratio``: the HomoCon loss over its floor ln |P|). With ``--probe-every N`` the
+source-identity probe (``mixedae.pretrain.probe``) runs at step 0, every N steps and at the end:
+log.jsonl lines ``{"step", "probe_acc", "probe_chance"}``, tensorboard ``probe/*``.
 A killed run continues bit-exactly with ``--resume auto`` (same data order, crops and masks).
 
 The engine ``pretrain(cfg, dataset, opts)`` is shared with ``mixedae demo``.
@@ -36,6 +39,7 @@ from torch.utils.data import DataLoader
 from mixedae.runtime import checkpoint as ckpt
 from mixedae.pretrain.config import PRESETS, ConfigError, PretrainConfig, get_preset
 from mixedae.pretrain.data import ResumableSampler, build_pretrain_dataset
+from mixedae.pretrain.probe import SourceProbe, homocon_floor
 from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce_mean, init_distributed,
                           wrap_ddp)
 from mixedae.runtime.schedules import cosine_lr, set_lr
@@ -58,6 +62,8 @@ class RunOptions:
     compile: bool = False
     log_every: int = 20
     progress: bool = True           # tqdm bar on rank 0
+    probe_every: int = 0            # source-identity probe at step 0 and every N steps (0: off)
+    probe_images: int = 64          # images in the probe's fixed mixed batch
 
 
 @dataclass
@@ -134,8 +140,8 @@ class RunLogger:
     """Rank-0 progress: tqdm bar, tensorboard scalars, ``log.jsonl`` (truncated on resume)."""
 
     def __init__(self, output_dir: Path, start_step: int, total: int, enabled: bool,
-                 progress: bool, topk_offset: int):
-        self.enabled, self.topk_offset = enabled, topk_offset
+                 progress: bool, topk_offset: int, homocon_floor: float | None = None):
+        self.enabled, self.topk_offset, self.homocon_floor = enabled, topk_offset, homocon_floor
         self.bar = self.tb = None
         if not enabled:
             return
@@ -163,18 +169,31 @@ class RunLogger:
         loss, rec, homo, *acc = values
         rec_ = dict(step=step, epoch=epoch, loss=loss, loss_recon=rec, loss_homocon=homo, lr=lr,
                     topk_acc=acc, img_per_s=img_s)
+        if self.homocon_floor:
+            rec_["homocon_ratio"] = homo / self.homocon_floor
         if not self.enabled:
             return rec_
         self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(rec_) + "\n")
         if self.tb is not None:
-            for k in ("loss", "loss_recon", "loss_homocon", "lr"):
-                self.tb.add_scalar(k, rec_[k], step)
+            for k in ("loss", "loss_recon", "loss_homocon", "lr", "homocon_ratio"):
+                if k in rec_:
+                    self.tb.add_scalar(k, rec_[k], step)
             self.tb.add_scalar("img_per_s", img_s, step)
             for i, a in enumerate(acc):
                 self.tb.add_scalar(f"topk_acc/layer_{i + self.topk_offset}", a, step)
         return rec_
+
+    def log_probe(self, step: int, values: dict) -> None:
+        """A probe result: console, its own log.jsonl line, tensorboard ``probe/*``."""
+        log.info("step %d: source-identity probe %s", step,
+                 ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(dict(step=step, **values)) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"probe/{k}", v, step)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -185,9 +204,11 @@ class RunLogger:
 
 # ---- the engine ------------------------------------------------------------------------------
 def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
-             dist_info: DistInfo | None = None) -> PretrainResult:
+             dist_info: DistInfo | None = None, probe_dataset=None) -> PretrainResult:
     """Pretrain ``build_model(cfg)`` on ``dataset`` (items: normalised (3,H,W) tensors, indexed
-    by ``(index, seed)``, e.g. ``mixedae.pretrain.data.PretrainImages``). Resumes per ``opts.resume``."""
+    by ``(index, seed)``, e.g. ``mixedae.pretrain.data.PretrainImages``). Resumes per
+    ``opts.resume``. The probe (``opts.probe_every``) uses ``probe_dataset`` (default
+    ``dataset``)."""
     from mixedae.model.mixed_autoencoder import build_model
 
     cfg.validate()
@@ -196,6 +217,8 @@ def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
     micro = micro_batch_size(cfg, info.world_size)
     dtype = amp_dtype(opts.amp, dev)
     out_dir = Path(opts.output_dir)
+    source_probe = SourceProbe(cfg, probe_dataset or dataset, dev, opts.probe_images,
+                               opts.seed) if opts.probe_every and main else None
 
     sampler = ResumableSampler(dataset, micro * cfg.accum_iter, info.world_size, info.rank,
                                seed=opts.seed)
@@ -261,7 +284,10 @@ def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
         torch.manual_seed(opts.seed + info.rank + 1_000_003 * step)
 
     logger = RunLogger(out_dir, step, end, main, opts.progress,
-                       cfg.num_global_layers if cfg.attention == "topk" else 0)
+                       cfg.num_global_layers if cfg.attention == "topk" else 0,
+                       homocon_floor(cfg))
+    if source_probe is not None and step == 0:
+        logger.log_probe(0, source_probe(raw_model))
     model.train()
     window, n_window, t0, last = 0.0, 0, time.perf_counter(), {}
     deadline = time.perf_counter() + opts.time_limit if opts.time_limit else math.inf
@@ -296,6 +322,8 @@ def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
                     window, n_window, t0 = 0.0, 0, time.perf_counter()
                 if step % opts.save_every == 0 or done:
                     save(out_dir, raw_model, optimizer, scaler, cfg, step, spe, main)
+                if source_probe is not None and (step % opts.probe_every == 0 or done):
+                    logger.log_probe(step, source_probe(raw_model))
                 if done:
                     break
     finally:
@@ -346,6 +374,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--probe-every", type=int, default=0,
+                   help="source-identity probe at step 0 and every N steps (0: off)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
 
@@ -367,12 +397,14 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     for flag in ("save_every", "log_every"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
+    if args.probe_every < 0:
+        raise ConfigError(f"--probe-every={args.probe_every} must be >= 0")
     return RunOptions(
         output_dir=args.output_dir or f"runs/{args.preset}", num_workers=args.num_workers,
         save_every=args.save_every, max_steps=args.max_steps, time_limit=args.time_limit,
         resume=None if args.resume in ("none", "") else args.resume, seed=args.seed,
         device=args.device, amp=args.amp, compile=args.compile, log_every=args.log_every,
-        progress=not args.no_progress)
+        progress=not args.no_progress, probe_every=args.probe_every)
 
 
 def setup_logging(rank: int) -> None:
