@@ -12,6 +12,7 @@ writes to ``--output-dir``:
     probe.png                source-identity probe accuracy over steps
     <run>/                   each run's config.json, log.jsonl, tb/ (checkpoints removed
                              unless --keep-checkpoints); a finished run is reused unless --redo
+                             (``--report-only``: tabulate the finished runs, train nothing)
 
 Scales (same command): ``cpu`` (ViT-tiny, 64 px, 8-px patches: the whole default grid in about
 20 min on 2 idle cores), ``gpu`` (ViT-S/16 at 224 px: about 8 min on one H100), ``test``
@@ -52,17 +53,17 @@ SCALES = {  # cfg: PretrainConfig overrides; the rest: run options
     "test": dict(cfg=dict(model="micro", img_size=32, patch_size=8, mask_patch_size=16,
                           decoder_dim=32, decoder_depth=1, decoder_heads=2, homo_con_dim=16,
                           batch_size=8, lr=1e-3),
-                 steps=4, probe_images=16, shrink=48, cls_modes=("always_visible", "topk"),
-                 num_workers=0, max_images=48),
+                 steps=4, probe_images=16, probes=10, shrink=48,
+                 cls_modes=("always_visible", "topk"), num_workers=0, max_images=48),
     "cpu": dict(cfg=dict(model="tiny", img_size=64, patch_size=8, mask_patch_size=16,
                          batch_size=32, lr=1e-3, **_DEC),
-                steps=300, probe_images=64, shrink=96, cls_modes=("always_visible",),
-                num_workers=0),
+                steps=300, probe_images=64, probes=10, shrink=96,
+                cls_modes=("always_visible",), num_workers=0),
     "gpu": dict(cfg=dict(model="small", img_size=224, patch_size=16, mask_patch_size=32,
                          batch_size=128, lr=1.5e-3, decoder_dim=256, decoder_depth=4,
                          decoder_heads=8),
-                steps=500, probe_images=64, shrink=256, cls_modes=("always_visible",),
-                num_workers=8),
+                steps=400, probe_images=64, probes=5, shrink=256,
+                cls_modes=("always_visible",), num_workers=8),
 }
 
 
@@ -131,7 +132,8 @@ def run_one(name: str, overrides: dict, scale: dict, args, train_ds, probe_ds) -
     opts = RunOptions(output_dir=str(out), num_workers=scale["num_workers"], save_every=10 ** 9,
                       max_steps=steps, resume=None, seed=args.seed, device=args.device,
                       amp="bf16", log_every=max(1, steps // 60), progress=not args.no_progress,
-                      probe_every=max(1, steps // 10), probe_images=scale["probe_images"])
+                      probe_every=max(1, steps // scale["probes"]),
+                      probe_images=scale["probe_images"])
     t0 = time.perf_counter()
     pretrain(cfg, train_ds, opts, probe_dataset=probe_ds)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -168,13 +170,36 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--redo", action="store_true", help="rerun finished runs")
     p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="no training: table and plots of the grid's finished runs")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def report(rows: list[dict], out: Path) -> None:
+    """results.json, table.md and the three plots of the given runs."""
+    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    write_table(rows, out / "table.md")
+    plot_fig6a(rows, out / "fig6a.png")
+    plot_fig6b(rows, out / "fig6b.png")
+    plot_probe(rows, out / "probe.png")
+    print((out / "table.md").read_text())
+
+
+def finished(out: Path, runs: list[tuple[str, dict]]) -> list[dict]:
+    """Summaries of the runs of the grid that have finished in ``out`` (--report-only)."""
+    rows = [json.loads((out / name / "summary.json").read_text()) for name, _ in runs
+            if (out / name / "summary.json").is_file()]
+    if not rows:
+        raise ConfigError(f"no finished run of this grid in {out}")
+    log.info("report of %d finished run(s) of %d in %s", len(rows), len(runs), out)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging(0)
+    out = Path(args.output_dir)
     try:
         scale = SCALES[args.scale]
         runs = grid(_choices(args.methods, list(METHODS), "--methods"),
@@ -183,13 +208,15 @@ def main(argv: list[str] | None = None) -> int:
                              "--cls-modes"))
         if args.steps is not None and args.steps < 1:
             raise ConfigError(f"--steps={args.steps} must be >= 1")
+        if args.report_only:
+            report(finished(out, runs), out)
+            return 0
         if args.threads:
             torch.set_num_threads(args.threads)
         data = Path(args.data) if args.data else default_data()
         get_preset("mixedae_tiny", **scale["cfg"])  # validates the scale before any work
         train_ds, probe_ds = load_images(data, scale["shrink"], scale["probe_images"],
                                          scale["cfg"]["img_size"], scale.get("max_images"))
-        out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         log.info("fig6 at %s scale: %d runs on %d training / %d probe images from %s",
                  args.scale, len(runs), len(train_ds), len(probe_ds), data)
@@ -197,12 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    write_table(rows, out / "table.md")
-    plot_fig6a(rows, out / "fig6a.png")
-    plot_fig6b(rows, out / "fig6b.png")
-    plot_probe(rows, out / "probe.png")
-    print((out / "table.md").read_text())
+    report(rows, out)
     return 0
 
 
