@@ -13,6 +13,8 @@ COMMANDS = {
                  "MixedAE / MAE / baseline pretraining (torchrun for DDP)"),
     "demo": ("mixedae.pretrain.demo",
              "a few-minute CPU pretraining on photos shipped with packages"),
+    "experiment": ("mixedae.pretrain.experiment",
+                   "fig6: TopK accuracy and probe over the readings"),
     "convert": ("mixedae.convert", "convert checkpoints (pretrain → backbone / timm, MAE → ours)"),
     "finetune": ("mixedae.classification.finetune", "ImageNet-style fine-tuning"),
     "transfer": ("mixedae.classification.transfer",

@@ -47,6 +47,26 @@ def test_mixing_mask_counts(img, patch, block, g, exact):
     assert not (src[0, 0] == src[1, 0]).all() and not (src[0, 0] == src[0, 1]).all()
 
 
+@pytest.mark.parametrize("g,extra", [(4, 1), (5, 4)])
+def test_mixing_extra_blocks_go_to_a_random_source(g, extra):
+    """224 px, 32 px blocks: 49 blocks over g sources; the n mod g extra blocks must not always go
+    to the same batch positions (they went to source 0 with ``perm % g``)."""
+    torch.manual_seed(0)
+    G, M = 500, 4
+    src = mixing_masks(G, M, g, (14, 14), 2)
+    blocks = source_onehot(src, g).sum(-1) // 4                  # (G, M, g)
+    assert (49 % g == extra) and blocks.sum(-1).eq(49).all()
+    big = blocks == 49 // g + 1                                  # sources holding an extra block
+    assert big.sum(-1).eq(extra).all()
+    n, p = G * M, extra / g
+    sd = (n * p * (1 - p)) ** 0.5
+    per_source = big.sum((0, 1)).float()                         # expected n·p each
+    assert (per_source - n * p).abs().max() < 5 * sd, per_source  # source 0 always: n vs n·p
+    # hence every batch position j·g + i has the same expected number of hidden patches
+    hidden = (~source_onehot(src, g)).sum(-1).float().mean((0, 1))
+    assert (hidden.max() - hidden.min()) < 0.2 * 4, hidden
+
+
 def test_mix_then_unmix_inverts():
     torch.manual_seed(1)
     B, g, p = 8, 4, 8
@@ -237,6 +257,8 @@ def test_presets_are_valid_and_paper_defaults():
         (0.25, 49, 1, 0.25, 0.1, 128, 32, 8, 512)
     assert c.effective_lr() == pytest.approx(7.5e-5 * 4096 / 256)
     assert get_preset("mae_base").effective_lr() == pytest.approx(1.5e-4 * 4096 / 256)
+    assert (c.epochs, get_preset("mixedae_large").epochs) == (300, 1600)  # Appendix C: ViT-L 1600
+    assert get_preset("mixedae_large").batch_size == 2048 and get_preset("mae_large").epochs == 1600
 
 
 def test_recon_loss_ignores_visible_patches():
@@ -250,3 +272,60 @@ def test_recon_loss_ignores_visible_patches():
     torch.testing.assert_close(m._recon_loss(pred2, target, hidden), base)
     expect = ((pred - target) ** 2).mean(-1)[hidden].mean()
     torch.testing.assert_close(base, expect)
+
+
+# ---- the two loss terms, as forward() builds them --------------------------------------------------
+def _capture(model, name):
+    """Wrap ``model.<name>`` to keep its return value."""
+    seen, orig = {}, getattr(model, name)
+    setattr(model, name, lambda *a, **k: seen.setdefault("out", orig(*a, **k)))
+    return seen
+
+
+@pytest.mark.parametrize("preset", ["mixedae_base", "mixedae_base_full", "mae_base"])
+def test_forward_recon_loss_is_on_the_hidden_patches_forward_builds(preset):
+    """The decoder is made to predict 0 on every patch a sequence does not see and 10 on those it
+    sees; the loss of forward() must be the error on the former (Eq. 4), from the masks that
+    forward() itself drew."""
+    torch.manual_seed(0)
+    model = build_model(get_preset(preset, **MICRO))
+    g, mae = model.group_size, model.cfg.mixing == "none"
+    enc = _capture(model, "encode_masked" if mae else "encode_mixed")
+    x = torch.randn(8, 3, 64, 64)
+    B, L = 8, 64
+
+    def visible_and_image():  # per decoder sequence: visible patches and its source image
+        if mae:
+            return torch.zeros(B, L, dtype=torch.bool).scatter(1, enc["out"][1], True), \
+                torch.arange(B)
+        src = enc["out"][1]                                      # (G, M, L)
+        G, M, _ = src.shape
+        vis = src[:, :, None, :] == torch.arange(g).view(1, 1, g, 1)   # sequence (j, m, i)
+        image = torch.arange(G).view(G, 1, 1) * g + torch.arange(g).view(1, 1, g)
+        return vis.reshape(-1, L), image.expand(G, M, g).reshape(-1)
+
+    model.decoder.register_forward_hook(
+        lambda m, a, o: 0 * o + 10.0 * visible_and_image()[0][..., None].to(o.dtype))
+    out = model(x)
+    visible, image = visible_and_image()
+    err = model.targets(x)[image].pow(2).mean(-1)                # (0 - target)² per patch
+    assert visible.float().mean() < 0.5
+    torch.testing.assert_close(out["loss_recon"], err[~visible].mean())
+
+
+def test_norm_pix_targets_are_per_patch_standardised_and_finite_on_flat_patches():
+    torch.manual_seed(0)
+    model = build_model(get_preset("mixedae_tiny", **MICRO))
+    x = torch.randn(4, 3, 64, 64) * 3 + 1
+    t = model.targets(x)                                         # (B, L, p·p·3)
+    assert t.shape == (4, 64, 8 * 8 * 3)
+    torch.testing.assert_close(t.mean(-1), torch.zeros(4, 64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(t.var(-1), torch.ones(4, 64), atol=1e-4, rtol=0)
+    # a flat patch (zero variance) has a zero target, not 0/0 = NaN
+    x[0] = 0.5
+    t = model.targets(x)
+    assert torch.isfinite(t).all() and t[0].abs().max() == 0
+    torch.manual_seed(1)
+    assert torch.isfinite(model(torch.cat([x, x])[:8])["loss"])
+    assert not build_model(get_preset("mixedae_tiny", **MICRO, norm_pix_loss=False)).targets(
+        x).equal(t)

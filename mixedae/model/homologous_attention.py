@@ -12,10 +12,15 @@ that bias. Forward values and gradients equal the explicit ``softmax(TopK(·))``
 (the gradient of the unselected logits is zero in both), while the L×L probability matrix is
 never stored for backward.
 
-Prefix (cls) token, our documented choice: as a *query* it attends globally (it belongs to no
-single source); as a *key* it is always visible to every patch in addition to the K selected
-patch keys, which are chosen among patch keys only. ``topk_accuracy`` is measured on patch
-queries: the fraction of the K selected keys whose source equals the query's (Fig. 6).
+Prefix (cls) token, ``HomologousContext.cls_mode`` (config ``homo_cls``):
+* ``always_visible``: as a *query* the cls token attends globally (it belongs to no single
+  source); as a *key* it is always visible to every patch in addition to the K selected patch
+  keys, which are chosen among patch keys only. Every TopK layer thus keeps one path that carries
+  information between sources around the selection.
+* ``topk``: literal Eq. (6): every query row, cls included, keeps its K largest logits among
+  *all* keys (cls key included); nothing is always visible.
+``topk_accuracy`` is measured on patch queries: the fraction of the K selected keys that are
+patches of the query's source (Fig. 6); a selected cls key counts as not homologous.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import torch.nn.functional as F
 IMPLS = ("sdpa", "explicit", "triton", "flex", "fused")  # how Eq. (6) is computed (docstring)
 TRITON_IMPLS = ("triton", "flex", "fused")  # homologous_attention_triton: CUDA or interpreter
 SELECTS = ("topk", "sort")       # how the K best keys of a row are found
+CLS_MODES = ("always_visible", "topk")  # prefix (cls) handling (see module docstring)
 
 
 @dataclass
@@ -35,7 +41,7 @@ class HomologousContext:
     """What a homologous-attention layer needs besides q, k, v (built once per forward from the
     pretraining config, so a run's config.json records every choice).
 
-    k: number of patch keys each patch query keeps (TopK threshold K).
+    k: number of keys each query keeps (TopK threshold K).
     src: (B, L) long, source-image index of every patch of each mixed sample (or None); only
         used to measure the TopK sampling accuracy.
     num_prefix_tokens: leading tokens (cls) that are not patches.
@@ -47,6 +53,8 @@ class HomologousContext:
     select: "topk" (``torch.topk``) or "sort" (a full per-row sort) to find the K best keys.
     select_fp32: rank keys on fp32 logits even under bf16/fp16 autocast (in bf16 ~11 % of the
         query rows of a ViT-B layer tie at the K-th logit, making the selection arbitrary).
+    cls_mode: "always_visible" (cls a global query and a key visible to all, K patch keys per
+        patch query) or "topk" (literal Eq. 6: every row keeps its K best among all keys).
     accuracies: TopK accuracy of each homologous layer is appended here (0-dim tensors, no sync).
     """
 
@@ -56,6 +64,7 @@ class HomologousContext:
     impl: str = "sdpa"
     select: str = "topk"
     select_fp32: bool = True
+    cls_mode: str = "always_visible"
     accuracies: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -63,23 +72,31 @@ class HomologousContext:
             raise ValueError(f"homologous attention impl={self.impl!r}; choose from {IMPLS}")
         if self.select not in SELECTS:
             raise ValueError(f"TopK select={self.select!r}; choose from {SELECTS}")
+        if self.cls_mode not in CLS_MODES:
+            raise ValueError(f"cls_mode={self.cls_mode!r}; choose from {CLS_MODES}")
 
 
 @torch.no_grad()
 def topk_attn_bias(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_tokens: int = 1,
-                   select: str = "topk", select_fp32: bool = True):
-    """Additive (B, H, N, N) attention bias in q's dtype: 0 where a query may attend (its
-    ``topk`` best patch keys, plus prefix keys; prefix queries everywhere), −inf elsewhere.
+                   select: str = "topk", select_fp32: bool = True,
+                   cls_mode: str = "always_visible"):
+    """Additive (B, H, N, N) attention bias in q's dtype: 0 where a query may attend, −inf
+    elsewhere. ``always_visible``: a patch query's ``topk`` best patch keys plus the prefix keys;
+    prefix queries everywhere. ``topk``: every query's ``topk`` best keys among all keys.
 
-    Also returns the (B, H, L, topk) indices of the selected patch keys (patch coordinates).
-    The bias is allocated with its last dimension padded to a multiple of 16 and sliced back,
-    so CUDA's memory-efficient SDPA kernel accepts it without a copy.
+    Also returns the (B, H, L, topk) indices of the keys selected by the patch queries, in patch
+    coordinates (a selected prefix key is negative). The bias is allocated with its last
+    dimension padded to a multiple of 16 and sliced back, so CUDA's memory-efficient SDPA kernel
+    accepts it without a copy.
     """
     p = num_prefix_tokens
-    logits = selection_logits(q[:, :, p:], k[:, :, p:], select_fp32)  # 1/√d: same ranking
-    idx = select_topk(logits, topk, select)
     B, H, N, _ = q.shape
     bias = q.new_full((B, H, N, -(-N // 16) * 16), float("-inf"))[..., :N]
+    if cls_mode == "topk":  # 1/√d: same ranking
+        idx = select_topk(selection_logits(q, k, select_fp32), topk, select)
+        bias.scatter_(-1, idx, 0.0)
+        return bias, idx[:, :, p:] - p
+    idx = select_topk(selection_logits(q[:, :, p:], k[:, :, p:], select_fp32), topk, select)
     bias[:, :, p:, p:].scatter_(-1, idx, 0.0)
     bias[:, :, :p, :] = 0.0  # prefix queries: global
     bias[:, :, :, :p] = 0.0  # prefix keys: always visible
@@ -88,10 +105,11 @@ def topk_attn_bias(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_token
 
 @torch.no_grad()
 def topk_accuracy(idx: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """Fraction of selected keys from the query's own source. idx (B,H,L,K), src (B,L)."""
+    """Fraction of selected keys that are patches of the query's own source. idx (B,H,L,K) in
+    patch coordinates (negative: a prefix key, never homologous), src (B,L)."""
     B, H, L, K = idx.shape
-    key_src = src.gather(1, idx.reshape(B, -1)).view(B, H, L, K)
-    return (key_src == src[:, None, :, None]).float().mean()
+    key_src = src.gather(1, idx.clamp(min=0).reshape(B, -1)).view(B, H, L, K)
+    return ((key_src == src[:, None, :, None]) & (idx >= 0)).float().mean()
 
 
 def selection_logits(q: torch.Tensor, k: torch.Tensor, fp32: bool = True) -> torch.Tensor:
@@ -122,41 +140,35 @@ def homologous_attention(q, k, v, ctx: HomologousContext, dropout_p: float = 0.0
     if ctx.impl in TRITON_IMPLS:  # imported on use: Triton is optional
         from mixedae.model.homologous_attention_triton import homologous_attention_triton
         return homologous_attention_triton(q, k, v, ctx, dropout_p)
-    if ctx.impl == "explicit":
-        return _homologous_attention_explicit(q, k, v, ctx, dropout_p)
-    bias, idx = topk_attn_bias(q, k, ctx.k, ctx.num_prefix_tokens, ctx.select, ctx.select_fp32)
+    bias, idx = topk_attn_bias(q, k, ctx.k, ctx.num_prefix_tokens, ctx.select, ctx.select_fp32,
+                               ctx.cls_mode)
     if ctx.src is not None:
         ctx.accuracies.append(topk_accuracy(idx, ctx.src))
+    if ctx.impl == "explicit":
+        return _homologous_attention_explicit(q, k, v, bias, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
 
 
-def _homologous_attention_explicit(q, k, v, ctx: HomologousContext, dropout_p: float = 0.0):
-    p = ctx.num_prefix_tokens
+def _homologous_attention_explicit(q, k, v, bias, dropout_p: float = 0.0) -> torch.Tensor:
+    """Materialised masked softmax (in fp32 under autocast)."""
     logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
     if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()  # softmax in fp32 under autocast
-    with torch.no_grad():
-        idx = select_topk(selection_logits(q[:, :, p:], k[:, :, p:], ctx.select_fp32), ctx.k,
-                          ctx.select)
-        keep = torch.zeros_like(logits, dtype=torch.bool)
-        keep[:, :, p:, p:].scatter_(-1, idx, True)
-        keep[:, :, :p] = True
-        keep[:, :, :, :p] = True
-        if ctx.src is not None:
-            ctx.accuracies.append(topk_accuracy(idx, ctx.src))
-    probs = logits.masked_fill(~keep, float("-inf")).softmax(-1).to(v.dtype)
-    if dropout_p:
-        probs = F.dropout(probs, dropout_p)
-    return probs @ v
+        logits = logits.float()
+    probs = (logits + bias.to(logits.dtype)).softmax(-1).to(v.dtype)
+    return (F.dropout(probs, dropout_p) if dropout_p else probs) @ v
 
 
-def homologous_attention_reference(q, k, v, topk: int, num_prefix_tokens: int = 1) -> torch.Tensor:
-    """Slow, literal Eq. (6) for tests: logits → keep TopK per patch row → softmax → ·v."""
+def homologous_attention_reference(q, k, v, topk: int, num_prefix_tokens: int = 1,
+                                   cls_mode: str = "always_visible") -> torch.Tensor:
+    """Slow, literal Eq. (6) for tests: logits → keep TopK per row → softmax → ·v. With
+    ``always_visible`` only patch rows are sampled, among patch keys; prefix keys and rows stay."""
     p = num_prefix_tokens
     logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    patch = logits[:, :, p:, p:]
-    kth = patch.topk(topk, dim=-1).values[..., -1:]
-    keep = torch.ones_like(logits, dtype=torch.bool)
-    keep[:, :, p:, p:] = patch >= kth
+    if cls_mode == "topk":
+        keep = logits >= logits.topk(topk, dim=-1).values[..., -1:]
+    else:
+        patch = logits[:, :, p:, p:]
+        keep = torch.ones_like(logits, dtype=torch.bool)
+        keep[:, :, p:, p:] = patch >= patch.topk(topk, dim=-1).values[..., -1:]
     probs = logits.masked_fill(~keep, float("-inf")).softmax(-1)
     return probs @ v

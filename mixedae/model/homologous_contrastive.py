@@ -9,6 +9,10 @@ al.), and the denominator runs over all l' ≠ l (self excluded):
 
 The sum of Eq. (7) is normalised as in SupCon: mean over the positives of an anchor, then mean
 over anchors (and samples), so λ = 0.1 weighs a per-patch quantity like the pixel loss.
+
+Its infimum is ln |P(l)| per anchor (all of an anchor's probability mass spread evenly over its
+positives), ``homologous_contrastive_floor``: a loss at its floor means the features separate
+the sources completely, whether or not homologous attention recognised them.
 """
 from __future__ import annotations
 
@@ -30,3 +34,11 @@ def homologous_contrastive_loss(feats: torch.Tensor, src: torch.Tensor,
     per_anchor = -log_prob.masked_fill(~pos, 0.0).sum(-1) / n_pos.clamp(min=1)
     valid = n_pos > 0
     return (per_anchor * valid).sum() / valid.sum().clamp(min=1)
+
+
+def homologous_contrastive_floor(src: torch.Tensor) -> float:
+    """Infimum of ``homologous_contrastive_loss`` for source ids src (N, L): the mean over anchors
+    with positives of ln |P(l)| (Jensen: −mean_p log p_p ≥ −log mean_p p_p ≥ ln |P|)."""
+    same = src[:, :, None] == src[:, None, :]
+    n_pos = same.sum(-1) - 1
+    return n_pos[n_pos > 0].double().log().mean().item()

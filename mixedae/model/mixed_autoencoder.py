@@ -2,10 +2,11 @@
 
 Forward pass for mixing = 'compose' | 'full' (Sec. 3):
   1. groups of g = 1/r images are mixed by random symmetric masks (Eq. 1–2, ``mixing``);
-  2. the encoder (the project's ViT) sees the mixed samples with segment embeddings added at
-     every layer (``segment_embedding``); layers after the first ``num_global_layers`` use
-     homologous TopK attention (Eq. 6, ``homologous_attention``), or, for the Tab. 7a baseline,
-     self-attention masked to the true homologous patches;
+  2. the encoder (the project's ViT) sees the mixed samples with segment embeddings (as the
+     config's ``seg_embed_mode`` says, ``segment_embedding``); layers after the first
+     ``num_global_layers`` use homologous TopK attention (Eq. 6, ``homologous_attention``, cls
+     per ``homo_cls``), or, for the Tab. 7a baseline, self-attention masked to the true
+     homologous patches;
   3. the homologous contrastive loss (Eq. 7) runs on the post-LayerNorm patch features through
      a 128-d linear projector;
   4. tokens are unmixed with [MASK] tokens (Eq. 3) and decoded; the loss is the MSE on
@@ -59,7 +60,8 @@ class MixedAutoencoder(nn.Module):
         self.group_size = cfg.group_size
         self.decoder = MAEDecoder(self.grid, D, cfg.decoder_dim, cfg.decoder_depth,
                                   cfg.decoder_heads, cfg.patch_size)
-        self.seg_embed = SegmentEmbedding(D, self.group_size) if cfg.seg_embed else None
+        self.seg_embed = SegmentEmbedding(D, self.group_size, cfg.seg_embed_mode) \
+            if cfg.seg_embed_mode != "none" else None
         self.projector = nn.Linear(D, cfg.homo_con_dim) if cfg.homo_con else None
         if self.projector is not None:
             nn.init.xavier_uniform_(self.projector.weight)
@@ -78,29 +80,33 @@ class MixedAutoencoder(nn.Module):
         return t
 
     # ---- encoders ----------------------------------------------------------------------------
-    def encode_mixed(self, imgs: torch.Tensor):
+    def encode_mixed(self, imgs: torch.Tensor, src: torch.Tensor | None = None):
+        """Mix (with random masks, or the given ``src`` (G, M, L)) and encode: post-LN tokens
+        (G·M, 1+L, D), masks, mixed images and the TopK accuracy of every homologous layer."""
         cfg, enc, g = self.cfg, self.encoder, self.group_size
         B = imgs.shape[0]
         if B % g:
             raise ValueError(f"batch of {B} images is not divisible by the group size 1/r={g}")
         num_mix = 1 if cfg.mixing == "compose" else g
-        src = mixing_masks(B // g, num_mix, g, self.grid, cfg.mask_patch_size // cfg.patch_size,
-                           device=imgs.device)
+        if src is None:
+            src = mixing_masks(B // g, num_mix, g, self.grid,
+                               cfg.mask_patch_size // cfg.patch_size, device=imgs.device)
         mixed = mix_images(imgs, src, cfg.patch_size)
         flat_src = src.flatten(0, 1)  # (Nmix, L)
         x, _ = enc.embed(mixed)
-        seg = self.seg_embed(flat_src).to(x.dtype) if self.seg_embed is not None else None
+        x, seg_kw = self.seg_embed.inject(x, flat_src) if self.seg_embed is not None else (x, {})
         homo, attn_mask = None, None
         if cfg.attention == "topk":
             homo = HomologousContext(k=cfg.topk, src=flat_src, impl=cfg.attn_impl,
-                                     select=cfg.topk_select, select_fp32=cfg.topk_select_fp32)
+                                     select=cfg.topk_select, select_fp32=cfg.topk_select_fp32,
+                                     cls_mode=cfg.homo_cls)
         elif cfg.attention == "masked":
             same = flat_src[:, :, None] == flat_src[:, None, :]
             attn_mask = torch.ones(same.shape[0], 1, *(s + 1 for s in same.shape[1:]),
                                    dtype=torch.bool, device=imgs.device)
             attn_mask[:, 0, 1:, 1:] = same
-        x, _ = enc.forward_blocks(x, seg_embed=seg, attn_mask=attn_mask, homo=homo,
-                                  num_global_layers=cfg.num_global_layers)
+        x, _ = enc.forward_blocks(x, attn_mask=attn_mask, homo=homo,
+                                  num_global_layers=cfg.num_global_layers, **seg_kw)
         x = enc.norm(x)
         acc = torch.stack(homo.accuracies) if homo is not None and homo.accuracies \
             else x.new_zeros(0)

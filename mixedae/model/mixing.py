@@ -6,6 +6,8 @@ group's images, chosen by a mixing mask M (Eq. 1). M is drawn at mask-patch gran
 px by default, Appendix B): the blocks of a random permutation are dealt to the g sources in turn,
 so every source gets ⌊n/g⌋ or ⌈n/g⌉ of the n blocks — exactly rL patches each (Eq. 2) whenever g
 divides n (e.g. 16 px blocks at 224), at most one block apart otherwise (32 px blocks: 13/12/12/12).
+Which source(s) receive the n mod g extra blocks is drawn uniformly per mask (a random relabelling
+of the sources), so no batch position systematically has fewer hidden patches.
 
 * compose mode: one mixed sample per group (encoder batch B·r);
 * full mode: g independent mixed samples per group (encoder batch B).
@@ -19,14 +21,17 @@ import torch
 
 
 def mixing_masks(num_groups: int, num_mix: int, group_size: int, grid_hw: tuple[int, int],
-                 block: int, device=None) -> torch.Tensor:
+                 block: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random symmetric mixing masks M: (num_groups, num_mix, L) long in [0, group_size).
 
-    ``block`` is the mask-patch size in patches (mask_patch_size // patch_size)."""
+    ``block`` is the mask-patch size in patches (mask_patch_size // patch_size); ``generator``
+    (default: the global RNG) draws the permutations."""
     gh, gw = grid_hw
     bh, bw = gh // block, gw // block
-    perm = torch.rand(num_groups, num_mix, bh * bw, device=device).argsort(-1)
-    src = (perm % group_size).view(num_groups, num_mix, bh, 1, bw, 1)
+    rand = lambda *shape: torch.rand(*shape, device=device, generator=generator)
+    perm = rand(num_groups, num_mix, bh * bw).argsort(-1)
+    relabel = rand(num_groups, num_mix, group_size).argsort(-1)
+    src = relabel.gather(-1, perm % group_size).view(num_groups, num_mix, bh, 1, bw, 1)
     return src.expand(-1, -1, -1, block, -1, block).reshape(num_groups, num_mix, gh * gw)
 
 

@@ -14,8 +14,10 @@ move between timm, MAE and this code without renaming.
 * Pre-norm blocks; the attention is pluggable: global SDPA, an additive/boolean ``attn_mask``
   (masked self-attention, relative position bias) or homologous TopK attention (Eq. 6) when a
   ``HomologousContext`` is passed.
-* ``seg_embed`` (B, N, D), if given to ``forward_blocks``, is added to the input of every block
-  (the segment embedding of Appendix B).
+* ``seg_embed`` (B, N, D), if given to ``forward_blocks``, is added to the input of every block;
+  ``qk_embed`` (B, N, D) is added to every block's normalised attention input for the queries
+  and keys only (never the values or the residual stream). Both carry the segment embedding of
+  Appendix B, per ``segment_embedding.MODES``.
 * xavier_uniform init of all Linear layers, as in the paper (Appendix B) and MAE.
 """
 from __future__ import annotations
@@ -49,9 +51,14 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                homo: HomologousContext | None = None) -> torch.Tensor:
+                homo: HomologousContext | None = None,
+                qk_embed: torch.Tensor | None = None) -> torch.Tensor:
+        """``qk_embed`` (B or 1, N, C), if given, is added to x for the queries and keys only."""
         B, N, C = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x)
+        if qk_embed is not None:  # W_q·e and W_k·e; the values see x alone
+            qkv = qkv + F.pad(F.linear(qk_embed, self.qkv.weight[:2 * C]), (0, C))
+        q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         drop = self.attn_drop if self.training else 0.0
         if homo is not None:
             x = homologous_attention(q, k, v, homo, dropout_p=drop)
@@ -73,8 +80,9 @@ class Block(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
 
-    def forward(self, x, attn_mask=None, homo: HomologousContext | None = None):
-        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask=attn_mask, homo=homo))
+    def forward(self, x, attn_mask=None, homo: HomologousContext | None = None, qk_embed=None):
+        x = x + self.drop_path(self.attn(self.norm1(x), attn_mask=attn_mask, homo=homo,
+                                         qk_embed=qk_embed))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -210,9 +218,11 @@ class VisionTransformer(nn.Module):
     def forward_blocks(self, x: torch.Tensor, seg_embed: torch.Tensor | None = None,
                        attn_mask: torch.Tensor | None = None,
                        homo: HomologousContext | None = None, num_global_layers: int = 0,
-                       out_indices: Sequence[int] = (), grid: Sequence[int] | None = None):
-        """Run the blocks. Layers ``i >= num_global_layers`` use ``homo`` if given; the
-        ``attn_mask`` applies to every layer. Returns the final tokens and the tokens after each
+                       out_indices: Sequence[int] = (), grid: Sequence[int] | None = None,
+                       qk_embed: torch.Tensor | None = None):
+        """Run the blocks. Layers ``i >= num_global_layers`` use ``homo`` if given; ``attn_mask``,
+        ``seg_embed`` (added to each block's input) and ``qk_embed`` (added to each block's
+        query/key input) apply to every layer. Returns the final tokens and the tokens after each
         block in ``out_indices``. ``grid`` (h, w) is only used by the relative position bias
         (default: a square grid inferred from the token count)."""
         outs = []
@@ -238,7 +248,8 @@ class VisionTransformer(nn.Module):
                 else:
                     mask = attn_mask + bias
             x = blk(x, attn_mask=mask,
-                    homo=homo if (homo is not None and i >= num_global_layers) else None)
+                    homo=homo if (homo is not None and i >= num_global_layers) else None,
+                    qk_embed=qk_embed)
             if i in out_indices:
                 outs.append(x)
         return x, outs

@@ -53,6 +53,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--log-every", type=int, default=20)
+    p.add_argument("--probe-every", type=int, default=0,
+                   help="source-identity probe at step 0 and every N steps (0: off)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     return p
 
@@ -74,12 +76,14 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     for flag in ("save_every", "log_every"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
+    if args.probe_every < 0:
+        raise ConfigError(f"--probe-every={args.probe_every} must be >= 0")
     return RunOptions(
         output_dir=args.output_dir or f"runs/{args.preset}", num_workers=args.num_workers,
         save_every=args.save_every, max_steps=args.max_steps, time_limit=args.time_limit,
         resume=None if args.resume in ("none", "") else args.resume, seed=args.seed,
         device=args.device, amp=args.amp, compile=args.compile, log_every=args.log_every,
-        progress=not args.no_progress)
+        progress=not args.no_progress, probe_every=args.probe_every)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,14 @@ Method switches (all baselines live in the same code):
                (self-attention restricted to true homologous patches, Tab. 7a)
   homo_con     homologous contrastive loss (Eq. 7); with mixing='none' it is applied across
                the visible patches of groups of 1/r images (MAE + HomoCon, Tab. 7c)
-  seg_embed    sine-cosine segment embeddings at every encoder layer (Appendix B)
+  seg_embed_mode  how the sine-cosine segment embedding (Appendix B) enters the encoder:
+               'residual' (added before every block) | 'attention' (every block's q/k input
+               only) | 'input' (once, BERT) | 'none'   (``mixedae.model.segment_embedding``)
+  homo_cls     cls token in homologous attention: 'always_visible' (a global query, a key
+               visible to every patch) | 'topk' (literal Eq. 6 on whole rows)
+               (``mixedae.model.homologous_attention``)
+Configs written before ``seg_embed_mode`` existed (a boolean ``seg_embed`` key) load as
+'residual' / 'none' with ``homo_cls='always_visible'``, which is what they ran.
 """
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ import json
 import math
 from dataclasses import dataclass
 
-from mixedae.model.homologous_attention import IMPLS, SELECTS
+from mixedae.model.homologous_attention import CLS_MODES, IMPLS, SELECTS
+from mixedae.model.segment_embedding import MODES as SEG_EMBED_MODES
 from mixedae.model.vit import VIT_SIZES
 from mixedae.runtime.errors import ConfigError
 
@@ -44,7 +52,8 @@ class PretrainConfig:
     homo_con_weight: float = 0.1        # λ (Eq. 8)
     homo_con_tau: float = 0.25          # τ (Eq. 7)
     homo_con_dim: int = 128             # projector output
-    seg_embed: bool = True
+    seg_embed_mode: str = "residual"    # residual | attention | input | none
+    homo_cls: str = "always_visible"    # always_visible | topk
     # optimisation (Table 4)
     epochs: int = 300
     warmup_epochs: int = 40
@@ -86,6 +95,10 @@ class PretrainConfig:
             bad(f"attention={self.attention!r} must be 'global', 'topk' or 'masked'")
         if self.attn_impl not in IMPLS:
             bad(f"attn_impl={self.attn_impl!r} must be one of {IMPLS}")
+        if self.seg_embed_mode not in SEG_EMBED_MODES:
+            bad(f"seg_embed_mode={self.seg_embed_mode!r} must be one of {SEG_EMBED_MODES}")
+        if self.homo_cls not in CLS_MODES:
+            bad(f"homo_cls={self.homo_cls!r} must be one of {CLS_MODES}")
         if self.topk_select not in SELECTS:
             bad(f"topk_select={self.topk_select!r} must be one of {SELECTS}")
         if not 0 < self.mix_ratio <= 0.5:
@@ -115,6 +128,17 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "PretrainConfig":
+        d = dict(d)
+        if "seg_embed" in d:  # configs written before seg_embed_mode / homo_cls existed
+            legacy = d.pop("seg_embed")
+            if not isinstance(legacy, bool):
+                raise ConfigError(f"seg_embed={legacy!r} must be true or false "
+                                  f"(or use seg_embed_mode, one of {SEG_EMBED_MODES})")
+            mode = "residual" if legacy else "none"
+            if d.setdefault("seg_embed_mode", mode) != mode:
+                raise ConfigError(f"seg_embed={legacy} contradicts "
+                                  f"seg_embed_mode={d['seg_embed_mode']!r}")
+            d.setdefault("homo_cls", "always_visible")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -126,24 +150,25 @@ class PretrainConfig:
         return PretrainConfig.from_dict({**dataclasses.asdict(self), **kw})
 
 
-_MAE = dict(mixing="none", attention="global", homo_con=False, seg_embed=False, blr=1.5e-4)
+_MAE = dict(mixing="none", attention="global", homo_con=False, seg_embed_mode="none",
+            blr=1.5e-4)
 PRESETS: dict[str, dict] = {
     # paper models (Table 4; compose batch 4096, full batch 1024)
     "mixedae_base": dict(model="base"),
     "mixedae_base_full": dict(model="base", mixing="full", batch_size=1024),
     "mixedae_base_full_light": dict(model="base", mixing="full", batch_size=1024,
                                     decoder_dim=256, decoder_depth=2, decoder_heads=8),
-    "mixedae_large": dict(model="large", batch_size=2048),
-    "mixedae_large_full": dict(model="large", mixing="full", batch_size=1024),
+    "mixedae_large": dict(model="large", batch_size=2048, epochs=1600),   # Appendix C, Tab. 6
+    "mixedae_large_full": dict(model="large", mixing="full", batch_size=1024, epochs=1600),
     # baselines (ablations use the MAE recipe blr 1.5e-4, Sec. 4.4)
     "mae_base": dict(model="base", **_MAE),
-    "mae_large": dict(model="large", **_MAE),
+    "mae_large": dict(model="large", **_MAE, epochs=1600),               # Tab. 6 baseline
     "naive_mix_base": dict(model="base", attention="global", homo_con=False, blr=1.5e-4),
     "mix_masked_sa_base": dict(model="base", attention="masked", homo_con=False,
-                               seg_embed=False, blr=1.5e-4),
+                               seg_embed_mode="none", blr=1.5e-4),
     "homo_att_only_base": dict(model="base", attention="topk", homo_con=False, blr=1.5e-4),
     "homo_con_only_base": dict(model="base", attention="global", homo_con=True, blr=1.5e-4),
-    "mixedae_no_seg_base": dict(model="base", seg_embed=False, blr=1.5e-4),
+    "mixedae_no_seg_base": dict(model="base", seg_embed_mode="none", blr=1.5e-4),
     "mae_homocon_base": dict(model="base", **{**_MAE, "homo_con": True}),
     # small sizes for demos and tests
     "mixedae_tiny": dict(model="tiny", decoder_dim=128, decoder_depth=2, decoder_heads=4),

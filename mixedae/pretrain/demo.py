@@ -98,6 +98,7 @@ def plot_curves(log_path: Path, path: Path, first_block: int = 1) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     recs = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    recs = [r for r in recs if "loss" in r]  # not the probe's lines
     steps = [r["step"] for r in recs]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     for k in ("loss", "loss_recon", "loss_homocon"):

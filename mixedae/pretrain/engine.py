@@ -9,7 +9,10 @@ per micro-batch, which must be divisible by the group size 1/r.
 
 Outputs in ``--output-dir``: ``checkpoint.pth`` (resumable, atomic; every ``--save-every`` steps
 and at the end), ``model.safetensors``, ``config.json``, ``log.jsonl`` (one JSON line per logged
-step) and tensorboard scalars in ``tb/`` (``topk_acc/layer_{i}``: i is the encoder block index).
+step) and tensorboard scalars in ``tb/`` (``topk_acc/layer_{i}``: i is the encoder block index;
+``homocon_ratio``: the HomoCon loss over its floor ln |P|). With ``--probe-every N`` the
+source-identity probe (``mixedae.pretrain.probe``) runs at step 0, every N steps and at the end:
+log.jsonl lines ``{"step", "probe_acc", "probe_chance"}``, tensorboard ``probe/*``.
 A killed run continues bit-exactly with ``--resume auto`` (same data order, crops and masks).
 
 The engine ``pretrain(cfg, dataset, opts)`` is shared with ``mixedae demo``.
@@ -30,6 +33,7 @@ from torch.utils.data import DataLoader
 from mixedae.runtime import checkpoint as ckpt
 from mixedae.model.homologous_attention import impl_unavailable
 from mixedae.pretrain.config import PretrainConfig
+from mixedae.pretrain.probe import SourceProbe, homocon_floor
 from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce_mean,
                                          init_distributed, wrap_ddp)
 from mixedae.runtime.errors import ConfigError
@@ -55,6 +59,8 @@ class RunOptions:
     compile: bool = False
     log_every: int = 20
     progress: bool = True           # tqdm bar on rank 0
+    probe_every: int = 0            # source-identity probe at step 0 and every N steps (0: off)
+    probe_images: int = 64          # images in the probe's fixed mixed batch
 
 
 @dataclass
@@ -145,6 +151,7 @@ class _Run:
     dtype: torch.dtype | None
     step: int = 0
     rng: list | None = None         # per-rank RNG states of the resumed checkpoint
+    probe: SourceProbe | None = None
 
 
 def _build(cfg: PretrainConfig, dataset, opts: RunOptions, info: DistInfo) -> _Run:
@@ -241,11 +248,15 @@ def _wrap(run: _Run) -> torch.nn.Module:
 
 
 def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
-             dist_info: DistInfo | None = None) -> PretrainResult:
+             dist_info: DistInfo | None = None, probe_dataset=None) -> PretrainResult:
     """Pretrain ``build_model(cfg)`` on ``dataset`` (items: normalised (3,H,W) tensors, e.g.
-    ``mixedae.pretrain.data.PretrainImages``). Resumes per ``opts.resume``."""
+    ``mixedae.pretrain.data.PretrainImages``). Resumes per ``opts.resume``. The probe
+    (``opts.probe_every``) uses ``probe_dataset`` (default ``dataset``)."""
     cfg.validate()
     run = _build(cfg, dataset, opts, dist_info or init_distributed(opts.device))
+    if opts.probe_every and run.info.is_main:
+        run.probe = SourceProbe(cfg, probe_dataset or dataset, run.info.device,
+                                opts.probe_images, opts.seed)
     _resume(run)
     _announce(run, len(dataset))
     model = _wrap(run)
@@ -268,6 +279,8 @@ def _train(run: _Run, model, batches, logger: RunLogger) -> dict:
     warmup, base_lr = cfg.warmup_epochs * run.spe, cfg.effective_lr()
     deadline = time.perf_counter() + opts.time_limit if opts.time_limit else math.inf
     window, n_window, t0, last = 0.0, 0, time.perf_counter(), {}
+    if run.probe is not None and run.step == 0:
+        _log_probe(run, logger)
     model.train()
     done = run.step >= run.end
     while not done:
@@ -296,7 +309,17 @@ def _train(run: _Run, model, batches, logger: RunLogger) -> dict:
         if run.step % opts.save_every == 0 or done:
             save(run.out_dir, run.model, run.optimizer, run.scaler, cfg, run.step, run.spe,
                  run.info.is_main)
+        if run.probe is not None and (run.step % opts.probe_every == 0 or done):
+            _log_probe(run, logger)
     return last
+
+
+def _log_probe(run: _Run, logger: RunLogger) -> None:
+    """A probe result: console, its own log.jsonl line, tensorboard ``probe/*``."""
+    values = run.probe(run.model)
+    log.info("step %d: source-identity probe %s", run.step,
+             ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
+    logger.log(dict(step=run.step, **values), {f"probe/{k}": v for k, v in values.items()})
 
 
 def _log_step(run: _Run, logger: RunLogger, values: list[float], lr: float,
@@ -304,8 +327,12 @@ def _log_step(run: _Run, logger: RunLogger, values: list[float], lr: float,
     loss, rec, homo, *acc = values
     record = dict(step=run.step, epoch=run.step // run.spe, loss=loss, loss_recon=rec,
                   loss_homocon=homo, lr=lr, topk_acc=acc, img_per_s=img_s)
+    floor = homocon_floor(run.cfg)
+    if floor:
+        record["homocon_ratio"] = homo / floor
     offset = run.cfg.num_global_layers if run.cfg.attention == "topk" else 0
-    scalars = {k: record[k] for k in ("loss", "loss_recon", "loss_homocon", "lr", "img_per_s")}
+    scalars = {k: record[k] for k in ("loss", "loss_recon", "loss_homocon", "homocon_ratio",
+                                      "lr", "img_per_s") if k in record}
     scalars.update({f"topk_acc/layer_{i + offset}": a for i, a in enumerate(acc)})
     logger.log(record, scalars, postfix=dict(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                                              img_s=f"{img_s:.1f}"))
