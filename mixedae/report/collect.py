@@ -11,19 +11,22 @@ Transfer folders understood (the layouts the project's commands write):
   layer-decay sweep's ``sweep.json``);
 * ``cls11``: ``mixedae transfer`` output (``results.csv`` / ``runs/<dataset>/result.json``).
 
-A folder that holds none of these is searched one level down (a ``mixedae pipeline`` output).
+A folder that holds none of these is searched one level down (a ``mixedae pipeline`` output;
+its set-aside ``<stage>.prev-N`` folders are ignored).
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixedae.report.paper import CLS11_COLUMNS
 
 KINDS = ("ade", "coco", "finetune", "cls11")
+PREVIOUS = re.compile(r"\.prev-\d+$")  # outputs a pipeline set aside when a stage re-ran
 
 
 @dataclass
@@ -195,8 +198,8 @@ def find_transfers(path: str | Path, depth: int = 1) -> list[TransferResult]:
     found = [r for r in (mm_result(path), finetune_result(path), cls11_result(path)) if r]
     if found or depth == 0:
         return found
-    return [r for sub in sorted(p for p in path.iterdir() if p.is_dir())
-            for r in find_transfers(sub, depth - 1)]
+    subs = sorted(p for p in path.iterdir() if p.is_dir() and not PREVIOUS.search(p.name))
+    return [r for sub in subs for r in find_transfers(sub, depth - 1)]
 
 
 def finite(x) -> bool:
