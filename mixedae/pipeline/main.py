@@ -15,9 +15,10 @@ Stages (``OUT/<stage>/``, logs in ``OUT/logs/``, markers in ``OUT/stages/``): ``
 (``mixedae pretrain``), ``convert`` (``mixedae convert --to mm``), ``ade`` / ``coco``
 (``tools/train.py`` then ``tools/test.py`` on the last checkpoint → ``test_metrics.json``),
 ``cls11`` (``mixedae transfer``), ``finetune`` (``mixedae finetune``), ``report``
-(``mixedae report``, redrawn whenever another stage ran or failed). ``--gpus N`` (N > 1) launches every stage with torchrun
-(``tools/dist_train.sh`` for mm training). A rerun skips finished stages; a failed stage is
-named with its log, the independent stages still run and the report shows what is missing.
+(``mixedae report``; redrawn whenever another stage ran or failed). ``--gpus N`` (N > 1)
+launches every stage with torchrun (``tools/dist_train.sh`` for mm training). A rerun skips
+finished stages; a failed stage is named with its log, the independent stages still run and
+the report shows what is missing.
 """
 from __future__ import annotations
 

@@ -85,7 +85,12 @@ def model_sections(run: PretrainRun, base: PretrainRun | None, opts: ReportOptio
     models = [(run.name, model)]
     if base is not None:
         try:
-            models.append((f"{base.name} (baseline)", A.load_model(base)[0]))
+            bmodel, bcfg = A.load_model(base)
+            if (bcfg.img_size, bcfg.patch_size) != (cfg.img_size, cfg.patch_size):
+                raise A.ModelUnavailable(f"{base.path} works at {bcfg.img_size} px / patch "
+                                         f"{bcfg.patch_size}, the run at {cfg.img_size} / "
+                                         f"{cfg.patch_size}: not shown side by side")
+            models.append((f"{base.name} (baseline)", bmodel))
         except A.ModelUnavailable as e:
             for s in (cls, nb):
                 s.status = "partial"
@@ -96,8 +101,8 @@ def model_sections(run: PretrainRun, base: PretrainRun | None, opts: ReportOptio
     maps = [(label, A.cls_attention(m, shown)) for label, m in models]
     M.plot_cls_attention(shown, names[:opts.num_images], maps, opts.out / "attention_cls.png")
     cls.add(Figure("attention_cls.png", "[CLS] query over the patch keys in the last block, "
-                   "mean over heads, the encoder used as a plain ViT (as in transfer); brighter "
-                   "= more attention"))
+                   "mean over heads, the encoder used as a plain ViT (as in transfer); each map "
+                   "scaled to its own maximum, brighter = more attention"))
     grid = model.encoder.grid_size
     query = opts.query if opts.query is not None else (grid[0] // 2) * grid[1] + grid[1] // 2
     rows = [(label, A.patch_neighbourhood(m, imgs[:2 * m.cfg.group_size], query, opts.seed))

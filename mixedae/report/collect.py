@@ -47,12 +47,14 @@ class PretrainRun:
         c = self.config or {}
         if not c:
             return f"{self.name} (no config.json)"
-        what = ("MAE" if c.get("mixing") == "none" else
+        what = (f"MAE (keep ratio {c.get('mix_ratio')}"
+                f"{', HomoCon' if c.get('homo_con') else ''})" if c.get("mixing") == "none" else
                 f"MixedAE ({c.get('mixing')} mixing, {c.get('attention')} attention"
                 f"{', HomoCon' if c.get('homo_con') else ''})")
+        ratio = "" if c.get("mixing") == "none" else f", r = {c.get('mix_ratio')}"
         return (f"{self.name}: {what}, ViT-{c.get('model')}/{c.get('patch_size')} at "
-                f"{c.get('img_size')} px, r = {c.get('mix_ratio')}, batch {c.get('batch_size')}"
-                f", {c.get('epochs')} epochs scheduled")
+                f"{c.get('img_size')} px{ratio}, batch {c.get('batch_size')}, "
+                f"{c.get('epochs')} epochs scheduled")
 
 
 @dataclass

@@ -81,13 +81,15 @@ def plot_curves(run: PretrainRun, path: Path, baseline: PretrainRun | None = Non
     n = 4 + (1 if extras else 0)
     fig, axes = pyplot.subplots(1, n, figsize=(3.6 * n, 3.2))
     runs = [(run, "-", run.name)] + ([(baseline, "--", baseline.name)] if baseline else [])
-    for r, ls, name in runs:
+    color = {"loss": "C0", "loss_recon": "C1", "lr": "C0", "img_per_s": "C0"}
+    for r, ls, name in runs:  # same colour per quantity; the baseline dashed
         for key, ax in (("loss", axes[0]), ("loss_recon", axes[0]), ("lr", axes[2]),
                         ("img_per_s", axes[3])):
-            ax.plot(*series(r.records, key), ls, lw=1.2, label=f"{key} ({name})")
+            ax.plot(*series(r.records, key), ls, color=color[key], lw=1.2,
+                    label=f"{key} ({name})")
         xs, ys = series(r.records, "loss_homocon")
         if (r.config or {}).get("homo_con") and xs:
-            axes[1].plot(xs, ys, ls, lw=1.2, label=f"HomoCon ({name})")
+            axes[1].plot(xs, ys, ls, color="C2", lw=1.2, label=f"HomoCon ({name})")
             fx, fy = series(r.records, "homocon_floor")
             floor = homocon_floor(r.config)
             if fx:

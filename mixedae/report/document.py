@@ -63,6 +63,7 @@ margin-top:1.8em}.hdr{color:#4a5568;font-size:.92em;margin:.1em 0}
 table{border-collapse:collapse;margin:.6em 0;font-size:.88em}
 th,td{border:1px solid #d5d9e2;padding:3px 8px;text-align:right}
 th{background:#f1f3f8}td:first-child,th:first-child{text-align:left}
+table.cmp td:nth-child(2),table.cmp th:nth-child(2){text-align:left}caption{text-align:left}
 tr.paper td{color:#5a6478;background:#fafbfd;font-style:italic}
 .missing{background:#fff4e5;border-left:4px solid #f0a020;padding:6px 10px}
 .note{color:#5a6478;font-size:.88em}figure{margin:.8em 0}
@@ -92,7 +93,8 @@ def _table_html(t: Table) -> str:
         cells = "".join(f"<td>{html.escape(c)}</td>" for c in row)
         body.append(f'<tr{" class=paper" if paper else ""}>{cells}</tr>')
     cap = f"<caption class=note>{html.escape(t.caption)}</caption>" if t.caption else ""
-    return f"<table>{cap}<tr>{head}</tr>{''.join(body)}</table>"
+    cls = " class=cmp" if t.source_col is not None else ""
+    return f"<table{cls}>{cap}<tr>{head}</tr>{''.join(body)}</table>"
 
 
 def _figure_html(f: Figure, out: Path) -> str:

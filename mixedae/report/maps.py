@@ -69,6 +69,11 @@ def _mark(ax, query: int, grid: tuple[int, int], patch: int) -> None:
 
 
 def _panel(ax, pic, values, size, query, nb, cmap, title, vmax=None) -> None:
+    if cmap is not None and values is None:  # this run has no such map
+        ax.imshow(np.full((*size, 3), 0.95))
+        ax.text(0.5, 0.5, title, ha="center", va="center", fontsize=7, color="#5a6478",
+                transform=ax.transAxes)
+        return _bare(ax)
     ax.imshow(pic.mean(-1) if values is not None else pic, cmap="gray" if values is not None
               else None, alpha=0.45 if values is not None else 1.0)
     if values is not None:

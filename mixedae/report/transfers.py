@@ -22,6 +22,9 @@ SPECS = {  # kind → (title, column keys, paper table, how to produce it)
 }
 
 
+NAMES = {"finetune": "fine-tuning", "ade": "ADE20K", "coco": "COCO", "cls11": "11-dataset"}
+
+
 def fmt(v) -> str:
     return f"{v:.1f}" if finite(v) else "–"
 
@@ -42,7 +45,7 @@ def comparison(kind: str, ours: list[TransferResult], run: PretrainRun) -> Secti
     rows += [_paper_row(r, cols) for r in rows_paper]
     if not ours:
         sec.status = "missing"
-        sec.add(Text(f"no {kind} result was found in the given folders; produce one with "
+        sec.add(Text(f"no {NAMES[kind]} result was found in the given folders; produce one with "
                      f"`{how}` (or `mixedae pipeline --transfers {kind}`) and pass DIR to "
                      f"`mixedae report`.", "missing"))
     sec.add(Table(header, rows, caption="values in %; rows whose source is \"paper, ...\" are "
