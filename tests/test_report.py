@@ -152,11 +152,14 @@ def test_transfer_results_beside_the_paper(tmp_path):
     (["{tmp}"], "not a pretraining run"),
     (["{run}", "{tmp}/nope"], "transfer folder"),
     (["{run}", "--num-images", "0"], "--num-images 0"),
+    (["{run}", "--query-patch", "64"], "--query-patch 64: the model has 64 patches"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, msg):
     run = tmp_path / "run"
     run.mkdir()
     (run / "log.jsonl").write_text("")
+    (run / "config.json").write_text(get_preset("mixedae_tiny", img_size=64, patch_size=8,
+                                                mask_patch_size=16).to_json())
     rc = report_main([a.format(tmp=tmp_path, run=run) for a in argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and msg in err[0]

@@ -13,6 +13,7 @@ from mixedae.report import maps as M
 from mixedae.report.collect import PretrainRun, find_transfers, load_run
 from mixedae.report.document import Figure, Report, Section, Table, Text, write
 from mixedae.report.transfers import fmt, transfer_sections
+from mixedae.runtime.errors import ConfigError
 
 
 @dataclass
@@ -95,7 +96,8 @@ def model_sections(run: PretrainRun, base: PretrainRun | None, opts: ReportOptio
             for s in (cls, nb):
                 s.status = "partial"
                 s.add(Text(f"baseline: {e}", "missing"))
-    imgs, names = A.load_images(cfg, opts.images, max(opts.num_images, 2 * cfg.group_size))
+    groups = max(2 * m.cfg.group_size for _, m in models)  # two mixed samples per run
+    imgs, names = A.load_images(cfg, opts.images, max(opts.num_images, groups))
     _reconstructions(rec, models, imgs, names, opts)
     shown = imgs[:opts.num_images]
     maps = [(label, A.cls_attention(m, shown)) for label, m in models]
@@ -149,6 +151,10 @@ def write_report(run_dir: str | Path, transfer_dirs=(), opts: ReportOptions | No
     """Write report.html, report.md and the PNGs into ``opts.out``; returns the HTML path."""
     opts = opts or ReportOptions(out=Path(run_dir) / "report")
     run = load_run(run_dir, opts.name)
+    if opts.query is not None and run.config:
+        n = (run.config["img_size"] // run.config["patch_size"]) ** 2
+        if not 0 <= opts.query < n:
+            raise ConfigError(f"--query-patch {opts.query}: the model has {n} patches")
     opts.out.mkdir(parents=True, exist_ok=True)
     base = load_run(opts.baseline) if opts.baseline else None
     results = [r for d in transfer_dirs for r in find_transfers(d)]
