@@ -19,6 +19,10 @@ COMMANDS = {
     "finetune": ("mixedae.classification.finetune", "ImageNet-style fine-tuning"),
     "transfer": ("mixedae.classification.transfer",
                  "the 11-dataset classification transfer benchmark"),
+    "report": ("mixedae.report.main",
+               "one HTML/Markdown page: curves, attention maps, results vs paper"),
+    "pipeline": ("mixedae.pipeline.main",
+                 "pretrain → convert → transfers → report, resumable stages"),
 }
 
 

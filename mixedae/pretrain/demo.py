@@ -8,6 +8,7 @@ on random resized crops of them with the same engine as ``mixedae pretrain``; th
     <output-dir>/checkpoint.pth, model.safetensors, log.jsonl, tb/   (as ``mixedae pretrain``)
     <output-dir>/reconstructions.png   rows: original / mixed input / reconstruction per source
     <output-dir>/curves.png            loss terms and TopK sampling accuracy per layer
+    <output-dir>/report/report.html    the ``mixedae report`` page of the run (+ .md, PNGs)
 
     mixedae demo                      # about 2 minutes on 2 idle CPU cores (stops at 240 s)
     mixedae demo --steps 20 --output-dir /tmp/demo
@@ -176,4 +177,6 @@ def main(argv: list[str] | None = None) -> int:
           f", homocon {m.get('loss_homocon', float('nan')):.4f}), mean TopK acc {acc}")
     for f in ("reconstructions.png", "curves.png", "checkpoint.pth", "model.safetensors"):
         print(f"  {out / f}")
+    from mixedae.report.build import ReportOptions, write_report
+    print(f"report: {write_report(out, (), ReportOptions(out=out / 'report', seed=args.seed))}")
     return 0

@@ -1,0 +1,146 @@
+"""Attention maps of a pretrained run, computed from its stored ``model.safetensors`` +
+``config.json`` (the model is rebuilt with ``mixedae.model.build_model``).
+
+* ``cls_attention`` (Fig. 5 / 7): the last block's attention of the [CLS] query over the patch
+  keys, mean over heads, with the encoder used as a plain ViT (no mixing, no segment
+  embedding, global attention) — how the transfer tasks see it;
+* ``patch_neighbourhood``: for one query patch of a mixed sample (as in pretraining: segment
+  embeddings, the run's own attention), the keys the last block's homologous attention keeps
+  (Eq. 6: fraction of heads whose TopK selects each key), its attention weights (mean over
+  heads) and the query's true homologous patches. Runs without mixing (MAE) get the global
+  attention row of the query patch on the plain image.
+
+q and k are read from the last block's ``attn.qkv`` with a forward hook; the TopK selection is
+the model's own (``homologous_attention.topk_attn_bias``).
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from mixedae.model.homologous_attention import topk_attn_bias
+from mixedae.report.collect import PretrainRun
+
+
+class ModelUnavailable(Exception):
+    """The run cannot be rebuilt (no weights, unknown config keys, mismatching weights)."""
+
+
+def load_model(run: PretrainRun):
+    """The run's pretraining model in eval mode on the CPU, and its config."""
+    from mixedae.model.mixed_autoencoder import build_model
+    from mixedae.pretrain.config import PretrainConfig
+    from mixedae.runtime.checkpoint import load_model_state, load_safetensors
+    from mixedae.runtime.errors import MixedAEError
+    if run.weights is None:
+        raise ModelUnavailable(f"no model.safetensors in {run.path} (no checkpoint saved yet)")
+    try:
+        state, meta = load_safetensors(run.weights)
+        cfg = PretrainConfig.from_dict(run.config or json.loads(meta.get("config", "{}")))
+        model = build_model(cfg)
+        load_model_state(model, state, source=str(run.weights))
+    except (MixedAEError, ValueError, OSError, TypeError) as e:
+        raise ModelUnavailable(f"cannot rebuild the model of {run.path}: {e}") from e
+    return model.eval(), cfg
+
+
+@contextmanager
+def last_qkv(encoder):
+    """Collects the output of the last block's qkv projection (B, N, 3·D)."""
+    out = []
+    handle = encoder.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: out.append(o))
+    try:
+        yield out
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def last_block_attention(model, imgs: torch.Tensor, mixed: bool, seed: int = 0) -> dict:
+    """The last block's attention probabilities exactly as the model computes them.
+
+    ``mixed=False``: the encoder as a plain ViT on ``imgs`` (global attention).
+    ``mixed=True`` (runs with mixing): the pretraining forward on mixed samples of ``imgs``
+    (masks drawn with ``seed``): segment embeddings and the run's attention (TopK bias of
+    Eq. 6 or the homologous mask). Returns ``probs`` (S, H, N, N), ``kept`` (S, H, N, N) the
+    keys each query may attend, ``v`` (S, H, N, d), the shown ``image`` (S, 3, H, W)
+    normalised, ``src`` (S, L) or None, ``topk`` (bool)."""
+    cfg, enc = model.cfg, model.encoder
+    with torch.random.fork_rng(), last_qkv(enc) as got:
+        torch.manual_seed(seed)
+        if mixed:
+            _, src, image, _ = model.encode_mixed(imgs)
+            src = src.flatten(0, 1)
+        else:
+            x, grid = enc.embed(imgs)
+            enc.forward_blocks(x, grid=grid)
+            image, src = imgs, None
+    B, N, _ = got[-1].shape
+    q, k, v = got[-1].float().view(B, N, 3, enc.num_heads, -1).permute(2, 0, 3, 1, 4)
+    logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    topk = mixed and cfg.attention == "topk" and enc.depth > cfg.num_global_layers
+    if topk:
+        bias, _ = topk_attn_bias(q, k, cfg.topk, 1, cfg.topk_select, cfg.topk_select_fp32)
+        logits = logits + bias.float()
+    elif mixed and cfg.attention == "masked":
+        keep = torch.ones(B, N, N, dtype=torch.bool)
+        keep[:, 1:, 1:] = src[:, :, None] == src[:, None, :]
+        logits = logits.masked_fill(~keep[:, None], float("-inf"))
+    return dict(probs=logits.softmax(-1), kept=torch.isfinite(logits), v=v, image=image,
+                src=src, topk=topk)
+
+
+def cls_attention(model, imgs: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) [CLS]→patch attention of the last block, mean over heads (plain ViT)."""
+    probs = last_block_attention(model, imgs, mixed=False)["probs"]
+    return probs[:, :, 0, 1:].mean(1).view(imgs.shape[0], *model.encoder.grid_size)
+
+
+def patch_neighbourhood(model, imgs: torch.Tensor, query: int, seed: int = 0) -> dict:
+    """The last block's view of patch ``query`` (row-major patch index) in mixed samples
+    (plain images for runs without mixing).
+
+    Returns over the patches of each shown sample: ``attn`` (S, L) mean-head attention of the
+    query, ``selected`` (S, L) fraction of heads whose TopK keeps each key (None without
+    TopK), ``same`` (S, L) true homologous patches (None without mixing), ``precision`` (S,)
+    share of the kept keys that are homologous (None without TopK), and ``image``."""
+    L = model.encoder.num_patches
+    if not 0 <= query < L:
+        raise ValueError(f"--query-patch {query} outside the {L} patches of the model")
+    att = last_block_attention(model, imgs, model.cfg.mixing != "none", seed)
+    row, src = att["probs"][:, :, 1 + query, 1:], att["src"]
+    selected = att["kept"][:, :, 1 + query, 1:].float().mean(1) if att["topk"] else None
+    same = None if src is None else src == src[:, query:query + 1]
+    precision = None
+    if selected is not None:
+        precision = (selected * same).sum(-1) / selected.sum(-1)
+    return dict(image=att["image"], attn=row.mean(1), selected=selected, same=same,
+                precision=precision, grid=tuple(model.encoder.grid_size),
+                patch=model.cfg.patch_size, query=query)
+
+
+def load_images(cfg, folder: str | Path | None, count: int) -> tuple[torch.Tensor, list[str]]:
+    """``count`` photos, resized and center-cropped to the run's image size, normalised.
+
+    From ``folder`` (evenly spaced over its sorted images) or, by default, the photos that
+    ship with scikit-image / scikit-learn (those the demo trains on)."""
+    from torchvision import transforms
+    from mixedae.pretrain.data import IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb
+    if folder is None:
+        from mixedae.pretrain.demo import packaged_photos
+        photos = packaged_photos()
+        names = list(photos)[:count]
+        pils = [photos[k] for k in names]
+    else:
+        files = list_images(folder)  # ConfigError naming the folder if it has no image
+        pick = [Path(files[round(i * (len(files) - 1) / max(1, count - 1))]) for i in range(count)]
+        names, pils = [p.stem for p in pick], [load_rgb(p) for p in pick]
+    view = transforms.Compose([
+        transforms.Resize(cfg.img_size, transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(cfg.img_size), transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    names = [names[i % len(names)] for i in range(count)]
+    return torch.stack([view(pils[i % len(pils)]) for i in range(count)]), names
