@@ -17,6 +17,9 @@ COMMANDS = {
     "finetune": ("mixedae.classification.finetune", "ImageNet-style fine-tuning"),
     "transfer": ("mixedae.classification.transfer",
                  "the 11-dataset classification transfer benchmark"),
+    "linprobe": ("mixedae.classification.linprobe",
+                 "linear probing of the frozen encoder (MAE recipe)"),
+    "knn": ("mixedae.classification.knn", "weighted k-NN on frozen features (DINO protocol)"),
 }
 
 
