@@ -31,6 +31,8 @@ BAD = [  # (command, flags, text expected in the error line)
     ("finetune", ["--mixup-prob", "2"], "--mixup-prob 2.0: must be in [0, 1]"),
     ("finetune", ["--layer-decay-sweep", "0.7,x"], "--layer-decay-sweep '0.7,x'"),
     ("finetune", ["--max-steps", "0"], "--max-steps 0: must be > 0"),
+    ("finetune", ["--aa", "rand-x9"], "--aa 'rand-x9'"),
+    ("finetune", ["--remode", "zero"], "--remode 'zero': choose const, rand or pixel"),
     ("linprobe", ["--blr", "0"], "--blr 0.0: must be > 0"),
     ("linprobe", ["--warmup-epochs", "90"], "--warmup-epochs 90.0 must be < --epochs 90"),
     ("linprobe", ["--accum-iter", "0"], "--accum-iter 0: must be > 0"),

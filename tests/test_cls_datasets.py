@@ -392,6 +392,10 @@ def test_imagefolder_layout_takes_precedence(tmp_path):
     d = D.load_dataset("pets", tmp_path)
     assert d.source == "imagefolder" and d.classes == ["a_cls", "b_cls"]
     assert d.train_targets == [0, 0, 0, 1, 1, 1] and d.test_targets == [0, 0, 1, 1]
+    assert d.val_split is None and d.metric == "mean_per_class"
+    jpg(tmp_path / "pets" / "val" / "b_cls" / "0.jpg")  # an own val folder: official val
+    d = D.load_dataset("pets", tmp_path)
+    assert d.train_targets == [0, 0, 0, 1, 1, 1, 1] and d.val_split == ([0, 1, 2, 3, 4, 5], [6])
 
 
 def test_real_cls_tiny_imagefolder():

@@ -14,7 +14,7 @@ from mixedae.classification import knn as K
 from mixedae.classification import linprobe as L
 
 from conftest import data_dir
-from test_transfer import write_pretrain_checkpoint
+from test_transfer import fake_voc_root, write_pretrain_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = ["--model", "micro", "--patch-size", "8", "--img-size", "32", "--workers", "0",
@@ -189,3 +189,21 @@ def test_torchrun_two_ranks_knn_and_linprobe(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     r = json.loads((tmp_path / "lp" / "caltech101" / "result.json").read_text())
     assert r["steps"] == 4 and r["test_eval"]["n"] == 200  # 300 / 64 global; every image once
+
+
+def test_multilabel_voc_knn_and_linprobe(tmp_path):
+    """VOC (fake devkit root): k-NN votes with label vectors, the probe trains with the masked
+    BCE; both scored by the devkit's 11-point mAP with the standard AP beside it."""
+    root = fake_voc_root(tmp_path / "root")
+    assert K.main(["--datasets", "voc", "--root", str(root), "--k", "3", "--output-dir",
+                   str(tmp_path / "knn"), *MICRO]) == 0
+    assert L.main(["--datasets", "voc", "--root", str(root), "--batch-size", "8", "--epochs",
+                   "2", "--warmup-epochs", "1", "--output-dir", str(tmp_path / "lp"),
+                   *MICRO]) == 0
+    for d in ("knn", "lp"):
+        r = json.loads((tmp_path / d / "voc2007" / "result.json").read_text())
+        assert r["metric"] == "map11" and set(r["test_eval"]) == {"map11", "map", "n"}
+        assert 0 < r["test_score"] <= 100 and r["test_eval"]["n"] == 8
+        assert (tmp_path / d / "voc2007" / "per_class_ap.png").is_file()
+        v = f"{r['test_score']:.1f}"  # the VOC column and the average (one dataset)
+        assert f"| {v} | {v} |" in (tmp_path / d / "results.md").read_text()

@@ -155,6 +155,7 @@ def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, c
         assert r["eval_split"] == "val" and r["n_eval"] == 400 and r["n_train"] == 1600
         assert r["score"] == val[T.lr_tag(lr)]
         assert (ds_dir / T.lr_tag(lr) / "log.jsonl").is_file()
+        assert list((ds_dir / T.lr_tag(lr) / "tb").glob("events.out.tfevents.*"))
         assert not (ds_dir / T.lr_tag(lr) / "checkpoint.pth").exists()
     with capsys.disabled():
         print(f"\n[measured] cifar10 fresh micro: val {val}, chosen {summary['chosen_lr']}, "
@@ -271,10 +272,10 @@ def test_cli_errors(tmp_path, capsys):
     assert rc == 2 and "unknown dataset 'mnist'" in capsys.readouterr().err
 
 
-def test_voc2007_multilabel_end_to_end_on_fake_root(tmp_path):
-    """The multi-label path: masked BCE training, 11-point mAP on test, VOC column filled."""
+def fake_voc_root(root: Path) -> Path:
+    """24 tiny VOC2007 images (train 12 / val 4 / test 8) in the devkit layout."""
     from test_cls_datasets import jpg, voc_xml
-    d = tmp_path / "root" / "VOCdevkit" / "VOC2007"
+    d = root / "VOCdevkit" / "VOC2007"
     (d / "ImageSets" / "Main").mkdir(parents=True)
     (d / "Annotations").mkdir()
     rng = np.random.RandomState(0)
@@ -287,6 +288,12 @@ def test_voc2007_multilabel_end_to_end_on_fake_root(tmp_path):
             (d / "Annotations" / f"{n}.xml").write_text(voc_xml(objs))
             jpg(d / "JPEGImages" / f"{n}.jpg", color=tuple(int(x) for x in rng.randint(0, 255, 3)),
                 size=(20, 16))
+    return root
+
+
+def test_voc2007_multilabel_end_to_end_on_fake_root(tmp_path):
+    """The multi-label path: masked BCE training, 11-point mAP on test, VOC column filled."""
+    fake_voc_root(tmp_path / "root")
     out = tmp_path / "out"
     assert T.main(["--datasets", "voc", "--root", str(tmp_path / "root"), "--output-dir", str(out),
                    "--iters", "4", "--batch-size", "4", "--lrs", "0.01", "--val-frac", "0.25",

@@ -88,6 +88,13 @@ def check_args(args) -> list[float] | None:
     if args.warmup_epochs >= args.epochs:
         raise UsageError(f"--warmup-epochs {args.warmup_epochs} must be < --epochs "
                          f"{args.epochs}")
+    if args.remode not in ("const", "rand", "pixel"):
+        raise UsageError(f"--remode {args.remode!r}: choose const, rand or pixel")
+    try:  # timm parses the policy string when the transform is built
+        from mixedae.classification.augment import build_transforms
+        build_transforms(args)
+    except (AssertionError, ValueError, KeyError) as e:
+        raise UsageError(f"--aa {args.aa!r}: {e or 'not a timm auto-augment policy'}") from None
     C.resolve_workers(args, "finetune")
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such directory")
