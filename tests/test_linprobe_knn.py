@@ -207,3 +207,39 @@ def test_multilabel_voc_knn_and_linprobe(tmp_path):
         assert (tmp_path / d / "voc2007" / "per_class_ap.png").is_file()
         v = f"{r['test_score']:.1f}"  # the VOC column and the average (one dataset)
         assert f"| {v} | {v} |" in (tmp_path / d / "results.md").read_text()
+
+
+def test_feature_cache_resumes_from_pieces_and_rejects_other_keys(tmp_path):
+    from torch.utils.data import TensorDataset
+    from mixedae.classification.features import cached_features
+    x = torch.randn(23, 5, generator=torch.Generator().manual_seed(0))
+    ds = TensorDataset(x, torch.zeros(23, dtype=torch.int64))
+    model = torch.nn.Linear(5, 3)
+    calls = []
+
+    class Dies(torch.nn.Module):  # a run killed while extracting the third chunk
+        def forward(self, b):
+            if len(calls) == 4:  # chunks [0, 10) and [10, 20) took batches of 8 + 2 each
+                raise KeyboardInterrupt
+            calls.append(len(b))
+            return model(b)
+
+    class Counting(torch.nn.Module):
+        def forward(self, b):
+            seen.append(len(b))
+            return model(b)
+
+    cache, key = tmp_path / "f" / "train.pt", {"model": "a"}
+    kw = dict(batch_size=8, device=torch.device("cpu"), chunk=10)
+    with pytest.raises(KeyboardInterrupt):
+        cached_features(Dies(), ds, cache, key, **kw)
+    assert not cache.exists() and len(list((tmp_path / "f").glob("train.parts/*.pt"))) == 2
+    seen = []
+    counting = Counting()
+    f = cached_features(counting, ds, cache, key, **kw)
+    assert seen == [3]  # only the missing last chunk (examples 20..22) was extracted
+    torch.testing.assert_close(f, model(x).detach().half())
+    assert cache.is_file() and not (tmp_path / "f" / "train.parts").exists()
+    assert cached_features(counting, ds, cache, key, **kw) is not None and seen == [3]
+    cached_features(counting, ds, cache, {"model": "b"}, **kw)  # another key: recomputed
+    assert seen == [3, 8, 2, 8, 2, 3]
