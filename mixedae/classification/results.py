@@ -152,6 +152,9 @@ def write_tables(out_dir: Path, name: str, res: dict[str, dict], what: str,
             w.writerow([name, n, res[n]["metric"], f"{scores[n]:.4f}"])
     atomic_write_text(out_dir / "results.csv", text.getvalue())
     lines = [f"# {what}: {name}", ""]
+    st = next((r["settings"] for r in res.values() if r.get("settings")), None)
+    if st:
+        lines += ["Settings: " + ", ".join(f"{k} {v}" for k, v in st.items()), ""]
     if table2:
         lines += _table2_md(header, rows, len(have))
     if others:
@@ -208,7 +211,8 @@ def _details_md(res: dict[str, dict]) -> list[str]:
         if lrs:
             vs = [r.get("val_scores", {}).get(f"lr{x:g}") for x in lrs]
             out.append(f"| {n} | {r.get('chosen_lr', 0):g} | "
-                       + " | ".join(fmt(v, 2) for v in vs) + f" | {test} | {r['split_note']} |")
+                       + " | ".join(fmt(v, 2) for v in vs) + f" | {test} | {r['split_note']}; "
+                       f"lr search on: {r.get('val_split', '?')} |")
         else:
             out.append(f"| {n} | {test} | {r.get('split_note', '')} |")
     notes = [x for r in res.values() for x in r.get("notes", [])]
@@ -228,15 +232,16 @@ def _bars_fig(plt, name: str, res: dict[str, dict]):
     x = np.arange(len(ORDER))
     ours = [res[n]["test_score"] if n in res else np.nan for n in ORDER]
     fig, ax = plt.subplots(figsize=(12, 4.5))
-    ax.bar(x - 0.2, ours, 0.4, label=f"{name} (this run)", color="tab:blue")
+    bars = ax.bar(x - 0.2, ours, 0.4, label=f"{name} (this run)", color="tab:blue")
+    ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.bar(x + 0.2, [PAPER_MIXEDAE_VITB[n] for n in ORDER], 0.4, label=PAPER_LABEL,
            color="tab:gray")
-    ax.set_xticks(x, [f"{SPECS[n].column}\n{SHORT[SPECS[n].metric]}" for n in ORDER],
-                  fontsize=8)
+    ax.set_xticks(x, [f"{SPECS[n].column}\n{SHORT[SPECS[n].metric].replace(' per-', '/')}"
+                      for n in ORDER], fontsize=8)
     ax.set(ylabel="score (%)", ylim=(0, 100),
            title="Table 2 datasets, protocol metric per dataset (paper numbers copied from the "
                  "paper; missing bars: not run)")
-    ax.legend(loc="lower left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
     return fig
 
 
