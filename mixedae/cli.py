@@ -23,6 +23,9 @@ COMMANDS = {
                "one HTML/Markdown page: curves, attention maps, results vs paper"),
     "pipeline": ("mixedae.pipeline.main",
                  "pretrain → convert → transfers → report, resumable stages"),
+    "linprobe": ("mixedae.classification.linprobe",
+                 "linear probing of the frozen encoder (MAE recipe)"),
+    "knn": ("mixedae.classification.knn", "weighted k-NN on frozen features (DINO protocol)"),
 }
 
 

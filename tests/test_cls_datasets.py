@@ -43,8 +43,10 @@ def fake_aircraft(root: Path) -> None:
     d = root / "fgvc-aircraft-2013b" / "data"
     (d / "variants.txt").parent.mkdir(parents=True)
     (d / "variants.txt").write_text("707-320\nA300B4\nF-16A/B\n")
-    split = {"trainval": [("1000001", "707-320"), ("1000002", "F-16A/B"), ("1000003", "A300B4")],
+    split = {"train": [("1000001", "707-320"), ("1000002", "F-16A/B")],
+             "val": [("1000003", "A300B4")],
              "test": [("2000001", "A300B4"), ("2000002", "F-16A/B")]}
+    split["trainval"] = split["train"] + split["val"]
     for s, rows in split.items():
         (d / f"images_variant_{s}.txt").write_text("".join(f"{i} {v}\n" for i, v in rows))
         for i, _ in rows:
@@ -193,6 +195,8 @@ def fake_voc(root: Path) -> None:
     (d / "ImageSets" / "Main").mkdir(parents=True)
     (d / "Annotations").mkdir()
     (d / "ImageSets" / "Main" / "trainval.txt").write_text("000005\n000007\n000009\n")
+    (d / "ImageSets" / "Main" / "train.txt").write_text("000005\n000009\n")
+    (d / "ImageSets" / "Main" / "val.txt").write_text("000007\n")
     (d / "ImageSets" / "Main" / "test.txt").write_text("000001\n000002\n")
     for i, objs in ann.items():
         (d / "Annotations" / f"{i}.xml").write_text(voc_xml(objs))
@@ -217,7 +221,13 @@ def test_table2_order_and_names():
         "Aircraft", "Caltech", "Cars", "C10", "C100", "DTD", "Flowers", "Food", "Pets", "SUN",
         "VOC"]
     assert D.resolve_names("all") == D.ORDER
-    assert D.resolve_names("voc, C10,caltech") == ["caltech101", "cifar10", "voc2007"]
+    # the order given is kept (datasets run in that order), duplicates dropped
+    assert D.resolve_names("voc, C10,caltech,c10") == ["voc2007", "cifar10", "caltech101"]
+    assert {n: D.SPECS[n].metric for n in D.ORDER if D.SPECS[n].metric != "top1"} == {
+        "aircraft": "mean_per_class", "caltech101": "mean_per_class",
+        "flowers102": "mean_per_class", "pets": "mean_per_class", "voc2007": "map11"}
+    assert [n for n in D.ORDER if D.SPECS[n].official_val] == ["aircraft", "dtd", "flowers102",
+                                                               "voc2007"]
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         D.resolve_names("imagenet")
 
@@ -236,19 +246,22 @@ def test_aircraft(tmp_path):
     fake_aircraft(tmp_path)
     d = load("aircraft", tmp_path)
     assert d.classes == ["707-320", "A300B4", "F-16A/B"]
-    assert d.train_targets == [0, 2, 1] and d.test_targets == [1, 2]
+    assert d.train_targets == [0, 2, 1] and d.test_targets == [1, 2]  # train + val
     assert Path(d.train_images[1]).name == "1000002.jpg"
+    assert d.val_split == ([0, 1], [2]) and d.metric == "mean_per_class"
     check_items(d)
 
 
-def test_caltech101_30_per_class_seeded(tmp_path):
+def test_caltech101_102_classes_seeded_fallback(tmp_path):
     fake_caltech(tmp_path)
     d = load("caltech101", tmp_path)
-    assert d.classes == ["accordion", "airplanes"]  # BACKGROUND_Google dropped
-    assert d.train_targets.count(0) == 30 and d.train_targets.count(1) == 30
-    assert d.test_targets.count(0) == 3 and d.test_targets.count(1) == 2
+    assert d.classes == ["BACKGROUND_Google", "accordion", "airplanes"]  # 102 in the real one
+    assert d.metric == "mean_per_class"
+    assert [d.train_targets.count(c) for c in range(3)] == [3, 30, 30]
+    assert [d.test_targets.count(c) for c in range(3)] == [0, 3, 2]
     assert not set(d.train_images) & set(d.test_images)
     assert all(Path(p).parent.name == d.classes[y] for p, y in zip(d.train_images, d.train_targets))
+    assert "seeded split (fallback)" in d.split_note and d.notes  # labelled as such
     again = load("caltech101", tmp_path)
     assert again.train_images == d.train_images  # fixed seed
     for split, images in (("train", d.train_images), ("test", d.test_images)):
@@ -257,6 +270,26 @@ def test_caltech101_30_per_class_seeded(tmp_path):
                 x, _ = d.dataset(split, D.eval_transform(8))[i]
                 assert x.shape == (3, 8, 8)  # converted to RGB
     check_items(d)
+
+
+def test_caltech101_published_split_lists(tmp_path):
+    fake_caltech(tmp_path)
+    splits = tmp_path / "caltech101" / "splits"
+    splits.mkdir()
+    (splits / "train.txt").write_text("BACKGROUND_Google/image_0002.jpg 0\n"
+                                      "accordion/image_0001.jpg 1\nairplanes/image_0007.jpg 2\n")
+    (splits / "test.txt").write_text("accordion/image_0033.jpg\nBACKGROUND_Google/image_0003.jpg\n")
+    d = load("caltech101", tmp_path)
+    assert d.train_targets == [0, 1, 2] and d.test_targets == [1, 0]
+    assert [Path(p).name for p in d.test_images] == ["image_0033.jpg", "image_0003.jpg"]
+    assert "published split" in d.split_note and not d.notes
+    (splits / "test.txt").write_text("accordion/image_0033.jpg 2\n")  # wrong label
+    with pytest.raises(D.DatasetNotFoundError, match=r"test.txt:1: label 2 but 'accordion' is "
+                       r"class 1"):
+        load("caltech101", tmp_path)
+    (splits / "test.txt").write_text("accordion/image_0099.jpg\n")  # absent file
+    with pytest.raises(D.DatasetNotFoundError, match=r"image_0099.jpg does not exist"):
+        load("caltech101", tmp_path)
 
 
 def test_cars(tmp_path):
@@ -289,6 +322,7 @@ def test_dtd_partition1_train_plus_val(tmp_path):
     assert [Path(p).name for p in d.train_images] == [
         "banded_0001.jpg", "zigzagged_0001.jpg", "banded_0002.jpg", "dotted_0001.jpg"]
     assert d.train_targets == [0, 2, 0, 1] and d.test_targets == [2, 1, 0]
+    assert d.val_split == ([0, 1], [2, 3])  # official val1
     check_items(d)
 
 
@@ -297,7 +331,7 @@ def test_flowers_train_plus_val(tmp_path):
     d = load("flowers102", tmp_path)
     assert [Path(p).name for p in d.train_images] == [f"image_0000{i}.jpg" for i in (1, 2, 3, 4)]
     assert d.train_targets == [0, 1, 101, 0] and d.test_targets == [1, 2, 4]
-    assert d.num_classes == 102
+    assert d.num_classes == 102 and d.val_split == ([0, 1], [2, 3])
     check_items(d)
 
 
@@ -343,8 +377,10 @@ def test_voc2007_multilabel_targets(tmp_path):
     ci = D.VOC_CLASSES.index
     t = d.train_targets
     assert t[0][ci("chair")] == 1 and t[0][ci("person")] == 1 and t[0].sum() == 2
-    assert t[2][ci("horse")] == 1 and t[2][ci("person")] == D.IGNORE  # difficult only
+    assert t[1][ci("horse")] == 1 and t[1][ci("person")] == D.IGNORE  # difficult only
     assert [Path(p).stem for p in d.test_images] == ["000001", "000002"]
+    assert [Path(p).stem for p in d.train_images] == ["000005", "000009", "000007"]  # train+val
+    assert d.val_split == ([0, 1], [2]) and d.metric == "map11"
     check_items(d)
 
 
@@ -356,6 +392,10 @@ def test_imagefolder_layout_takes_precedence(tmp_path):
     d = D.load_dataset("pets", tmp_path)
     assert d.source == "imagefolder" and d.classes == ["a_cls", "b_cls"]
     assert d.train_targets == [0, 0, 0, 1, 1, 1] and d.test_targets == [0, 0, 1, 1]
+    assert d.val_split is None and d.metric == "mean_per_class"
+    jpg(tmp_path / "pets" / "val" / "b_cls" / "0.jpg")  # an own val folder: official val
+    d = D.load_dataset("pets", tmp_path)
+    assert d.train_targets == [0, 0, 0, 1, 1, 1, 1] and d.val_split == ([0, 1, 2, 3, 4, 5], [6])
 
 
 def test_real_cls_tiny_imagefolder():

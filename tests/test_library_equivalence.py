@@ -30,8 +30,12 @@ def test_relative_position_index_is_beit_layout():
     assert (idx[0, 1:] == num).all() and (idx[1:, 0] == num + 1).all() and idx[0, 0] == num + 2
 
 
-def test_eval_transform_is_resize_256_center_crop_224():
+def test_eval_transforms_equal_torchvision_compositions():
+    """crop_pct 0.875: ImageNet's Resize 256 → CenterCrop 224; crop_pct 1: the transfer
+    protocol's Resize 224 → CenterCrop 224 (Ericsson et al.'s transform_no_aug)."""
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8))
-    ref = T.Compose([T.Resize(256, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(224),
-                     T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    assert torch.allclose(eval_transform(224)(img), ref(img), atol=1e-6)
+    for resize, crop_pct in ((256, 0.875), (224, 1.0)):
+        ref = T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BICUBIC),
+                         T.CenterCrop(224), T.ToTensor(),
+                         T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+        assert torch.allclose(eval_transform(224, crop_pct)(img), ref(img), atol=1e-6)

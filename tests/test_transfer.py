@@ -2,6 +2,7 @@
 pretrained-weight loader."""
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -154,23 +155,46 @@ def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, c
         assert r["eval_split"] == "val" and r["n_eval"] == 400 and r["n_train"] == 1600
         assert r["score"] == val[T.lr_tag(lr)]
         assert (ds_dir / T.lr_tag(lr) / "log.jsonl").is_file()
+        assert list((ds_dir / T.lr_tag(lr) / "tb").glob("events.out.tfevents.*"))
         assert not (ds_dir / T.lr_tag(lr) / "checkpoint.pth").exists()
     with capsys.disabled():
         print(f"\n[measured] cifar10 fresh micro: val {val}, chosen {summary['chosen_lr']}, "
               f"test top-1 {summary['test_score']:.2f}")
     assert summary["test_score"] >= 20.0  # 10 classes: chance is 10%
 
-    # tables: Table 2 columns + average
+    # every metric stored; the protocol's (top-1 for CIFAR-10) is the score
+    ev = summary["test_eval"]
+    assert summary["metric"] == "top1" and summary["test_score"] == ev["top1"]
+    assert {"top1", "top5", "mean_per_class", "loss", "n"} <= set(ev)
+    # per-class accuracy and the confusion matrix of the final run
+    fin = ds_dir / "final"
+    per_class = list(csv.DictReader(open(fin / "per_class.csv")))
+    assert [r["class"] for r in per_class] == sorted(r["class"] for r in per_class)
+    assert sum(int(r["n"]) for r in per_class) == 1000
+    assert sum(int(r["correct"]) for r in per_class) == round(ev["top1"] * 10)
+    assert np.mean([float(r["accuracy"]) for r in per_class]) == pytest.approx(
+        ev["mean_per_class"], abs=1e-3)
+    cm = np.array([r[1:] for r in list(csv.reader(open(fin / "confusion.csv")))[1:]], int)
+    assert cm.shape == (10, 10) and cm.sum() == 1000
+    assert (fin / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+    # tables: Table 2 columns + average, the metric named, the paper row labelled as copied
     rows = list(csv.reader(open(out / "results.csv")))
-    assert rows[0] == ["Method", "Aircraft", "Caltech", "Cars", "C10", "C100", "DTD", "Flowers",
-                       "Food", "Pets", "SUN", "VOC", "Avg."]
+    assert rows[0][:13] == ["Method", "Aircraft", "Caltech", "Cars", "C10", "C100", "DTD",
+                            "Flowers", "Food", "Pets", "SUN", "VOC", "Avg."]
     assert rows[1][0] == "random-init"
     assert float(rows[1][4]) == pytest.approx(summary["test_score"], abs=1e-3)
     assert float(rows[1][12]) == pytest.approx(summary["test_score"], abs=1e-3)
     assert all(v == "" for i, v in enumerate(rows[1][1:12], 1) if i != 4)
+    assert "paper Table 2, copied" in rows[2][0] and rows[2][1:13] == [
+        "82.1000", "91.5000", "88.8000", "97.9000", "85.9000", "78.7000", "97.1000", "87.4000",
+        "93.6000", "66.2000", "86.4000", "86.9000"]
     md = (out / "results.md").read_text()
-    assert md.startswith("| Method | Aircraft | Caltech | Cars | C10 | C100 | DTD | Flowers | "
-                         "Food | Pets | SUN | VOC | Avg. |")
+    assert ("| Method | Aircraft | Caltech | Cars | C10 | C100 | DTD | Flowers | Food | Pets | "
+            "SUN | VOC | Avg. |") in md
+    assert ("| metric | mean per-class | mean per-class | top-1 | top-1 | top-1 | top-1 | "
+            "mean per-class | top-1 | mean per-class | top-1 | 11-pt mAP |  |") in md
+    assert "| cifar10 | " + f"{ev['top1']:.2f}*" in md  # the Table 2 metric marked
 
     # resume: everything finished is skipped, nothing rewritten
     mtimes = {p: p.stat().st_mtime_ns for p in ds_dir.glob("*/result.json")}
@@ -185,21 +209,28 @@ def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, c
     assert "other settings (iters: 100 vs 50)" in capsys.readouterr().err
 
 
-def test_pretrained_checkpoint_cifar10_and_caltech(tmp_path):
+def test_pretrained_checkpoint_cifar10_and_caltech(tmp_path, capsys):
     root = data_dir("cls_tiny")
     write_pretrain_checkpoint(tmp_path / "mixedae_micro", img_size=16)
     out = tmp_path / "out"
-    argv = ["--datasets", "cifar10,caltech101", "--root", str(root), "--output-dir", str(out),
+    argv = ["--datasets", "caltech101,cifar10", "--root", str(root), "--output-dir", str(out),
             "--checkpoint", str(tmp_path / "mixedae_micro"), "--img-size", "32",
             "--iters", "60", "--batch-size", "32", "--lrs", "0.03", "--workers", "0"]
     assert T.main(argv) == 0  # model/patch size come from the checkpoint metadata
+    printed = capsys.readouterr().out
+    assert printed.index("[transfer] caltech101:") < printed.index("[transfer] cifar10:")
+    assert re.search(r"loaded \d+ tensors from \S+mixedae_micro\S+ \(pretrain layout\); "
+                     r"dropped: ", printed)  # the load report, on the console
     scores = {}
     for name in ("cifar10", "caltech101"):
         s = json.loads((out / "runs" / name / "result.json").read_text())
         scores[name] = s["test_score"]
         start = read_jsonl(out / "runs" / name / "final" / "log.jsonl")[0]
         assert start["pretrained"]["format"] == "pretrain" and start["pretrained"]["resized"]
-    print(f"\n[measured] pretrain-format micro checkpoint: test top-1 {scores}")
+        assert s["metric"] == ("mean_per_class" if name == "caltech101" else "top1")
+        assert s["test_score"] == s["test_eval"][s["metric"]]
+    with capsys.disabled():
+        print(f"\n[measured] pretrain-format micro checkpoint: test (protocol metric) {scores}")
     assert all(v >= 20.0 for v in scores.values())
     rows = list(csv.reader(open(out / "results.csv")))
     assert rows[1][0] == "mixedae_micro" and rows[1][2] and rows[1][4]
@@ -241,14 +272,15 @@ def test_cli_errors(tmp_path, capsys):
     assert rc == 2 and "unknown dataset 'mnist'" in capsys.readouterr().err
 
 
-def test_voc2007_multilabel_end_to_end_on_fake_root(tmp_path):
-    """The multi-label path: masked BCE training, 11-point mAP on test, VOC column filled."""
+def fake_voc_root(root: Path) -> Path:
+    """24 tiny VOC2007 images (train 12 / val 4 / test 8) in the devkit layout."""
     from test_cls_datasets import jpg, voc_xml
-    d = tmp_path / "root" / "VOCdevkit" / "VOC2007"
+    d = root / "VOCdevkit" / "VOC2007"
     (d / "ImageSets" / "Main").mkdir(parents=True)
     (d / "Annotations").mkdir()
     rng = np.random.RandomState(0)
-    ids = {"trainval": [f"{i:06d}" for i in range(16)], "test": [f"{i:06d}" for i in range(16, 24)]}
+    ids = {"train": [f"{i:06d}" for i in range(12)], "val": [f"{i:06d}" for i in range(12, 16)],
+           "test": [f"{i:06d}" for i in range(16, 24)]}
     for split, names in ids.items():
         (d / "ImageSets" / "Main" / f"{split}.txt").write_text("".join(n + "\n" for n in names))
         for k, n in enumerate(names):
@@ -256,6 +288,12 @@ def test_voc2007_multilabel_end_to_end_on_fake_root(tmp_path):
             (d / "Annotations" / f"{n}.xml").write_text(voc_xml(objs))
             jpg(d / "JPEGImages" / f"{n}.jpg", color=tuple(int(x) for x in rng.randint(0, 255, 3)),
                 size=(20, 16))
+    return root
+
+
+def test_voc2007_multilabel_end_to_end_on_fake_root(tmp_path):
+    """The multi-label path: masked BCE training, 11-point mAP on test, VOC column filled."""
+    fake_voc_root(tmp_path / "root")
     out = tmp_path / "out"
     assert T.main(["--datasets", "voc", "--root", str(tmp_path / "root"), "--output-dir", str(out),
                    "--iters", "4", "--batch-size", "4", "--lrs", "0.01", "--val-frac", "0.25",
@@ -263,6 +301,13 @@ def test_voc2007_multilabel_end_to_end_on_fake_root(tmp_path):
     s = json.loads((out / "runs" / "voc2007" / "result.json").read_text())
     assert s["metric"] == "map11" and 0 <= s["test_score"] <= 100
     assert set(s["test_eval"]) == {"map11", "map", "n"} and s["test_eval"]["n"] == 8
+    split = json.loads((out / "runs" / "voc2007" / "split.json").read_text())
+    assert split["kind"] == "official" and split["val"] == [12, 13, 14, 15]  # VOC's val.txt
+    assert s["val_split"] == "official"
+    fin = out / "runs" / "voc2007" / "final"
+    rows = list(csv.DictReader(open(fin / "per_class.csv")))
+    assert [r["class"] for r in rows] == D.VOC_CLASSES
+    assert (fin / "per_class_ap.png").is_file() and not (fin / "confusion.png").exists()
     rows = list(csv.reader(open(out / "results.csv")))
     assert float(rows[1][11]) == pytest.approx(s["test_score"], abs=1e-3)
-    assert "standard AP" in (out / "results.md").read_text()
+    assert "std. mAP" in (out / "results.md").read_text()

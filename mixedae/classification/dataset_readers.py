@@ -13,6 +13,7 @@ import numpy as np
 from mixedae.classification.datasets import (IGNORE, SPECS, VOC_CLASSES, ClsData,
                                              DatasetNotFoundError)
 
+
 def _attr(ds, *names):
     for n in names:
         if hasattr(ds, n):
@@ -26,32 +27,84 @@ def _no_md5(cls, **overrides):
     return type(cls.__name__ + "NoMD5", (cls,), overrides)
 
 
+def _with_val(train: tuple[list, list], val: tuple[list, list]):
+    """Train lists = train + val, and the official (train, val) indices into them."""
+    n, m = len(train[0]), len(val[0])
+    return (train[0] + val[0], train[1] + val[1],
+            (list(range(n)), list(range(n, n + m))))
+
+
 def _aircraft(root: Path, **_) -> ClsData:
     from torchvision.datasets import FGVCAircraft
-    tr = FGVCAircraft(str(root), split="trainval", annotation_level="variant")
-    te = FGVCAircraft(str(root), split="test", annotation_level="variant")
-    return ClsData("aircraft", list(tr.classes), list(tr._image_files), list(tr._labels),
-                   list(te._image_files), list(te._labels),
-                   split_note="FGVCAircraft variant, trainval → test")
+    parts = {s: FGVCAircraft(str(root), split=s, annotation_level="variant")
+             for s in ("train", "val", "test")}
+    lists = {s: (list(d._image_files), list(d._labels)) for s, d in parts.items()}
+    images, targets, val = _with_val(lists["train"], lists["val"])
+    return ClsData("aircraft", list(parts["train"].classes), images, targets, *lists["test"],
+                   val_split=val, split_note="FGVCAircraft variant, train+val → test "
+                   "(official val for the lr search)")
+
+
+def _split_list(base: Path) -> Path | None:
+    for d in (base / "splits", base / "caltech101-splits"):
+        if (d / "train.txt").is_file() and (d / "test.txt").is_file():
+            return d
+    return None
+
+
+def _read_split(path: Path, images: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+    """``<class>/<file> [label]`` lines → (paths, class indices), checked against the disk."""
+    paths, ys = [], []
+    idx = {c: i for i, c in enumerate(classes)}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        rel, cls = parts[0], parts[0].split("/")[0]
+        if cls not in idx or len(parts) > 2:
+            raise DatasetNotFoundError(f"{path}:{n}: {line.strip()!r} is not '<class>/<file> "
+                                       f"[label]' with one of the {len(classes)} class folders")
+        if len(parts) == 2 and parts[1] != str(idx[cls]):
+            raise DatasetNotFoundError(f"{path}:{n}: label {parts[1]} but {cls!r} is class "
+                                       f"{idx[cls]} of the sorted folders")
+        if not (images / rel).is_file():
+            raise DatasetNotFoundError(f"{path}:{n}: {images / rel} does not exist")
+        paths.append(str(images / rel))
+        ys.append(idx[cls])
+    return paths, ys
 
 
 def _caltech101(root: Path, seed: int = 0, **_) -> ClsData:
-    from torchvision.datasets import Caltech101
-    ds = Caltech101(str(root), target_type="category")
-    base = Path(ds.root) / "101_ObjectCategories"
-    paths = [base / ds.categories[y] / f"image_{i:04d}.jpg" for i, y in zip(ds.index, ds.y)]
+    """102 classes (the 101 categories and BACKGROUND_Google), published split lists when
+    present, else a seeded 30-per-class split (torchvision's Caltech101 drops the background
+    class, so the folders are read directly)."""
+    base = root / "caltech101"
+    images = base / "101_ObjectCategories"
+    classes = sorted(d.name for d in images.iterdir() if d.is_dir())
+    lists = _split_list(base)
+    if lists is not None:
+        (tr, ytr), (te, yte) = (_read_split(lists / f, images, classes)
+                                for f in ("train.txt", "test.txt"))
+        overlap = set(tr) & set(te)
+        if overlap:
+            raise DatasetNotFoundError(f"{lists}: {len(overlap)} images are in both train.txt "
+                                       f"and test.txt (e.g. {sorted(overlap)[0]})")
+        return ClsData("caltech101", classes, tr, ytr, te, yte,
+                       split_note=f"Caltech-101, 102 classes, published split ({lists})")
     rng = np.random.RandomState(seed)
-    train, test = [], []
-    ys = np.asarray(ds.y)
-    for c in range(len(ds.categories)):
-        idx = np.nonzero(ys == c)[0]
-        perm = rng.permutation(idx)
-        train.extend(sorted(perm[:30].tolist()))
-        test.extend(sorted(perm[30:].tolist()))
-    return ClsData("caltech101", list(ds.categories), [str(paths[i]) for i in train],
-                   [int(ys[i]) for i in train], [str(paths[i]) for i in test],
-                   [int(ys[i]) for i in test],
-                   split_note=f"Caltech101: 30 per class train (seed {seed}), rest test")
+    tr, ytr, te, yte = [], [], [], []
+    for c, name in enumerate(classes):
+        files = sorted(str(p) for p in (images / name).iterdir()
+                       if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+        perm = rng.permutation(len(files))
+        for k, i in enumerate(perm):
+            (tr if k < 30 else te).append(files[i])
+            (ytr if k < 30 else yte).append(c)
+    return ClsData("caltech101", classes, tr, ytr, te, yte,
+                   notes=[f"caltech101: no split lists in {base}/splits; using a seeded split "
+                          f"(fallback), not the protocol's published one"],
+                   split_note=f"Caltech-101, 102 classes, seeded split (fallback): 30 per "
+                   f"class train (seed {seed}), rest test")
 
 
 def _cars(root: Path, **_) -> ClsData:
@@ -82,13 +135,13 @@ def _dtd(root: Path, **_) -> ClsData:
     classes = sorted(set().union(*(p.classes for p in parts.values())))
     idx = {c: i for i, c in enumerate(classes)}
 
-    def lists(*splits):  # torchvision indexes classes per split file: remap by name
-        imgs = [f for s in splits for f in parts[s]._image_files]
-        ys = [idx[parts[s].classes[y]] for s in splits for y in parts[s]._labels]
-        return imgs, ys
-    (tr_img, tr_y), (te_img, te_y) = lists("train", "val"), lists("test")
-    return ClsData("dtd", classes, tr_img, tr_y, te_img, te_y,
-                   split_note="DTD partition 1: train1+val1 → test1")
+    def lists(s):  # torchvision indexes classes per split file: remap by name
+        return (list(parts[s]._image_files),
+                [idx[parts[s].classes[y]] for y in parts[s]._labels])
+    images, targets, val = _with_val(lists("train"), lists("val"))
+    return ClsData("dtd", classes, images, targets, *lists("test"), val_split=val,
+                   split_note="DTD partition 1: train1+val1 → test1 (official val1 for the "
+                   "lr search)")
 
 
 def _flowers(root: Path, verify_checksums: bool = True, **_) -> ClsData:
@@ -97,14 +150,12 @@ def _flowers(root: Path, verify_checksums: bool = True, **_) -> ClsData:
     if not verify_checksums:
         cls = _no_md5(cls, _file_dict={k: (f, None) for k, (f, _) in cls._file_dict.items()})
     parts = {s: cls(str(root), split=s) for s in ("train", "val", "test")}
-    labels = list(parts["train"]._labels) + list(parts["val"]._labels) + list(parts["test"]._labels)
-    n = max(labels) + 1
+    lists = {s: (list(d._image_files), list(d._labels)) for s, d in parts.items()}
+    n = max(max(y) for _, y in lists.values()) + 1
     classes = list(getattr(parts["train"], "classes", None) or [str(i) for i in range(n)])
-    return ClsData("flowers102", classes,
-                   list(parts["train"]._image_files) + list(parts["val"]._image_files),
-                   list(parts["train"]._labels) + list(parts["val"]._labels),
-                   list(parts["test"]._image_files), list(parts["test"]._labels),
-                   split_note="Flowers102 train+val → test")
+    images, targets, val = _with_val(lists["train"], lists["val"])
+    return ClsData("flowers102", classes, images, targets, *lists["test"], val_split=val,
+                   split_note="Flowers102 train+val → test (official val for the lr search)")
 
 
 def _food(root: Path, **_) -> ClsData:
@@ -187,12 +238,14 @@ def voc_targets(xml_path: str | Path) -> np.ndarray:
 
 def _voc2007(root: Path, **_) -> ClsData:
     from torchvision.datasets import VOCDetection
-    out = []
-    for split in ("trainval", "test"):
+    lists = {}
+    for split in ("train", "val", "test"):
         ds = VOCDetection(str(root), year="2007", image_set=split)
-        out.append((list(ds.images), [voc_targets(a) for a in ds.annotations]))
-    return ClsData("voc2007", list(VOC_CLASSES), out[0][0], out[0][1], out[1][0], out[1][1],
-                   multilabel=True, split_note="VOC2007 trainval → test (difficult ignored)")
+        lists[split] = (list(ds.images), [voc_targets(a) for a in ds.annotations])
+    images, targets, val = _with_val(lists["train"], lists["val"])
+    return ClsData("voc2007", list(VOC_CLASSES), images, targets, *lists["test"],
+                   multilabel=True, val_split=val, split_note="VOC2007 train+val → test "
+                   "(difficult ignored; official val for the lr search)")
 
 
 LOADERS: dict[str, Callable[..., ClsData]] = {

@@ -7,7 +7,9 @@ weight loader, run logger).
 * :func:`train_loop` — iteration-based training (per-iteration schedule, gradient
   accumulation, bf16 autocast on CUDA, optional mixup and EMA) with atomic, exactly resumable
   checkpoints (model, optimizer, EMA, step, every rank's RNG state and the caller's ``state``);
-* :func:`evaluate` — top-1/top-5 (single-label) or VOC mAP (multi-label), sharded over ranks.
+* :func:`evaluate` — every metric (top-1/top-5/mean per-class accuracy, per-class accuracy and
+  confusion matrix; or VOC 11-point and standard mAP), sharded over ranks; :func:`predict`
+  (this rank's outputs, also the feature extractor of k-NN).
 """
 from __future__ import annotations
 
@@ -16,16 +18,16 @@ import random
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mixedae.classification.metrics import mean_ap
+from mixedae.classification.evaluation import (autocast, evaluate,  # noqa: F401 (re-exported)
+                                               predict)
+from mixedae.classification.datasets import stratified_split  # noqa: F401 (re-exported)
 from mixedae.model.pos_embed import resize_pos_embed
 from mixedae.runtime import weights as W
 from mixedae.runtime.checkpoint import (atomic_torch_save, load_checkpoint, rng_state,
@@ -46,19 +48,25 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
 
     Accepts every layout of :mod:`mixedae.runtime.weights` (a pretraining run / checkpoint,
     official MAE / timm / converted ViTs). Dropped on purpose (and reported): decoder /
-    projector / mask-token / segment-embedding tensors, the final ``norm.*`` (the avg-pool
-    classifier uses ``fc_norm``) and any ``head.*`` (the task head is always fresh).
-    ``pos_embed`` is resampled bicubically when the patch grid differs. Anything else that
-    does not fit raises ``CheckpointError`` naming the keys. Returns ``{"path", "format",
-    "source", "dropped", "fresh", "resized", "line"}`` (``line``: the one-line report)."""
+    projector / mask-token / segment-embedding tensors, any ``head.*`` (the task head is
+    always fresh) and the norm the model does not use: the final ``norm.*`` for an avg-pool
+    classifier (it has ``fc_norm``), ``fc_norm.*`` for a cls-token model (it pools after the
+    pretrained final ``norm``). ``pos_embed`` is resampled bicubically when the patch grid
+    differs. Anything else that does not fit raises ``CheckpointError`` naming the keys.
+    Returns ``{"path", "format", "source", "dropped", "fresh", "resized", "line"}``
+    (``line``: the one-line report every command prints)."""
     m = unwrap(model)
     path = W.resolve_checkpoint_path(path)
     sd, _meta = W.read_weights(path)
     source, kept, dropped = W.extract_vit(sd)
-    state, more = W.to_target(kept, "classifier")
-    dropped = dropped + more + [(k, "classification head (the task head is always fresh)")
-                                for k in state if k.startswith("head.")]
-    state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    token_model = not isinstance(m.norm, nn.Identity)
+    state, more = W.to_target(kept, "vit" if token_model else "classifier")
+    unused = ("head.", "fc_norm.") if token_model else ("head.",)
+    dropped = dropped + more + [
+        (k, "classification head (the task head is always fresh)" if k.startswith("head.")
+         else "fc_norm (this model pools after the final norm)")
+        for k in state if k.startswith(unused)]
+    state = {k: v for k, v in state.items() if not k.startswith(unused)}
     resized = []
 
     def resize_pos(v: torch.Tensor, shape) -> torch.Tensor:
@@ -68,64 +76,13 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
     pe = state.get("pos_embed")
     same_dim = pe is not None and pe.ndim == 3 and pe.shape[-1] == m.pos_embed.shape[-1]
     report = W.load_into(  # other pos_embed dims: reported as a mismatch
-        m, state, what=str(path), optional_missing=lambda k: k.startswith(("head.", "fc_norm.")),
+        m, state, what=str(path),
+        optional_missing=lambda k: k.startswith(("head.", "fc_norm.", "norm.")),
         resize={"pos_embed": resize_pos} if same_dim else {})
     return {"path": str(path), "format": "pretrain" if source == "pretrain" else "plain",
             "source": source, "dropped": sorted(k for k, _ in dropped) + report["ignored"],
             "fresh": report["missing"], "resized": bool(resized),
             "line": W.load_report_line(path, source, report, dropped)}
-
-
-# ==== evaluation ============================================================================
-def autocast(device: torch.device, enabled: bool = True):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-@torch.no_grad()
-def _predict(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
-             workers: int, amp: bool):
-    """(logits, targets) of this rank's share of ``dataset`` (every example once overall)."""
-    rank, world = get_rank(), get_world_size()
-    part = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
-    loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
-    logits, targets = [], []
-    for images, t in loader:
-        with autocast(device, amp):
-            logits.append(model(images.to(device, non_blocking=True)).float().cpu())
-        targets.append(t)
-    return logits, targets
-
-
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
-             multilabel: bool = False, workers: int = 0, amp: bool = True) -> dict:
-    """Single-label: ``{"top1", "top5", "loss", "n"}`` (percent). Multi-label:
-    ``{"map11", "map", "n"}`` (percent; VOC2007 11-point and standard mAP)."""
-    model.eval()
-    logits, targets = _predict(model, dataset, batch_size, device, workers, amp)
-    if multilabel:
-        parts = all_gather_object(([x.numpy().tolist() for x in logits],
-                                   [t.numpy().tolist() for t in targets]))
-        s = np.asarray([r for p in parts for b in p[0] for r in b], float)
-        t = np.asarray([r for p in parts for b in p[1] for r in b], float)
-        return {"map11": 100 * mean_ap(s, t, True), "map": 100 * mean_ap(s, t, False),
-                "n": int(len(s))}
-    c1 = c5 = n = 0
-    loss = 0.0
-    for lg, t in zip(logits, targets):
-        hit = lg.topk(min(5, lg.shape[1]), dim=1).indices == t[:, None]
-        c1, c5 = c1 + hit[:, 0].sum().item(), c5 + hit.any(dim=1).sum().item()
-        loss += F.cross_entropy(lg, t, reduction="sum").item()
-        n += len(t)
-    stats = torch.tensor([c1, c5, n, loss], dtype=torch.float64)
-    if get_world_size() > 1:
-        stats = stats.to(device)
-        dist.all_reduce(stats)
-    c1, c5, n, loss = stats.cpu().tolist()
-    return {"top1": 100 * c1 / max(n, 1), "top5": 100 * c5 / max(n, 1),
-            "loss": loss / max(n, 1), "n": int(n)}
 
 
 # ==== training ==============================================================================
@@ -165,24 +122,33 @@ class _Checkpointer:
         barrier()
 
 
+def steps_per_epoch(n: int, batch_size: int, accum_iter: int = 1) -> int:
+    """Optimizer steps of one epoch of ``n`` examples (per-rank micro-batch ``batch_size``,
+    every rank); refuses data smaller than one step."""
+    world = get_world_size()
+    spe = (math.ceil(n / world) // batch_size) // accum_iter
+    if spe == 0:
+        raise UsageError(f"training set of {n} examples is smaller than one step "
+                         f"({world} rank(s) × {batch_size} × accum {accum_iter}); lower "
+                         f"--batch-size")
+    return spe
+
+
 def _stream(train_set: Dataset, batch_size: int, accum_iter: int, start: int, seed: int,
             workers: int, device: torch.device):
     """(steps per epoch, an iterator over the run's batches from optimizer step ``start``)."""
     world = get_world_size()
-    steps_per_epoch = (math.ceil(len(train_set) / world) // batch_size) // accum_iter
-    if steps_per_epoch == 0:
-        raise UsageError(f"training set of {len(train_set)} examples is smaller than one step "
-                         f"({world} rank(s) × {batch_size} × accum {accum_iter})")
+    steps_per_epoch_ = steps_per_epoch(len(train_set), batch_size, accum_iter)
     per_step = accum_iter * batch_size
-    epoch0, within = divmod(start, steps_per_epoch)
+    epoch0, within = divmod(start, steps_per_epoch_)
     sampler = EpochStreamSampler(len(train_set), seed=seed, rank=get_rank(), world=world,
-                                 used=steps_per_epoch * per_step, start_epoch=epoch0,
+                                 used=steps_per_epoch_ * per_step, start_epoch=epoch0,
                                  start_offset=within * per_step)
     loader = DataLoader(SeededSample(train_set), batch_size=batch_size, sampler=sampler,
                         num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator().manual_seed(seed),
                         persistent_workers=workers > 0)
-    return steps_per_epoch, iter(loader)
+    return steps_per_epoch_, iter(loader)
 
 
 def _optimizer_step(model, optimizer, batches, loss_fn, accum_iter, device, step, amp,
@@ -280,25 +246,3 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-def stratified_split(labels: Sequence[int], frac: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train_idx, val_idx): ``round(frac·n_c)`` of each class to val (≥1 if the class has ≥2
-    examples, never all of it), chosen with a fixed seed. ``labels`` may be multi-label rows,
-    in which case a plain random split is used."""
-    rng = np.random.RandomState(seed)
-    labels = list(labels)
-    if labels and not np.isscalar(labels[0]) and np.ndim(labels[0]) > 0:
-        perm = rng.permutation(len(labels))
-        k = int(round(frac * len(labels)))
-        return sorted(perm[k:].tolist()), sorted(perm[:k].tolist())
-    by_class: dict[int, list[int]] = {}
-    for i, y in enumerate(labels):
-        by_class.setdefault(int(y), []).append(i)
-    val = []
-    for c in sorted(by_class):
-        idx = by_class[c]
-        k = min(max(int(round(frac * len(idx))), 1), len(idx) - 1) if len(idx) >= 2 else 0
-        val.extend(rng.permutation(idx)[:k].tolist())
-    vs = set(val)
-    return [i for i in range(len(labels)) if i not in vs], sorted(val)

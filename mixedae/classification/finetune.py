@@ -43,7 +43,6 @@ Examples::
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -52,8 +51,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from mixedae.classification import cli_common as C
 from mixedae.classification import engine as E
-from mixedae.model.vit import VIT_SIZES, create_vit
+from mixedae.classification.augment import (_safe_posterize, build_loss,  # noqa: F401
+                                            build_mixup, build_transforms)
+from mixedae.classification.finetune_args import (RECIPE, check_args,  # noqa: F401
+                                                  fill_defaults, get_parser)
+from mixedae.model.vit import create_vit
 from mixedae.runtime.checkpoint import (CHECKPOINT_NAME, atomic_torch_save, atomic_write_text,
                                         load_checkpoint)
 from mixedae.runtime.distributed import (barrier, cleanup, init_distributed, is_main_process,
@@ -62,79 +66,6 @@ from mixedae.runtime.errors import CheckpointError, ConfigError as UsageError
 from mixedae.runtime.layer_decay import layer_decay_param_groups
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.schedules import cosine_lr
-from mixedae.runtime.weights import checkpoint_config, resolve_checkpoint_path
-
-# size → (blr, epochs, batch) of Table 5; sizes the paper does not use follow ViT-B
-RECIPE = {"large": (1e-3, 50, 512)}
-RECIPE_DEFAULT = (5e-4, 100, 1024)
-
-
-def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mixedae finetune", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="folder with train/ and val/ (ImageFolder)")
-    p.add_argument("--val-folder", default="val")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--checkpoint", default=None, help="pretrained weights (pretraining "
-                   "model.safetensors / its run dir, or a plain ViT state dict); omitted: "
-                   "training from scratch")
-    p.add_argument("--model", default=None, choices=sorted(VIT_SIZES),
-                   help="ViT size (default: from the checkpoint metadata, else base)")
-    p.add_argument("--patch-size", type=int, default=None)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--epochs", type=int, default=None, help="100 (B) / 50 (L)")
-    p.add_argument("--warmup-epochs", type=float, default=5)
-    p.add_argument("--batch-size", type=int, default=None, help="global; 1024 (B) / 512 (L)")
-    p.add_argument("--accum-iter", type=int, default=1)
-    p.add_argument("--blr", type=float, default=None, help="5e-4 (B) / 1e-3 (L)")
-    p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
-    p.add_argument("--min-lr", type=float, default=1e-6)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--layer-decay", type=float, default=0.75)
-    p.add_argument("--layer-decay-sweep", default=None,
-                   help="comma list, e.g. 0.65,0.7,0.75: one run per value into OUT/ld<v>")
-    p.add_argument("--drop-path", type=float, default=0.1)
-    p.add_argument("--clip-grad", type=float, default=None)
-    p.add_argument("--smoothing", type=float, default=0.1)
-    p.add_argument("--mixup", type=float, default=0.8)
-    p.add_argument("--cutmix", type=float, default=1.0)
-    p.add_argument("--mixup-prob", type=float, default=1.0)
-    p.add_argument("--mixup-switch-prob", type=float, default=0.5)
-    p.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy "
-                   "('none' to disable)")
-    p.add_argument("--reprob", type=float, default=0.25)
-    p.add_argument("--remode", default="pixel")
-    p.add_argument("--recount", type=int, default=1)
-    p.add_argument("--model-ema", action="store_true")
-    p.add_argument("--model-ema-decay", type=float, default=0.9999)
-    p.add_argument("--workers", type=int, default=10)
-    p.add_argument("--eval-batch-size", type=int, default=256)
-    p.add_argument("--eval-every", type=int, default=1, help="epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", default="", help="'auto' (OUT/checkpoint.pth if present) or a path")
-    p.add_argument("--save-every-steps", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="stop after this global step (smoke tests); resumable")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--no-amp", action="store_true")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    return p
-
-
-def fill_defaults(args) -> None:
-    cfg = checkpoint_config(args.checkpoint) if args.checkpoint else {}
-    for attr, default in (("model", "base"), ("patch_size", 16)):
-        given, stored = getattr(args, attr), cfg.get(attr)
-        if given is not None and stored is not None and given != stored:
-            raise ValueError(f"--{attr.replace('_', '-')} {given} contradicts the checkpoint "
-                             f"({attr}={stored})")
-        setattr(args, attr, given if given is not None else stored or default)
-    blr, epochs, batch = RECIPE.get(args.model, RECIPE_DEFAULT)
-    args.blr = blr if args.blr is None else args.blr
-    args.epochs = epochs if args.epochs is None else args.epochs
-    args.batch_size = batch if args.batch_size is None else args.batch_size
-    args.abs_lr = args.lr if args.lr is not None else args.blr * args.batch_size / 256
-
 
 def build_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float):
     """The classifier's AdamW groups: :func:`mixedae.runtime.layer_decay.layer_decay_param_groups`
@@ -142,56 +73,6 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_d
     m = unwrap(model)
     return layer_decay_param_groups(m, lr, weight_decay, layer_decay, num_layers=len(m.blocks),
                                     backbone_prefix="", no_weight_decay=m.no_weight_decay())
-
-
-def build_transforms(args):
-    from timm.data import create_transform
-    from mixedae.classification.datasets import eval_transform
-    train_tf = create_transform(
-        input_size=args.img_size, is_training=True, auto_augment=None if args.aa in ("", "none")
-        else args.aa, interpolation="bicubic", re_prob=args.reprob, re_mode=args.remode,
-        re_count=args.recount, color_jitter=None)
-    _patch_posterize(train_tf)
-    return train_tf, eval_transform(args.img_size)
-
-
-def _safe_posterize(img, bits_to_keep, **_):
-    """timm's posterize, also for 0 bits (RandAugment 'inc1' at magnitude 10): Pillow >= 12
-    rejects bits=0, which older Pillow mapped to an all-black image; keep that behaviour."""
-    from PIL import Image, ImageOps
-    if bits_to_keep >= 8:
-        return img
-    if bits_to_keep <= 0:
-        return Image.new(img.mode, img.size, 0)
-    return ImageOps.posterize(img, bits_to_keep)
-
-
-def _patch_posterize(transform) -> None:
-    from timm.data.auto_augment import RandAugment, posterize
-    for t in getattr(transform, "transforms", []):
-        if isinstance(t, RandAugment):
-            for op in t.ops:
-                if op.aug_fn is posterize:
-                    op.aug_fn = _safe_posterize
-
-
-def build_mixup(args, num_classes: int):
-    """timm Mixup (soft targets) when mixup/cutmix is on, else None."""
-    if args.mixup <= 0 and args.cutmix <= 0:
-        return None
-    from timm.data import Mixup
-    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
-                 switch_prob=args.mixup_switch_prob, mode="batch",
-                 label_smoothing=args.smoothing, num_classes=num_classes)
-
-
-def build_loss(args, mixup):
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    if mixup is not None:
-        return SoftTargetCrossEntropy()
-    if args.smoothing > 0:
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    return nn.CrossEntropyLoss()
 
 
 def image_folders(args):
@@ -253,13 +134,13 @@ def _build(args, train_set, device):
 
 def _evaluator(args, model, ema, val_set, device, total, logger, best: dict, last: dict):
     """``on_epoch_end``: evaluate (model and EMA), track the best top-1 in ``best``."""
-    def evaluate(epoch: int, step: int) -> None:
-        if (epoch + 1) % args.eval_every and step < total:
+    def evaluate(epoch: int, step: int, force: bool = False) -> None:
+        if not force and (epoch + 1) % args.eval_every and step < total:
             return
         kw = dict(workers=args.workers, amp=not args.no_amp)
         ev = E.evaluate(model, val_set, args.eval_batch_size, device, **kw)
         rec = {"event": "eval", "epoch": epoch, "step": step,
-               **{k: ev[k] for k in ("top1", "top5", "loss")}}
+               **{k: ev[k] for k in ("top1", "top5", "mean_per_class", "loss")}}
         if ema is not None:
             ee = E.evaluate(ema.module, val_set, args.eval_batch_size, device, **kw)
             rec.update(ema_top1=ee["top1"], ema_top5=ee["top5"])
@@ -267,7 +148,8 @@ def _evaluator(args, model, ema, val_set, device, total, logger, best: dict, las
         last.clear()
         last.update(rec)
         logger.log(rec, {f"eval/{k}": v for k, v in rec.items()
-                         if k in ("top1", "top5", "loss", "ema_top1", "ema_top5")})
+                         if k in ("top1", "top5", "mean_per_class", "loss", "ema_top1",
+                                  "ema_top5")})
         logger.info(f"[finetune] epoch {epoch} step {step}: top-1 {rec['top1']:.2f} "
                     f"top-5 {rec['top5']:.2f} (best {best['top1']:.2f})")
     return evaluate
@@ -319,7 +201,7 @@ def run(args, out_dir: Path) -> dict:
             extra_state={"args": {k: v for k, v in vars(args).items()
                                   if isinstance(v, (int, float, str, bool, type(None)))}})
         if not last:  # stopped early, or resumed after the end: report the model as it is
-            evaluate((out["step"] - 1) // spe, out["step"])
+            evaluate((out["step"] - 1) // spe, out["step"], force=True)
     finally:
         logger.close()
     result = {"step": out["step"], "finished": out["finished"], "resumed_from":
@@ -333,22 +215,10 @@ def run(args, out_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = get_parser().parse_args(argv)
     try:
-        if args.checkpoint and not resolve_checkpoint_path(args.checkpoint).is_file():
-            raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
-        fill_defaults(args)
-        if not Path(args.data).is_dir():
-            raise FileNotFoundError(f"--data {args.data}: no such directory")
-        sweep = ([float(x) for x in args.layer_decay_sweep.split(",") if x.strip()]
-                 if args.layer_decay_sweep else None)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"mixedae finetune: error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.output_dir)
-    try:
-        return _run_all(args, out, sweep)
-    except (UsageError, CheckpointError) as e:
-        print(f"mixedae finetune: error: {e}", file=sys.stderr)
-        return 2
+        sweep = check_args(args)
+        return _run_all(args, Path(args.output_dir), sweep)
+    except (UsageError, CheckpointError, FileNotFoundError) as e:
+        return C.fail("finetune", e)
 
 
 def _run_all(args, out: Path, sweep: list[float] | None) -> int:

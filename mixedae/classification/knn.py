@@ -1,0 +1,195 @@
+"""``mixedae knn``: weighted k-nearest-neighbour classification on frozen features (DINO's
+protocol).
+
+Features are the frozen ViT's ``--feature`` (``cls``: the cls token after the pretrained final
+norm; ``avg``: the mean patch token → unit LayerNorm) on Resize 256 → CenterCrop 224 images,
+L2-normalised. For every test image the ``k`` (20) training images of highest cosine
+similarity ``s`` vote for their class with weight ``exp(s / T)`` (T = 0.07); the class with the
+largest vote wins (top-5: the five largest). Multi-label data (VOC) vote with their label
+vectors and are scored by mAP on the votes.
+
+Features are extracted once per data and split and cached atomically in
+``OUT/<name>/features/{train,test}.pt`` (:mod:`mixedae.classification.features`; an
+interrupted extraction resumes from its last piece, a cache made by another checkpoint or
+transform is recomputed), so other ``--k`` / ``--temperature`` values cost seconds. Under
+torchrun the extraction and the test set are sharded over the ranks.
+
+Data: ``--data DIR`` (ImageFolder, ImageNet layout) or ``--datasets NAMES --root ROOT`` (the 11
+transfer datasets, train → test). Outputs per data ``OUT/<name>/``: ``result.json`` (every
+metric), ``per_class.csv``, ``confusion.csv/png``, ``log.jsonl``, ``tb/``; over all data
+``OUT/results.md`` / ``.csv``.
+
+Examples::
+
+    torchrun --nproc_per_node 8 -m mixedae.cli knn --data /data/imagenet \\
+        --checkpoint work/mixedae_b1600 --output-dir work/knn_b1600
+    mixedae knn --datasets all --root /data/transfer --checkpoint work/mixedae_b1600 ...
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from mixedae.classification import cli_common as C
+from mixedae.classification import datasets as D
+from mixedae.classification import engine as E
+from mixedae.classification import results as R
+from mixedae.classification.evaluation import multilabel_stats, single_label_stats
+from mixedae.classification.features import cached_features, images_digest
+from mixedae.model.vit import create_vit
+from mixedae.runtime.checkpoint import atomic_write_text
+from mixedae.runtime.distributed import (barrier, cleanup, get_rank, get_world_size,
+                                         init_distributed, is_main_process)
+from mixedae.runtime.errors import CheckpointError, ConfigError
+from mixedae.runtime.run_logger import RunLogger, print0
+from mixedae.runtime.weights import resolve_checkpoint_path
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mixedae knn", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    C.add_data_args(p)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--name", default=None, help="row label of the results (default: "
+                   "checkpoint name)")
+    C.add_model_args(p)
+    p.add_argument("--feature", choices=("cls", "avg"), default="cls")
+    p.add_argument("--k", type=int, default=20, help="neighbours")
+    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--batch-size", type=int, default=256, help="per-rank extraction batch")
+    p.add_argument("--eval-crop-pct", type=float, default=0.875)
+    p.add_argument("--chunk", type=int, default=50_000, help="images per cached piece")
+    p.add_argument("--seed", type=int, default=0, help="only for seeded dataset splits")
+    C.add_workers_arg(p)
+    p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def check_args(args) -> list[str] | None:
+    C.check_flags(args, {"k": ">0", "temperature": ">0", "batch_size": ">0",
+                         "eval_crop_pct": "(0,1]", "chunk": ">0", "seed": ">=0"})
+    C.resolve_model_args(args)
+    C.resolve_workers(args, "knn")
+    args.name = C.run_name(args)
+    return C.check_data_args(args)
+
+
+def feature_key(args, images) -> dict:
+    """What the cached features depend on."""
+    ck = resolve_checkpoint_path(args.checkpoint) if args.checkpoint else None
+    return {"checkpoint": str(ck) if ck else None,
+            "checkpoint_stat": [ck.stat().st_size, ck.stat().st_mtime_ns] if ck else None,
+            "model": args.model, "patch_size": args.patch_size, "img_size": args.img_size,
+            "feature": args.feature, "eval_crop_pct": args.eval_crop_pct,
+            "amp": not args.no_amp, "n": len(images), "images": images_digest(images),
+            "seed": None if args.checkpoint else args.seed}
+
+
+def knn_votes(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int,
+              temperature: float, num_classes: int, chunk: int = 512) -> torch.Tensor:
+    """(M, C) weighted votes: Σ over the k most cosine-similar training rows of
+    ``exp(sim / T)`` × their label (class index → one-hot; or a multi-label 0/1 row).
+    ``train`` and ``test`` are L2-normalised."""
+    out = []
+    multilabel = train_labels.ndim == 2
+    for i in range(0, len(test), chunk):
+        sim, idx = (test[i:i + chunk] @ train.T).topk(k, dim=1)
+        w = (sim / temperature).exp()
+        if multilabel:
+            out.append((w[..., None] * train_labels[idx]).sum(dim=1))
+        else:
+            votes = torch.zeros(len(idx), num_classes, dtype=w.dtype, device=w.device)
+            out.append(votes.scatter_add_(1, train_labels[idx], w))
+    return torch.cat(out) if out else torch.zeros(0, num_classes)
+
+
+def _features(args, data: D.ClsData, model, ds_dir: Path, device, logger) -> list:
+    tf = D.eval_transform(args.img_size, args.eval_crop_pct)
+    out = []
+    for split, images in (("train", data.train_images), ("test", data.test_images)):
+        f = cached_features(model, data.dataset(split, tf), ds_dir / "features" / f"{split}.pt",
+                            feature_key(args, images), batch_size=args.batch_size,
+                            device=device, workers=args.workers, amp=not args.no_amp,
+                            chunk=args.chunk, logger=logger)
+        out.append(torch.nn.functional.normalize(f.float(), dim=1))
+    return out
+
+
+def _targets(targets: list, multilabel: bool) -> torch.Tensor:
+    if multilabel:  # IGNORE (difficult) stays in test targets: it is not scored
+        return torch.stack([torch.as_tensor(t, dtype=torch.float32) for t in targets])
+    return torch.as_tensor(targets, dtype=torch.int64)
+
+
+def knn_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict:
+    """Features (cached), k-NN votes on this rank's test share, every metric; the summary."""
+    ds_dir = out_dir / data.name
+    if args.k > len(data.train_targets):
+        raise ConfigError(f"--k {args.k} is larger than the {len(data.train_targets)} "
+                          f"training images of {data.name}")
+    torch.manual_seed(args.seed)  # a random-init baseline is reproducible
+    model = create_vit(args.model, patch_size=args.patch_size, img_size=args.img_size,
+                       num_classes=0, global_pool="token" if args.feature == "cls" else "avg")
+    loaded = E.load_pretrained(model, args.checkpoint) if args.checkpoint else None
+    n_img = len(data.train_images) + len(data.test_images)
+    logger = RunLogger(ds_dir, desc=f"knn {data.name} features",
+                       total=-(-n_img // get_world_size()), progress=not args.no_progress)
+    if loaded:
+        logger.info(f"[knn] {loaded['line']}")
+    t0 = time.time()
+    try:
+        train, test = _features(args, data, model.to(device), ds_dir, device, logger)
+        t_feat = time.time() - t0
+        mine = slice(get_rank(), None, get_world_size())
+        y_train = _targets(data.train_targets, data.multilabel).clamp(min=0).to(device)
+        y_test = _targets(data.test_targets, data.multilabel)[mine]
+        votes = knn_votes(train.to(device), y_train, test[mine].to(device), args.k,
+                          args.temperature, data.num_classes).float().cpu()
+        ev = (multilabel_stats(votes, y_test) if data.multilabel else
+              single_label_stats(votes, y_test, data.num_classes, device, with_loss=False))
+        logger.log({"event": "knn", "step": 0, "k": args.k, "T": args.temperature,
+                    "feature_seconds": round(t_feat, 2), **R.public_eval(ev)},
+                   {f"knn/{k}": v for k, v in R.public_eval(ev).items() if k != "n"})
+    finally:
+        logger.close()
+    print0(f"[knn] {data.name}: {R.SHORT[data.metric]} {ev[data.metric]:.2f} (k {args.k}, "
+           f"T {args.temperature}; features {t_feat:.0f}s, all {time.time() - t0:.0f}s)")
+    summary = {}  # (other ranks: written by rank 0)
+    if is_main_process():
+        summary = R.save_dataset_result(ds_dir, data, ev, args.name, method="knn", k=args.k,
+                                        temperature=args.temperature, feature=args.feature)
+    barrier()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_parser().parse_args(argv)
+    try:
+        names = check_args(args)
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        return C.fail("knn", e)
+    device = init_distributed().device
+    out_dir = Path(args.output_dir)
+    try:
+        done = [knn_dataset(args, data, out_dir, device)
+                for data in C.iter_data(args, names, args.seed)]
+    except (ConfigError, CheckpointError, FileNotFoundError) as e:
+        return C.fail("knn", e)
+    if is_main_process():  # the tables of this invocation (votes are recomputed every run)
+        atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
+        res = {s["dataset"]: s for s in done}
+        _, md = R.write_tables(out_dir, args.name, res, f"k-NN (k {args.k}, T "
+                               f"{args.temperature}, {args.feature} feature)")
+        print(md.read_text())
+    cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
