@@ -193,4 +193,4 @@ def test_cli_entry_points(tmp_path):
     assert "dropped:" in r.stdout and (tmp_path / "a.pth").is_file()
     from mixedae.cli import main
     assert main(["convert", str(d), str(tmp_path / "b.safetensors"), "--to", "timm"]) == 0
-    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "c"), "--to", "mm"]) == 1
+    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "c"), "--to", "mm"]) == 2

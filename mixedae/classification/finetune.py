@@ -56,9 +56,10 @@ from mixedae.classification import engine as E
 from mixedae.model.vit import VIT_SIZES, create_vit
 from mixedae.runtime.checkpoint import (CHECKPOINT_NAME, atomic_torch_save, atomic_write_text,
                                         load_checkpoint)
+from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
 from mixedae.runtime.distributed import (barrier, cleanup, init_distributed, is_main_process,
                                          unwrap, wrap_ddp)
-from mixedae.runtime.errors import CheckpointError, ConfigError as UsageError
+from mixedae.runtime.errors import ConfigError as UsageError
 from mixedae.runtime.layer_decay import layer_decay_param_groups
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.schedules import cosine_lr
@@ -118,7 +119,18 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    add_debug_flag(p)
     return p
+
+
+FLAG_RULES = {  # checked before any work (mixedae.runtime.cli.check_flags)
+    "img_size": ">=1", "patch_size": ">=1", "epochs": ">=1", "warmup_epochs": ">=0",
+    "batch_size": ">=1", "accum_iter": ">=1", "blr": ">0", "lr": ">0", "min_lr": ">=0",
+    "weight_decay": ">=0", "layer_decay": "(0,1]", "drop_path": "[0,1)", "clip_grad": ">0",
+    "smoothing": "[0,1)", "mixup": ">=0", "cutmix": ">=0", "mixup_prob": "[0,1]",
+    "mixup_switch_prob": "[0,1]", "reprob": "[0,1]", "recount": ">=1",
+    "model_ema_decay": "[0,1]", "workers": ">=0", "eval_batch_size": ">=1", "eval_every": ">=1",
+    "seed": ">=0", "save_every_steps": ">=0", "max_steps": ">=1", "log_every": ">=1"}
 
 
 def fill_defaults(args) -> None:
@@ -195,7 +207,7 @@ def build_loss(args, mixup):
 
 
 def image_folders(args):
-    from torchvision.datasets import ImageFolder
+    from mixedae.runtime.images import ReadableImageFolder
     root = Path(args.data)
     for sub in ("train", args.val_folder):
         d = root / sub
@@ -203,17 +215,12 @@ def image_folders(args):
             raise UsageError(f"--data {root}: missing folder {d} (expected {root}/train/"
                                f"<class>/* and {root}/{args.val_folder}/<class>/*)")
     train_tf, eval_tf = build_transforms(args)
-    tr = ImageFolder(str(root / "train"), transform=train_tf, loader=_rgb)
-    va = ImageFolder(str(root / args.val_folder), transform=eval_tf, loader=_rgb)
+    tr = ReadableImageFolder(root / "train", transform=train_tf)
+    va = ReadableImageFolder(root / args.val_folder, transform=eval_tf)
     if va.classes != tr.classes:
         raise UsageError(f"{root}/{args.val_folder} classes differ from {root}/train "
                          f"({len(va.classes)} vs {len(tr.classes)})")
     return tr, va
-
-
-def _rgb(path):
-    from mixedae.runtime.images import load_rgb
-    return load_rgb(path)
 
 
 def _prepare_resume(args, out_dir: Path) -> Path:
@@ -331,24 +338,29 @@ def run(args, out_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae finetune", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
     try:
         if args.checkpoint and not resolve_checkpoint_path(args.checkpoint).is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
         fill_defaults(args)
+        check_flags(args, FLAG_RULES)
+        if args.img_size % args.patch_size:
+            raise ValueError(f"--img-size {args.img_size} is not a multiple of --patch-size "
+                             f"{args.patch_size}")
         if not Path(args.data).is_dir():
             raise FileNotFoundError(f"--data {args.data}: no such directory")
         sweep = ([float(x) for x in args.layer_decay_sweep.split(",") if x.strip()]
                  if args.layer_decay_sweep else None)
+        if sweep is not None and not (sweep and all(0 < x <= 1 for x in sweep)):
+            raise ValueError(f"--layer-decay-sweep {args.layer_decay_sweep}: values in (0, 1]")
+        check_writable_dir(args.output_dir)
     except (ValueError, FileNotFoundError) as e:
-        print(f"mixedae finetune: error: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.output_dir)
-    try:
-        return _run_all(args, out, sweep)
-    except (UsageError, CheckpointError) as e:
-        print(f"mixedae finetune: error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
+    return _run_all(args, Path(args.output_dir), sweep)
 
 
 def _run_all(args, out: Path, sweep: list[float] | None) -> int:

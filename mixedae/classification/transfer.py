@@ -64,7 +64,8 @@ from mixedae.model.vit import VIT_SIZES, create_vit
 from mixedae.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text
 from mixedae.runtime.distributed import (barrier, cleanup, get_world_size, init_distributed,
                                          is_main_process, wrap_ddp)
-from mixedae.runtime.errors import CheckpointError, ConfigError as UsageError
+from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
+from mixedae.runtime.errors import ConfigError as UsageError
 from mixedae.runtime.run_logger import RunLogger, print0
 from mixedae.runtime.schedules import cosine_lr
 from mixedae.runtime.weights import checkpoint_config, resolve_checkpoint_path
@@ -112,7 +113,15 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop every run after this many iterations, leaving it resumable")
+    add_debug_flag(p)
     return p
+
+
+FLAG_RULES = {  # checked before any work (mixedae.runtime.cli.check_flags)
+    "img_size": ">=1", "patch_size": ">=1", "iters": ">=1", "batch_size": ">=1",
+    "eval_batch_size": ">=1", "momentum": "[0,1)", "weight_decay": ">=0", "warmup_iters": ">=0",
+    "drop_path": "[0,1)", "val_frac": "(0,1)", "seed": ">=0", "workers": ">=0",
+    "ckpt_every": ">=0", "log_every": ">=1", "stop_after": ">=1"}
 
 
 def parse_lrs(text: str) -> list[float]:
@@ -345,6 +354,8 @@ def _run_all(args, names: list[str], lrs: list[float], out_dir: Path,
     for n in names:
         data = D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
                               seed=args.seed)
+        for split in ("train", "test"):  # an all-unreadable split is refused before training
+            data.dataset(split).require_readable()
         print0(f"[transfer] {n}: {len(data.train_targets)} train / "
                  f"{len(data.test_targets)} test, {data.num_classes} classes "
                  f"({data.split_note})")
@@ -359,6 +370,10 @@ def _run_all(args, names: list[str], lrs: list[float], out_dir: Path,
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae transfer", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
     try:
         names = D.resolve_names(args.datasets)
@@ -382,9 +397,13 @@ def main(argv: list[str] | None = None) -> int:
                 missing.append(str(e))
         if missing:
             raise D.DatasetNotFoundError("\n".join(missing))
+        check_flags(args, FLAG_RULES)
+        if args.img_size % args.patch_size:
+            raise ValueError(f"--img-size {args.img_size} is not a multiple of --patch-size "
+                             f"{args.patch_size}")
+        check_writable_dir(args.output_dir)
     except (ValueError, FileNotFoundError) as e:
-        print(f"mixedae transfer: error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from None
     if not args.name:
         ck = resolve_checkpoint_path(args.checkpoint) if args.checkpoint else None
         args.name = ("random-init" if ck is None else
@@ -394,11 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
-    try:
-        done = _run_all(args, names, lrs, out_dir, device)
-    except (UsageError, CheckpointError) as e:
-        print(f"mixedae transfer: error: {e}", file=sys.stderr)
-        return 2
+    done = _run_all(args, names, lrs, out_dir, device)
     if is_main_process() and done:
         csv_path, md_path = write_tables(out_dir, args.name)
         print(md_path.read_text())
