@@ -33,7 +33,7 @@ import torch
 
 from mixedae.model.pos_embed import resize_pos_embed  # noqa: F401  (re-exported)
 from mixedae.model.vit import VIT_SIZES, VisionTransformer
-from mixedae.runtime.checkpoint import atomic_write_many
+from mixedae.runtime.checkpoint import atomic_write_many, torch_save
 from mixedae.runtime.cli import add_debug_flag, check_writable_dir, run_main
 from mixedae.runtime.errors import CheckpointError
 from mixedae.runtime.weights import (  # noqa: F401  (re-exported for the mm glue and tools)
@@ -131,7 +131,7 @@ def convert(src: str | Path, out: str | Path, to: str = "mm", log=print) -> dict
     writes = [(st_path, lambda tmp: save_file(dict(out_sd), tmp, metadata=info))]
     if pth_path is not None:
         obj = {"state_dict": dict(out_sd), "meta": info}
-        writes.append((pth_path, lambda tmp: torch.save(obj, tmp)))
+        writes.append((pth_path, lambda tmp: torch_save(obj, tmp)))
     atomic_write_many(writes)
     written = [str(p) for p, _ in writes]
     report = {"source": source, "target": to, "size": size, "kept": len(out_sd),

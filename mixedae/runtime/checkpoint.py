@@ -56,10 +56,14 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 
 
 def _write_failure(e: BaseException, path: Path) -> OSError:
-    """An OSError naming ``path`` and the cause: torch's zip writer reports a full disk as
-    ``unexpected pos ...``; a nearly full file system is then named ENOSPC."""
+    """An OSError naming ``path`` and the cause (errno kept; safetensors' ``os error N``
+    parsed; an errno-less failure on a nearly full file system is named ENOSPC)."""
     if isinstance(e, OSError) and e.errno is not None:
         return OSError(e.errno, e.strerror or str(e), str(path))
+    code = re.search(r"os error (\d+)", str(e))
+    if code:
+        n = int(code.group(1))
+        return OSError(n, os.strerror(n), str(path))
     try:
         st = os.statvfs(path.parent)
         free = st.f_bavail * st.f_frsize
@@ -120,8 +124,38 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     atomic_write_many([(path, write)])
 
 
+class _Recorder:
+    """A file whose failed writes are remembered: torch's zip writer turns them into
+    ``unexpected pos ...``, losing the errno (ENOSPC, EIO, EFBIG, EDQUOT)."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def torch_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` that fails with the OSError of the write that failed."""
+    with open(path, "wb") as f:
+        rec = _Recorder(f)
+        try:
+            torch.save(obj, rec)
+        except RuntimeError:
+            if rec.error is not None:
+                raise rec.error from None
+            raise
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch_save(obj, tmp))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -202,7 +236,7 @@ def save_run(out_dir: str | os.PathLike, **state) -> None:
     out_dir = Path(out_dir)
     obj = checkpoint_state(**state)
     atomic_write_many([
-        (out_dir / CHECKPOINT_NAME, lambda tmp: torch.save(obj, tmp)),
+        (out_dir / CHECKPOINT_NAME, lambda tmp: torch_save(obj, tmp)),
         (out_dir / WEIGHTS_NAME, _safetensors_writer(state["model"], state["cfg"],
                                                      state["step"]))])
 
@@ -216,15 +250,17 @@ def repair_weights(out_dir: str | os.PathLike, model: nn.Module, cfg, step: int)
         save_safetensors(path, model, cfg, step)
 
 
-def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = RESUME_KEYS) -> dict:
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = RESUME_KEYS,
+                    mmap: bool = False) -> dict:
     """Load a resumable checkpoint (weights_only, onto the CPU); one CheckpointError line for
-    a missing, damaged or foreign file (a weights-only ``model.safetensors`` included)."""
+    a missing, damaged or foreign file (a weights-only ``model.safetensors`` included).
+    ``mmap=True`` checks a file cheaply (tensors are mapped, not read)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     if is_safetensors(path):
         raise CheckpointError(f"{path} holds model weights only (safetensors), not a resumable "
                               f"checkpoint: resume from {Path(path).parent / CHECKPOINT_NAME}")
-    state = load_weights_only(path)
+    state = load_weights_only(path, mmap=mmap)
     missing = [k for k in required if not isinstance(state, dict) or k not in state]
     if missing:
         raise CheckpointError(f"{path} is not a resumable checkpoint of this project (missing "
@@ -234,18 +270,22 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = RESUME_
 
 def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
     """'auto' → ``<output_dir>/checkpoint.pth`` if present (else None); a run directory
-    means its ``checkpoint.pth``; a path must exist."""
+    means its ``checkpoint.pth``; a path must exist. The file's structure is checked (cheaply,
+    see :func:`load_checkpoint`), so a wrong file is refused before any model is built."""
     if not resume:
         return None
     if resume == "auto":
         p = Path(output_dir) / CHECKPOINT_NAME
-        return p if p.is_file() else None
-    p = Path(resume) / CHECKPOINT_NAME if os.path.isdir(resume) else Path(resume)
-    if not p.is_file():
-        raise CheckpointError(f"--resume {resume}: no such checkpoint file")
+        if not p.is_file():
+            return None
+    else:
+        p = Path(resume) / CHECKPOINT_NAME if os.path.isdir(resume) else Path(resume)
+        if not p.is_file():
+            raise CheckpointError(f"--resume {resume}: no such checkpoint file")
     if is_safetensors(p):
         raise CheckpointError(f"--resume {resume} holds model weights only (safetensors), not a "
                               f"resumable checkpoint: pass {p.parent / CHECKPOINT_NAME} or 'auto'")
+    load_checkpoint(p, mmap=True)
     return p
 
 

@@ -27,8 +27,14 @@ EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def add_debug_flag(parser) -> None:
+    """``--debug``, and argparse's usage errors as one line (``PROG: error: ... (see
+    --help)``, exit code 2) instead of the usage text plus the error."""
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error instead of one line")
+
+    def error(message: str):
+        parser.exit(EXIT_USAGE, f"{parser.prog}: error: {message} (see --help)\n")
+    parser.error = error
 
 
 def _first_line(e: BaseException) -> str:
@@ -47,12 +53,15 @@ def describe(e: BaseException) -> tuple[int, str]:
         return EXIT_FAILURE, f"{e.strerror or _first_line(e)} ({name}){where}"
     if isinstance(e, OSError):  # raised with a message naming the path (missing files, images)
         return EXIT_USAGE, str(e)
-    if isinstance(e, dist.DistError) or "timed out" in str(e).lower() and "gloo" in str(e):
+    timed_out = isinstance(e, RuntimeError) and re.search(r"timed out|timeout", str(e), re.I) \
+        and re.search(r"gloo|nccl|c10d|ProcessGroup|collective", str(e), re.I)
+    if isinstance(e, dist.DistError) or timed_out:
         from mixedae.runtime.distributed import timeout_seconds
+        cause = re.sub(r"\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", _first_line(e))[:200]
         return EXIT_FAILURE, (
             f"a distributed collective failed or timed out (limit {timeout_seconds():g}s): "
-            f"another rank hung or died ({_first_line(e)[:200]}); set MIXEDAE_DIST_TIMEOUT "
-            f"(seconds) to change the limit")
+            f"another rank hung or died ({cause}); set MIXEDAE_DIST_TIMEOUT (seconds) to "
+            f"change the limit")
     return EXIT_FAILURE, (f"{type(e).__name__}: {_first_line(e)} (rerun with --debug for the "
                           f"traceback)")
 
@@ -65,6 +74,8 @@ def run_main(prog: str, body: Callable[[list[str]], int | None],
     debug = "--debug" in argv
     try:
         return int(body(argv) or 0)
+    except SystemExit as e:  # argparse (--help, usage errors): already printed
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
     except KeyboardInterrupt:
         if debug:
             raise

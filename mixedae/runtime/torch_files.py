@@ -54,17 +54,19 @@ def _mmengine_globals() -> dict[str, object]:
 
 
 def _why(e: BaseException) -> str:
-    text = str(e).strip()
-    line = next((x for x in text.splitlines() if x.strip()), type(e).__name__)
-    return f"{type(e).__name__}: {line[:300]}"
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    hit = [i for i, x in enumerate(lines) if x.endswith("WeightsUnpickler error:")]
+    line = lines[hit[0] + 1] if hit and hit[0] + 1 < len(lines) else (lines[0] if lines else "")
+    return f"{type(e).__name__}: {line[:300]}" if line else type(e).__name__
 
 
-def load_weights_only(path: str | Path):
+def load_weights_only(path: str | Path, mmap: bool = False):
     """``torch.load(path, weights_only=True)`` onto the CPU (mmengine Runner checkpoints
-    too, see module docstring); CheckpointError naming the file on any failure."""
+    too, see module docstring); CheckpointError naming the file on any failure. ``mmap``:
+    tensors are mapped, not read (a cheap check of the file's structure)."""
     path = str(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         first = e
     except Exception as e:  # truncated / not a zip / not a torch file at all
@@ -77,14 +79,15 @@ def load_weights_only(path: str | Path):
     if unsafe and unsafe <= set(allowed):
         with torch.serialization.safe_globals([(v, k) for k, v in allowed.items()]):
             try:
-                return torch.load(path, map_location="cpu", weights_only=True)
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
             except Exception as e:
                 first = e
     extra = sorted(unsafe - set(allowed) - {"?"})
+    if not extra:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_why(first)})") from None
     raise CheckpointError(
-        f"{path}: refused by torch.load(weights_only=True) ({_why(first)})"
-        + (f"; it needs code from {', '.join(extra[:6])}" if extra else "")
-        + "; export a safetensors file or a plain tensor state dict") from None
+        f"{path}: refused by torch.load(weights_only=True): unpickling it would need "
+        f"{', '.join(extra[:6])}; export a safetensors file or a plain tensor state dict") from None
 
 
 def safetensors_metadata(path: str | Path) -> dict:
