@@ -33,7 +33,7 @@ import torch
 
 from mixedae.model.pos_embed import resize_pos_embed  # noqa: F401  (re-exported)
 from mixedae.model.vit import VIT_SIZES, VisionTransformer
-from mixedae.runtime.checkpoint import atomic_write_many, torch_save
+from mixedae.runtime.checkpoint import atomic_write_many, remove_stale_temps, torch_save
 from mixedae.runtime.cli import add_debug_flag, check_writable_dir, run_main
 from mixedae.runtime.errors import CheckpointError
 from mixedae.runtime.weights import (  # noqa: F401  (re-exported for the mm glue and tools)
@@ -71,14 +71,14 @@ def _reference(kept: dict) -> tuple[str, dict]:
 
 def check_architecture(out_sd: dict, target: str, source: str) -> tuple[str, dict, list]:
     """Check every tensor against the ViT it belongs to before anything is written: complete
-    (every block, embedding and — unless the source is a dense backbone or the target drops
-    it — the final norm), shapes, and dtypes (floating point; fp16 / bf16 / fp64 become fp32
+    (every block, embedding and the final norm — unless the target drops it or the source
+    has none by design: a dense backbone, an avg-pool ViT with ``fc_norm``), shapes, dtypes (floating point; fp16 / bf16 / fp64 become fp32
     and are reported). Returns (size, tensors, notes); one CheckpointError lists all
     problems."""
     size, ref = _reference(out_sd)
     optional = {"fc_norm.weight", "fc_norm.bias"}
-    if target in ("mm", "classifier") or source == "mm":
-        optional |= {"norm.weight", "norm.bias"}
+    if target in ("mm", "classifier") or source == "mm" or "fc_norm.weight" in out_sd:
+        optional |= {"norm.weight", "norm.bias"}  # dense backbones / avg-pool ViTs have none
     missing = [k for k in ref if k not in out_sd and k not in optional]
     problems, casts, out = [], [], {}
     for k, v in out_sd.items():
@@ -129,6 +129,7 @@ def convert(src: str | Path, out: str | Path, to: str = "mm", log=print) -> dict
         info["config"] = meta["config"] if isinstance(meta["config"], str) \
             else json.dumps(meta["config"])
     writes = [(st_path, lambda tmp: save_file(dict(out_sd), tmp, metadata=info))]
+    remove_stale_temps(st_path.parent, {st_path.name} | ({pth_path.name} if pth_path else set()))
     if pth_path is not None:
         obj = {"state_dict": dict(out_sd), "meta": info}
         writes.append((pth_path, lambda tmp: torch_save(obj, tmp)))

@@ -297,3 +297,14 @@ def test_real_mmengine_runner_checkpoint_converts_without_mm_imports(tmp_path):
     got = load_file(str(tmp_path / "bb.safetensors"))
     assert set(got) == set(backbone) and all(torch.equal(got[k], backbone[k]) for k in got)
     create_vit("micro", patch_size=8, img_size=32).load_state_dict(got, strict=True)
+
+
+def test_avg_pool_finetuned_vit_without_final_norm_converts(tmp_path):
+    """MAE fine-tuned / timm avg-pool ViTs have fc_norm instead of norm: complete as they are."""
+    src = create_vit("micro", num_classes=10, global_pool="avg")
+    save_file(src.state_dict(), str(tmp_path / "ft.safetensors"))
+    (tmp_path / ".o.safetensors.123-deadbeef.tmp").write_bytes(b"left by a killed convert")
+    cv.convert(tmp_path / "ft.safetensors", tmp_path / "o.safetensors", to="vit")
+    dst = create_vit("micro", num_classes=10, global_pool="avg")
+    dst.load_state_dict(load_file(str(tmp_path / "o.safetensors")), strict=True)
+    assert not list(tmp_path.glob("*.tmp"))

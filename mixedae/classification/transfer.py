@@ -66,6 +66,7 @@ from mixedae.runtime.distributed import (barrier, cleanup, get_world_size, init_
                                          is_main_process, wrap_ddp)
 from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
 from mixedae.runtime.errors import ConfigError as UsageError
+from mixedae.runtime.images import require_readable
 from mixedae.runtime.run_logger import RunLogger, print0
 from mixedae.runtime.schedules import cosine_lr
 from mixedae.runtime.weights import checkpoint_config, resolve_checkpoint_path
@@ -355,7 +356,7 @@ def _run_all(args, names: list[str], lrs: list[float], out_dir: Path,
         data = D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
                               seed=args.seed)
         for split in ("train", "test"):  # an all-unreadable split is refused before training
-            data.dataset(split).require_readable()
+            require_readable(getattr(data, f"{split}_images"), f"{n}/{split}")
         print0(f"[transfer] {n}: {len(data.train_targets)} train / "
                  f"{len(data.test_targets)} test, {data.num_classes} classes "
                  f"({data.split_note})")

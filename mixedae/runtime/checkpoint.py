@@ -41,14 +41,16 @@ def _temp_path(path: Path) -> Path:
     return path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike, names: set[str] | None = None) -> list[Path]:
     """Delete the temp files an interrupted :func:`atomic_write` left in ``folder`` (call at
-    start / resume, before anything writes there). Returns what was removed."""
+    start / resume, before anything writes there; ``names``: only those of these files).
+    Returns what was removed."""
     folder = Path(folder)
     gone = []
     if folder.is_dir():
         for p in folder.iterdir():
-            if _TEMP.match(p.name) and p.is_file():
+            m = _TEMP.match(p.name)
+            if m and (names is None or m.group("name") in names) and p.is_file():
                 p.unlink(missing_ok=True)
                 gone.append(p)
                 log.info("removed %s (left by an interrupted write)", p)
