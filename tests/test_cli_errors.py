@@ -212,3 +212,13 @@ def test_dist_timeout_setting(monkeypatch):
         monkeypatch.setenv("MIXEDAE_DIST_TIMEOUT", bad)
         with pytest.raises(ConfigError, match="MIXEDAE_DIST_TIMEOUT"):
             timeout_seconds()
+
+
+def test_finetune_resume_from_a_damaged_checkpoint(tmp_path, capsys):
+    root = data_dir("cls_tiny") / "cifar10"
+    bad = tmp_path / "old.pth"
+    bad.write_bytes(b"PK\x03\x04 cut off")
+    rc = F.main(["--data", str(root), "--val-folder", "test", "--model", "micro",
+                 "--patch-size", "8", "--img-size", "32", "--output-dir", str(tmp_path / "o"),
+                 "--resume", str(bad)])
+    one_line(capsys, rc, f"{bad}: not a readable torch checkpoint")
