@@ -97,8 +97,8 @@ def _main(argv: list[str]) -> int:
         micro_batch_size(cfg, world)
         amp_dtype(opts.amp, parse_device(opts.device))
         ckpt.resolve_resume(opts.resume, opts.output_dir)
-        dataset = build_pretrain_dataset(args.data, cfg.img_size, cfg.crop_scale)
         check_writable_dir(opts.output_dir)
+        dataset = build_pretrain_dataset(args.data, cfg.img_size, cfg.crop_scale)
         pretrain(cfg, dataset, opts)
     finally:
         cleanup()
