@@ -15,6 +15,12 @@ Targets (``--to``):
 * ``classifier`` ours for fine-tuning ``create_vit(size, global_pool='avg', num_classes=N)``:
   the final ``norm`` is dropped (replaced by ``fc_norm``); ``load_state_dict(strict=False)``
   then misses exactly ``fc_norm.*`` and ``head.*``.
+
+Every source the loader reads is accepted (pretraining runs and checkpoints, official MAE,
+timm, files written by this command, mmseg / mmdet checkpoints of ``tools/train.py`` incl.
+mmengine Runner state). Before anything is written the tensors are checked against the ViT
+they describe (:func:`check_architecture`: every block present, shapes, floating-point
+dtypes); a problem is refused with the list of keys. Output files are written atomically.
 """
 from __future__ import annotations
 
@@ -26,6 +32,9 @@ from pathlib import Path
 import torch
 
 from mixedae.model.pos_embed import resize_pos_embed  # noqa: F401  (re-exported)
+from mixedae.model.vit import VIT_SIZES, VisionTransformer
+from mixedae.runtime.checkpoint import atomic_write_many, remove_stale_temps, torch_save
+from mixedae.runtime.cli import add_debug_flag, check_writable_dir, run_main
 from mixedae.runtime.errors import CheckpointError
 from mixedae.runtime.weights import (  # noqa: F401  (re-exported for the mm glue and tools)
     ADAPTER_KEY, HEAD_KEY, REL_POS_KEY, TARGETS, _names, extract_vit, match_state_dict,
@@ -33,6 +42,66 @@ from mixedae.runtime.weights import (  # noqa: F401  (re-exported for the mm glu
 
 ConversionError = CheckpointError  # the project's one checkpoint error, under its old name here
 load_checkpoint_file = read_weights
+
+# ---- checking against the architecture ------------------------------------------------------
+def _reference(kept: dict) -> tuple[str, dict]:
+    """(size name, state dict of a ViT of the checkpoint's size / patch / grid / relative
+    position bias): one real block is built and its keys repeated for every block."""
+    pe = kept["patch_embed.proj.weight"]
+    depth = 1 + max(int(k.split(".")[1]) for k in kept if k.startswith("blocks."))
+    dim = pe.shape[0]
+    size = next((n for n, (d, n_blocks, _) in VIT_SIZES.items() if (d, n_blocks) == (dim, depth)),
+                None)
+    if size is None or pe.ndim != 4:
+        known = ", ".join(f"{n} (dim {d}, {b} blocks)" for n, (d, b, _) in VIT_SIZES.items())
+        raise CheckpointError(f"patch embedding {tuple(pe.shape)} with {depth} blocks is no known "
+                              f"ViT size; known: {known}")
+    pos = kept.get("pos_embed")
+    side = square_grid(pos.shape[1] - 1)[0] if pos is not None and pos.ndim == 3 else 14
+    one = VisionTransformer(img_size=side * pe.shape[-1], patch_size=pe.shape[-1],
+                            embed_dim=dim, depth=1, num_heads=VIT_SIZES[size][2],
+                            rel_pos_bias=any(REL_POS_KEY.match(k) for k in kept)).state_dict()
+    ref = {k: v for k, v in one.items() if not k.startswith("blocks.")}
+    for i in range(depth):
+        ref.update({f"blocks.{i}" + k[len("blocks.0"):]: v for k, v in one.items()
+                    if k.startswith("blocks.0.")})
+    ref.update({"fc_norm.weight": ref["norm.weight"], "fc_norm.bias": ref["norm.bias"]})
+    return size, ref
+
+
+def check_architecture(out_sd: dict, target: str, source: str) -> tuple[str, dict, list]:
+    """Check every tensor against the ViT it belongs to before anything is written: complete
+    (every block, embedding and the final norm — unless the target drops it or the source
+    has none by design: a dense backbone, an avg-pool ViT with ``fc_norm``), shapes, dtypes (floating point; fp16 / bf16 / fp64 become fp32
+    and are reported). Returns (size, tensors, notes); one CheckpointError lists all
+    problems."""
+    size, ref = _reference(out_sd)
+    optional = {"fc_norm.weight", "fc_norm.bias"}
+    if target in ("mm", "classifier") or source == "mm" or "fc_norm.weight" in out_sd:
+        optional |= {"norm.weight", "norm.bias"}  # dense backbones / avg-pool ViTs have none
+    missing = [k for k in ref if k not in out_sd and k not in optional]
+    problems, casts, out = [], [], {}
+    for k, v in out_sd.items():
+        want = ref.get(k)
+        if want is not None and k != "pos_embed" and v.shape != want.shape:
+            problems.append(f"{k} {tuple(v.shape)} vs {tuple(want.shape)}")
+        elif k == "pos_embed" and (v.ndim != 3 or v.shape[-1] != ref[k].shape[-1]):
+            problems.append(f"{k} {tuple(v.shape)} vs (1, 1+grid, {ref[k].shape[-1]})")
+        elif k == "head.weight" and (v.ndim != 2 or v.shape[1] != ref["norm.weight"].shape[0]):
+            problems.append(f"{k} {tuple(v.shape)} vs (classes, {ref['norm.weight'].shape[0]})")
+        if want is not None and not v.is_floating_point():
+            problems.append(f"{k} has dtype {v.dtype} (weights are floating point)")
+        elif want is not None and v.dtype != torch.float32:
+            casts.append(f"{k} {v.dtype}")
+            v = v.float()
+        out[k] = v
+    if missing or problems:
+        raise CheckpointError(f"not a complete ViT-{size} checkpoint for --to {target}: "
+                              + "; ".join(([f"missing: {_names(missing)}"] if missing else [])
+                                          + ([f"wrong: {_names(problems)}"] if problems else [])))
+    notes = [f"cast to float32: {_names(casts, 3)} [{len(casts)} tensors]"] if casts else []
+    return size, out, notes
+
 
 # ---- writing ---------------------------------------------------------------------------------
 def _out_paths(out: str | Path, target: str) -> tuple[Path, Path | None]:
@@ -45,46 +114,52 @@ def _out_paths(out: str | Path, target: str) -> tuple[Path, Path | None]:
 
 
 def convert(src: str | Path, out: str | Path, to: str = "mm", log=print) -> dict:
-    """Convert ``src`` to ``to``; writes the file(s) and returns a report dict."""
+    """Convert ``src`` to ``to``: read, check against the architecture, then write the
+    file(s) atomically (all or nothing); returns a report dict."""
     sd, meta = load_checkpoint_file(src)
     source, kept, dropped = extract_vit(sd)
     out_sd, more = to_target(kept, to)
     dropped += more
+    size, out_sd, notes = check_architecture(out_sd, to, source)
     st_path, pth_path = _out_paths(out, to)
-    st_path.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
     info = {"format": f"mixedae-{to}", "source": source, "source_path": str(src),
             "dropped": json.dumps(sorted({r for _, r in dropped}))}
     if "config" in meta:
         info["config"] = meta["config"] if isinstance(meta["config"], str) \
             else json.dumps(meta["config"])
-    save_file(dict(out_sd), str(st_path), metadata=info)
-    written = [str(st_path)]
+    writes = [(st_path, lambda tmp: save_file(dict(out_sd), tmp, metadata=info))]
+    remove_stale_temps(st_path.parent, {st_path.name} | ({pth_path.name} if pth_path else set()))
     if pth_path is not None:
-        torch.save({"state_dict": dict(out_sd), "meta": info}, str(pth_path))
-        written.append(str(pth_path))
-    report = {"source": source, "target": to, "kept": len(out_sd), "dropped": dropped,
-              "written": written}
-    log(f"[convert] {src} ({source}) -> {to}: kept {len(out_sd)} tensors; {summarize(dropped)}")
+        obj = {"state_dict": dict(out_sd), "meta": info}
+        writes.append((pth_path, lambda tmp: torch_save(obj, tmp)))
+    atomic_write_many(writes)
+    written = [str(p) for p, _ in writes]
+    report = {"source": source, "target": to, "size": size, "kept": len(out_sd),
+              "dropped": dropped, "notes": notes, "written": written}
+    log(f"[convert] {src} ({source}, ViT-{size}) -> {to}: kept {len(out_sd)} tensors; "
+        f"{summarize(dropped)}" + "".join(f"; {n}" for n in notes))
     log(f"[convert] wrote {', '.join(written)}")
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="mixedae convert",
-        description="Convert a checkpoint: pretraining / official MAE / timm / mm-trained → "
-                    "mm backbone, timm, our encoder or our classifier.")
+        description="Convert a checkpoint: pretraining / official MAE / timm / mm-trained "
+                    "(tools/train.py) → mm backbone, timm, our encoder or our classifier.")
     ap.add_argument("src", help="checkpoint file (.safetensors/.pth) or pretraining run dir")
     ap.add_argument("out", help="output path (.safetensors; --to mm also writes .pth)")
     ap.add_argument("--to", default="mm", choices=TARGETS, help="target layout (default mm)")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
-    try:
-        convert(args.src, args.out, args.to)
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    check_writable_dir(_out_paths(args.out, args.to)[0].parent, "output folder")
+    convert(args.src, args.out, args.to)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae convert", _main, argv)
 
 
 if __name__ == "__main__":

@@ -68,9 +68,12 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, cfg_model, mon
     before = path.read_bytes()
     real_save = torch.save
 
-    def crash_mid_write(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"half a checkpoint")
+    def crash_mid_write(obj, f, *a, **k):  # f: a path or the writer's file object
+        if hasattr(f, "write"):
+            f.write(b"half a checkpoint")
+        else:
+            with open(f, "wb") as fh:
+                fh.write(b"half a checkpoint")
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(torch, "save", crash_mid_write)

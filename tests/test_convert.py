@@ -193,4 +193,118 @@ def test_cli_entry_points(tmp_path):
     assert "dropped:" in r.stdout and (tmp_path / "a.pth").is_file()
     from mixedae.cli import main
     assert main(["convert", str(d), str(tmp_path / "b.safetensors"), "--to", "timm"]) == 0
-    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "c"), "--to", "mm"]) == 1
+    assert main(["convert", str(tmp_path / "missing"), str(tmp_path / "c"), "--to", "mm"]) == 2
+
+
+# ---- issue 10 item 6: refuse what does not fit, accept every documented source ------------
+@pytest.mark.parametrize("edit,needle", [
+    (lambda sd: sd.pop("encoder.blocks.2.mlp.fc1.weight"), "missing: blocks.2.mlp.fc1.weight"),
+    (lambda sd: sd.pop("encoder.norm.bias"), "missing: norm.bias"),
+    (lambda sd: sd.update({"encoder.blocks.0.attn.qkv.weight": torch.zeros(10, 64)}),
+     "wrong: blocks.0.attn.qkv.weight (10, 64) vs (192, 64)"),
+    (lambda sd: sd.update({"encoder.blocks.1.norm1.weight":
+                           sd["encoder.blocks.1.norm1.weight"].to(torch.int32)}),
+     "blocks.1.norm1.weight has dtype torch.int32"),
+    (lambda sd: [sd.pop(k) for k in list(sd) if k.startswith("encoder.blocks.3.")],
+     "is no known ViT size"),
+])
+def test_incomplete_or_wrong_checkpoint_is_refused_with_a_list(tmp_path, capsys, edit, needle):
+    _, sd = fake_pretrain_state()
+    edit(sd)
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    from mixedae.cli import main
+    rc = main(["convert", str(tmp_path / "m.safetensors"), str(tmp_path / "o"), "--to", "vit"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not list(tmp_path.glob("o*"))  # nothing written
+
+
+def test_half_precision_is_cast_and_reported(tmp_path, capsys):
+    enc, sd = fake_pretrain_state()
+    sd = {k: v.half() if k.startswith("encoder.blocks.") else v for k, v in sd.items()}
+    save_file(sd, str(tmp_path / "m.safetensors"))
+    rep = cv.convert(tmp_path / "m.safetensors", tmp_path / "o.safetensors", to="vit")
+    assert "cast to float32" in capsys.readouterr().out and rep["notes"]
+    out = load_file(str(tmp_path / "o.safetensors"))
+    assert all(v.dtype == torch.float32 for v in out.values())
+    assert torch.equal(out["blocks.0.attn.qkv.weight"],
+                       enc.state_dict()["blocks.0.attn.qkv.weight"].half().float())
+
+
+def test_match_state_dict_refuses_integer_for_float():
+    model_sd = {"w": torch.zeros(3), "n": torch.zeros((), dtype=torch.int64)}
+    out, _, _ = cv.match_state_dict(model_sd, {"w": torch.ones(3, dtype=torch.float16),
+                                               "n": torch.tensor(5)})
+    assert out["w"].dtype == torch.float32 and out["n"].item() == 5
+    with pytest.raises(cv.ConversionError, match=r"dtype mismatch: w torch\.int32"):
+        cv.match_state_dict(model_sd, {"w": torch.ones(3, dtype=torch.int32), "n": torch.tensor(1)})
+
+
+def mmengine_runner_checkpoint(work_dir):
+    """A real mmengine Runner checkpoint (meta, message hub with HistoryBuffers and numpy
+    scalars, optimizer, schedulers) of a model with a micro-ViT backbone and a task head."""
+    pytest.importorskip("mmengine")
+    import numpy as np
+    from mmengine.evaluator import BaseMetric
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    class Seg(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.backbone = create_vit("micro", patch_size=8, img_size=32)
+            self.decode_head = torch.nn.Module()
+            self.decode_head.conv_seg = torch.nn.Conv2d(64, 3, 1)
+
+        def forward(self, inputs, mode="tensor"):
+            x = torch.stack(inputs) if isinstance(inputs, list) else inputs
+            f = self.backbone.forward_features(x)[:, 1:].mean(1)[:, :, None, None]
+            out = self.decode_head.conv_seg(f)
+            return dict(loss=(out ** 2).mean()) if mode == "loss" else list(out)
+
+    class Metric(BaseMetric):
+        def process(self, batch, samples):
+            self.results.extend(np.float64(1.0) for _ in samples)
+
+        def compute_metrics(self, results):
+            return dict(acc=np.float64(np.mean(results)))
+
+    data = [dict(inputs=torch.randn(3, 32, 32)) for _ in range(4)]
+    loader = dict(dataset=data, sampler=dict(type="DefaultSampler", shuffle=False),
+                  batch_size=2, collate_fn=dict(type="default_collate"))
+    runner = Runner(model=Seg(), work_dir=str(work_dir), train_dataloader=loader,
+                    val_dataloader=loader, val_evaluator=[Metric()],
+                    optim_wrapper=dict(optimizer=dict(type="AdamW", lr=0.1)),
+                    train_cfg=dict(by_epoch=False, max_iters=2, val_interval=2), val_cfg=dict(),
+                    param_scheduler=[dict(type="LinearLR", by_epoch=False, end=2)],
+                    default_hooks=dict(checkpoint=dict(type="CheckpointHook", interval=2,
+                                                       by_epoch=False)),
+                    experiment_name=f"convert_{work_dir.name}")
+    runner.train()
+    return work_dir / "iter_2.pth", runner.model.backbone.state_dict()
+
+
+def test_real_mmengine_runner_checkpoint_converts_without_mm_imports(tmp_path):
+    ckpt, backbone = mmengine_runner_checkpoint(tmp_path / "work")
+    code = ("import sys; from mixedae.convert import main; rc = main(sys.argv[1:]); "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('mmengine', 'mmcv', 'mmseg', 'mmdet') or m == 'mixedae.mm'); "
+            "print('MM_IMPORTS', bad); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, str(ckpt), str(tmp_path / "bb.safetensors"),
+                        "--to", "vit"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    assert "MM_IMPORTS []" in r.stdout and "task heads / neck" in r.stdout
+    got = load_file(str(tmp_path / "bb.safetensors"))
+    assert set(got) == set(backbone) and all(torch.equal(got[k], backbone[k]) for k in got)
+    create_vit("micro", patch_size=8, img_size=32).load_state_dict(got, strict=True)
+
+
+def test_avg_pool_finetuned_vit_without_final_norm_converts(tmp_path):
+    """MAE fine-tuned / timm avg-pool ViTs have fc_norm instead of norm: complete as they are."""
+    src = create_vit("micro", num_classes=10, global_pool="avg")
+    save_file(src.state_dict(), str(tmp_path / "ft.safetensors"))
+    (tmp_path / ".o.safetensors.123-deadbeef.tmp").write_bytes(b"left by a killed convert")
+    cv.convert(tmp_path / "ft.safetensors", tmp_path / "o.safetensors", to="vit")
+    dst = create_vit("micro", num_classes=10, global_pool="avg")
+    dst.load_state_dict(load_file(str(tmp_path / "o.safetensors")), strict=True)
+    assert not list(tmp_path.glob("*.tmp"))

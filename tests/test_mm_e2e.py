@@ -71,6 +71,10 @@ def test_upernet_ade_tiny(tmp_path):
     print(f"ade_tiny after 6 iters: mIoU {val[-1]['mIoU']:.2f} aAcc {val[-1]['aAcc']:.2f}")
     ckpt = wd / "iter_6.pth"
     assert ckpt.is_file()
+    # the Runner checkpoint of tools/train.py converts back to our encoder (issue 10)
+    out = run_tool("-m", "mixedae.cli", "convert", ckpt, tmp_path / "back.safetensors",
+                   "--to", "vit")
+    assert "(mm, ViT-micro)" in out and "task heads / neck" in out
     run_tool(REPO / "tools/test.py", cfg_path, ckpt, "--work-dir", tmp_path / "test_seg",
              "--out", tmp_path / "seg_metrics.json")
     metrics = json.loads((tmp_path / "seg_metrics.json").read_text())

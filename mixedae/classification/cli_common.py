@@ -5,46 +5,17 @@ fail with one line naming the flag and value."""
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
 
 from mixedae.classification import datasets as D
 from mixedae.model.vit import VIT_SIZES
+from mixedae.runtime.cli import check_flags  # noqa: F401 (the one flag check)
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.weights import checkpoint_config, resolve_checkpoint_path
 
 DEFAULT_WORKERS = 8
-
-# rule → (predicate, what the value must be)
-_RULES = {
-    ">0": (lambda v: v > 0, "must be > 0"),
-    ">=0": (lambda v: v >= 0, "must be >= 0"),
-    "[0,1)": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
-    "(0,1)": (lambda v: 0 < v < 1, "must be in (0, 1)"),
-    "(0,1]": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "[0,1]": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-}
-
-
-def check_flags(args: argparse.Namespace, rules: dict[str, str]) -> None:
-    """Raise ConfigError for the first flag breaking its rule (``None`` values are unset and
-    pass; non-finite floats always fail). ``rules``: attribute → one of ``_RULES``."""
-    for attr, rule in rules.items():
-        v = getattr(args, attr)
-        if v is None:
-            continue
-        ok, must = _RULES[rule]
-        if (isinstance(v, float) and not math.isfinite(v)) or not ok(v):
-            raise ConfigError(f"--{attr.replace('_', '-')} {v}: {must}")
-
-
-def fail(cmd: str, err: BaseException) -> int:
-    """The one error line of a command (exit code 2)."""
-    print(f"mixedae {cmd}: error: {err}", file=sys.stderr)
-    return 2
-
 
 # ---- model ------------------------------------------------------------------------------------
 def add_model_args(p: argparse.ArgumentParser, img_size: int = 224) -> None:

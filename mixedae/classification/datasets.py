@@ -62,7 +62,7 @@ from torch.utils.data import Dataset
 from mixedae.classification.metrics import IGNORE  # noqa: F401 (re-exported)
 from mixedae.classification.specs import (ORDER, SPECS, DatasetSpec,  # noqa: F401 (re-exported)
                                           resolve_names)
-from mixedae.runtime.images import load_rgb
+from mixedae.runtime.images import load_readable, load_rgb, require_readable  # noqa: F401
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -115,19 +115,25 @@ class ClsData:
 
 
 class ImageListDataset(Dataset):
-    """(image, target) from a list of paths/arrays; every image converted to RGB."""
+    """(image, target) from a list of paths/arrays; every image converted to RGB. An
+    unreadable file is named once and replaced by the next readable example (with its own
+    target), as in pretraining; :meth:`require_readable` refuses an all-bad list."""
 
     def __init__(self, images: Sequence[Any], targets: Sequence[Any],
                  transform: Callable | None = None, name: str = ""):
         if len(images) != len(targets):
             raise ValueError(f"{name}: {len(images)} images but {len(targets)} targets")
         self.images, self.targets, self.transform, self.name = images, targets, transform, name
+        self._reported: set = set()
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def require_readable(self) -> None:
+        require_readable(self.images, self.name or "dataset", reported=self._reported)
+
     def __getitem__(self, i: int):
-        img = load_rgb(self.images[i])
+        i, img = load_readable(self.images, i, self._reported)
         if self.transform is not None:
             img = self.transform(img)
         t = self.targets[i]

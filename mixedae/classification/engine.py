@@ -30,11 +30,12 @@ from mixedae.classification.evaluation import (autocast, evaluate,  # noqa: F401
 from mixedae.classification.datasets import stratified_split  # noqa: F401 (re-exported)
 from mixedae.model.pos_embed import resize_pos_embed
 from mixedae.runtime import weights as W
-from mixedae.runtime.checkpoint import (atomic_torch_save, load_checkpoint, rng_state,
-                                        set_rng_state)
+from mixedae.runtime.checkpoint import (atomic_torch_save, load_checkpoint, remove_stale_temps,
+                                        rng_state, set_rng_state)
 from mixedae.runtime.distributed import (all_gather_object, barrier, get_rank, get_world_size,
                                          unwrap)
 from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.finite import FiniteGuard
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.sampler import EpochStreamSampler, SeededSample
 from mixedae.runtime.schedules import set_lr
@@ -89,15 +90,20 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
 class _Checkpointer:
     """Atomic save / exact restore of a training loop's state (rank 0 writes)."""
 
-    def __init__(self, path, model, optimizer, ema, state: dict | None, extra: dict | None):
+    def __init__(self, path, model, optimizer, ema, state: dict | None, extra: dict | None,
+                 guard: FiniteGuard):
         self.path = Path(path) if path else None
         self.model, self.optimizer, self.ema, self.state = model, optimizer, ema, state
-        self.extra = extra or {}
+        self.extra, self.guard = extra or {}, guard
 
     def restore(self) -> int | None:
+        if self.path and get_rank() == 0:
+            remove_stale_temps(self.path.parent)
         if not (self.path and self.path.is_file()):
             return None
         ck = load_checkpoint(self.path)
+        self.guard.saved(int(ck["step"]), self.path)
+        self.guard.bad_steps = int(ck.get("bad_steps", 0))
         unwrap(self.model).load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.ema is not None and "ema" in ck:
@@ -115,10 +121,11 @@ class _Checkpointer:
         if get_rank() == 0:
             ck = {"model": unwrap(self.model).state_dict(), "step": step, "rng": rngs,
                   "optimizer": self.optimizer.state_dict(), "state": dict(self.state or {}),
-                  **self.extra}
+                  "bad_steps": self.guard.bad_steps, **self.extra}
             if self.ema is not None:
                 ck["ema"] = self.ema.state_dict()
             atomic_torch_save(ck, self.path)
+        self.guard.saved(step, self.path)
         barrier()
 
 
@@ -152,7 +159,7 @@ def _stream(train_set: Dataset, batch_size: int, accum_iter: int, start: int, se
 
 
 def _optimizer_step(model, optimizer, batches, loss_fn, accum_iter, device, step, amp,
-                    mixup_fn=None, clip_grad=None) -> float:
+                    guard: FiniteGuard, mixup_fn=None, clip_grad=None) -> float:
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
     for a in range(accum_iter):
@@ -166,13 +173,12 @@ def _optimizer_step(model, optimizer, batches, loss_fn, accum_iter, device, step
             with autocast(device, amp):
                 out = model(images)
             loss = loss_fn(out.float(), targets)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
             (loss / accum_iter).backward()
         total += loss.item() / accum_iter
     if clip_grad:
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-    optimizer.step()
+    if guard.step_ok(optimizer, step + 1):  # non-finite loss → non-finite gradients
+        optimizer.step()
     return total
 
 
@@ -184,7 +190,8 @@ def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set:
                mixup_fn: Callable | None = None, ema=None, clip_grad: float | None = None,
                amp: bool = True, stop_after: int | None = None,
                on_epoch_end: Callable[[int, int], None] | None = None,
-               state: dict | None = None, extra_state: dict | None = None) -> dict:
+               state: dict | None = None, extra_state: dict | None = None,
+               max_bad_steps: int = 0) -> dict:
     """Run optimizer steps ``start..total_steps-1`` (resuming from ``ckpt_path`` if present).
 
     ``batch_size`` is per rank and micro-batch; a step consumes ``accum_iter`` micro-batches.
@@ -193,10 +200,13 @@ def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set:
     resumable interruption). ``state`` (e.g. the best score so far) is saved with every
     checkpoint and updated in place on resume; ``extra_state`` (plain data, e.g. the command
     line) is stored at the top level of every checkpoint. The resumed run is identical to an
-    uninterrupted one for any worker count. Returns ``{"step", "resumed_from", "finished"}``.
+    uninterrupted one for any worker count. A step with non-finite gradients is never applied
+    (:mod:`mixedae.runtime.finite`: up to ``max_bad_steps`` are skipped, then training stops
+    without saving). Returns ``{"step", "resumed_from", "finished"}``.
     """
     logger = logger or RunLogger(None, desc="train")
-    ck = _Checkpointer(ckpt_path, model, optimizer, ema, state, extra_state)
+    guard = FiniteGuard(max_bad_steps)
+    ck = _Checkpointer(ckpt_path, model, optimizer, ema, state, extra_state, guard)
     start = resumed_from = ck.restore()
     start = start or 0
     if resumed_from is not None:
@@ -211,7 +221,7 @@ def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set:
         lr = lr_at(step)
         set_lr(optimizer, lr)
         running.append(_optimizer_step(model, optimizer, batches, loss_fn, accum_iter, device,
-                                       step, amp, mixup_fn, clip_grad))
+                                       step, amp, guard, mixup_fn, clip_grad))
         if ema is not None:
             ema.update(unwrap(model), step=step)
         step += 1

@@ -60,9 +60,10 @@ from mixedae.classification.finetune_args import (RECIPE, check_args,  # noqa: F
 from mixedae.model.vit import create_vit
 from mixedae.runtime.checkpoint import (CHECKPOINT_NAME, atomic_torch_save, atomic_write_text,
                                         load_checkpoint)
+from mixedae.runtime.cli import check_writable_dir, run_main
 from mixedae.runtime.distributed import (barrier, cleanup, init_distributed, is_main_process,
                                          unwrap, wrap_ddp)
-from mixedae.runtime.errors import CheckpointError, ConfigError as UsageError
+from mixedae.runtime.errors import ConfigError as UsageError
 from mixedae.runtime.layer_decay import layer_decay_param_groups
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.schedules import cosine_lr
@@ -76,7 +77,7 @@ def build_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_d
 
 
 def image_folders(args):
-    from torchvision.datasets import ImageFolder
+    from mixedae.runtime.images import ReadableImageFolder
     root = Path(args.data)
     for sub in ("train", args.val_folder):
         d = root / sub
@@ -84,17 +85,12 @@ def image_folders(args):
             raise UsageError(f"--data {root}: missing folder {d} (expected {root}/train/"
                                f"<class>/* and {root}/{args.val_folder}/<class>/*)")
     train_tf, eval_tf = build_transforms(args)
-    tr = ImageFolder(str(root / "train"), transform=train_tf, loader=_rgb)
-    va = ImageFolder(str(root / args.val_folder), transform=eval_tf, loader=_rgb)
+    tr = ReadableImageFolder(root / "train", transform=train_tf)
+    va = ReadableImageFolder(root / args.val_folder, transform=eval_tf)
     if va.classes != tr.classes:
         raise UsageError(f"{root}/{args.val_folder} classes differ from {root}/train "
                          f"({len(va.classes)} vs {len(tr.classes)})")
     return tr, va
-
-
-def _rgb(path):
-    from mixedae.runtime.images import load_rgb
-    return load_rgb(path)
 
 
 def _prepare_resume(args, out_dir: Path) -> Path:
@@ -213,12 +209,14 @@ def run(args, out_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae finetune", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
-    try:
-        sweep = check_args(args)
-        return _run_all(args, Path(args.output_dir), sweep)
-    except (UsageError, CheckpointError, FileNotFoundError) as e:
-        return C.fail("finetune", e)
+    sweep = check_args(args)  # every flag, before any work
+    check_writable_dir(args.output_dir)
+    return _run_all(args, Path(args.output_dir), sweep)
 
 
 def _run_all(args, out: Path, sweep: list[float] | None) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mixedae.classification import cli_common as C
 from mixedae.runtime.errors import ConfigError as UsageError
+from mixedae.runtime.cli import add_debug_flag
 
 # size → (blr, epochs, batch) of Table 5; sizes the paper does not use follow ViT-B
 RECIPE = {"large": (1e-3, 50, 512)}
@@ -58,6 +59,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    add_debug_flag(p)
     return p
 
 

@@ -42,6 +42,7 @@ from mixedae.classification import results as R
 from mixedae.classification.evaluation import multilabel_stats, single_label_stats
 from mixedae.classification.features import cached_features, images_digest
 from mixedae.model.vit import create_vit
+from mixedae.runtime.cli import add_debug_flag, run_main
 from mixedae.runtime.checkpoint import atomic_write_text
 from mixedae.runtime.distributed import (barrier, cleanup, get_rank, get_world_size,
                                          init_distributed, is_main_process)
@@ -68,6 +69,7 @@ def get_parser() -> argparse.ArgumentParser:
     C.add_workers_arg(p)
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    add_debug_flag(p)
     return p
 
 
@@ -169,18 +171,16 @@ def knn_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae knn", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
-    try:
-        names = check_args(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        return C.fail("knn", e)
+    names = check_args(args)  # every flag, before any work
     device = init_distributed().device
     out_dir = Path(args.output_dir)
-    try:
-        done = [knn_dataset(args, data, out_dir, device)
-                for data in C.iter_data(args, names, args.seed)]
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        return C.fail("knn", e)
+    done = [knn_dataset(args, data, out_dir, device)
+            for data in C.iter_data(args, names, args.seed)]
     if is_main_process():  # the tables of this invocation (votes are recomputed every run)
         atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
         res = {s["dataset"]: s for s in done}

@@ -45,6 +45,7 @@ from mixedae.classification import engine as E
 from mixedae.classification import results as R
 from mixedae.classification.metrics import multilabel_bce
 from mixedae.model.vit import create_vit
+from mixedae.runtime.cli import add_debug_flag, run_main
 from mixedae.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text
 from mixedae.runtime.distributed import (barrier, cleanup, get_world_size, init_distributed,
                                          is_main_process, unwrap, wrap_ddp)
@@ -85,6 +86,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    add_debug_flag(p)
     return p
 
 
@@ -227,22 +229,20 @@ def probe_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae linprobe", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
-    try:
-        names = check_args(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        return C.fail("linprobe", e)
+    names = check_args(args)  # every flag, before any work
     device = init_distributed().device
     out_dir = Path(args.output_dir)
-    try:
-        done = []
-        for data in C.iter_data(args, names, args.seed):
-            s = probe_dataset(args, data, out_dir, device)
-            if s is None:
-                break
-            done.append(s)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        return C.fail("linprobe", e)
+    done = []
+    for data in C.iter_data(args, names, args.seed):
+        s = probe_dataset(args, data, out_dir, device)
+        if s is None:
+            break
+        done.append(s)
     if is_main_process() and done:
         atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
         res = R.collect(out_dir / d / "result.json" for d in sorted(

@@ -68,6 +68,8 @@ from mixedae.runtime.checkpoint import atomic_write_text
 from mixedae.runtime.distributed import cleanup, init_distributed, is_main_process
 from mixedae.runtime.errors import CheckpointError, ConfigError
 from mixedae.runtime.run_logger import print0
+from mixedae.runtime.cli import add_debug_flag, check_writable_dir, run_main
+from mixedae.runtime.images import require_readable
 
 DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 
@@ -113,6 +115,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop every run after this many iterations, leaving it resumable")
+    add_debug_flag(p)
     return p
 
 
@@ -151,6 +154,8 @@ def _run_all(args, names: list[str], lrs: list[float], out_dir: Path, device) ->
     for n in names:
         data = D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
                               seed=args.seed)
+        for split in ("train", "test"):  # an all-unreadable split is refused before training
+            require_readable(getattr(data, f"{split}_images"), f"{n}/{split}")
         print0(f"[transfer] {n}: {len(data.train_targets)} train / "
                f"{len(data.test_targets)} test, {data.num_classes} classes "
                f"({data.split_note}); metric: {R.SHORT[data.metric]}")
@@ -174,20 +179,19 @@ def write_outputs(out_dir: Path, name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae transfer", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
-    try:
-        names, lrs = check_args(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        return C.fail("transfer", e)
+    names, lrs = check_args(args)  # every flag, before any work
+    check_writable_dir(args.output_dir)
     device = init_distributed().device
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
-    try:
-        done = _run_all(args, names, lrs, out_dir, device)
-    except (ConfigError, CheckpointError, FileNotFoundError) as e:
-        return C.fail("transfer", e)
+    done = _run_all(args, names, lrs, out_dir, device)
     if is_main_process() and done:
         print(write_outputs(out_dir, args.name).read_text())
     cleanup()

@@ -4,7 +4,9 @@
     torchrun --standalone --nproc_per_node 8 -m mixedae.cli pretrain --preset ... (see
     mixedae/runtime/distributed.py for multi-node flags)
 
-Every configuration problem is reported as one line (exit code 2) before any training work.
+Every configuration problem is reported as one line (exit code 2) before any training work;
+failures while training (I/O, a full disk, diverged training, a hung rank) as one line with
+exit code 1 (:mod:`mixedae.runtime.cli`; ``--debug`` shows the traceback).
 """
 from __future__ import annotations
 
@@ -13,13 +15,12 @@ import json
 import os
 import sys
 
-import torch
-
 from mixedae.pretrain.config import PRESETS, PretrainConfig, get_preset
 from mixedae.pretrain.data import build_pretrain_dataset
 from mixedae.pretrain.engine import RunOptions, amp_dtype, micro_batch_size, pretrain
 from mixedae.runtime import checkpoint as ckpt
-from mixedae.runtime.distributed import cleanup
+from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
+from mixedae.runtime.distributed import cleanup, parse_device
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.run_logger import setup_logging
 
@@ -56,6 +57,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-every", type=int, default=0,
                    help="source-identity probe at step 0 and every N steps (0: off)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--max-bad-steps", type=int, default=0,
+                   help="skip up to N optimizer steps with non-finite gradients (default 0: "
+                        "stop at the first, keeping the last good checkpoint)")
+    add_debug_flag(p)
     return p
 
 
@@ -73,20 +78,19 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
-    for flag in ("save_every", "log_every"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')}={getattr(args, flag)} must be >= 1")
-    if args.probe_every < 0:
-        raise ConfigError(f"--probe-every={args.probe_every} must be >= 0")
+    check_flags(args, {"save_every": ">=1", "log_every": ">=1", "max_steps": ">=1",
+                       "num_workers": ">=0", "time_limit": ">0", "seed": ">=0",
+                       "max_bad_steps": ">=0", "probe_every": ">=0"})
     return RunOptions(
         output_dir=args.output_dir or f"runs/{args.preset}", num_workers=args.num_workers,
         save_every=args.save_every, max_steps=args.max_steps, time_limit=args.time_limit,
         resume=None if args.resume in ("none", "") else args.resume, seed=args.seed,
         device=args.device, amp=args.amp, compile=args.compile, log_every=args.log_every,
-        progress=not args.no_progress, probe_every=args.probe_every)
+        progress=not args.no_progress, max_bad_steps=args.max_bad_steps,
+        probe_every=args.probe_every)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = get_args_parser().parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", 1))
     setup_logging(int(os.environ.get("RANK", 0)))
@@ -94,16 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
         opts = options_from_args(args)
         micro_batch_size(cfg, world)
-        amp_dtype(opts.amp, torch.device("cpu"))
+        amp_dtype(opts.amp, parse_device(opts.device))
         ckpt.resolve_resume(opts.resume, opts.output_dir)
+        check_writable_dir(opts.output_dir)
         dataset = build_pretrain_dataset(args.data, cfg.img_size, cfg.crop_scale)
         pretrain(cfg, dataset, opts)
-    except (ConfigError, ckpt.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     finally:
         cleanup()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae pretrain", _main, argv)
 
 
 if __name__ == "__main__":

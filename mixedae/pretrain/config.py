@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import typing
 from dataclasses import dataclass
 
 from mixedae.model.homologous_attention import CLS_MODES, IMPLS, SELECTS
@@ -84,9 +85,12 @@ class PretrainConfig:
         return self.lr if self.lr is not None else self.blr * self.batch_size / 256
 
     def validate(self) -> "PretrainConfig":
-        """Raise ConfigError with one clear message for anything that cannot train."""
+        """Raise ConfigError with one clear message for anything that cannot train: types
+        and value ranges first (so that no later check divides by zero), then the method."""
         def bad(msg):
             raise ConfigError(msg)
+        _check_types(self)
+        _check_ranges(self)
         if self.model not in VIT_SIZES:
             bad(f"model={self.model!r} unknown; choose from {sorted(VIT_SIZES)}")
         if self.mixing not in ("none", "compose", "full"):
@@ -148,6 +152,52 @@ class PretrainConfig:
 
     def replace(self, **kw) -> "PretrainConfig":
         return PretrainConfig.from_dict({**dataclasses.asdict(self), **kw})
+
+
+def _type_ok(value, hint) -> bool:
+    """``value`` fits a field annotation (int, float, bool, str, X | None, tuple[float, ...])."""
+    if value is None:
+        return type(None) in typing.get_args(hint)
+    if typing.get_args(hint) and typing.get_origin(hint) is not tuple:  # X | None
+        return any(_type_ok(value, h) for h in typing.get_args(hint) if h is not type(None))
+    if typing.get_origin(hint) is tuple:
+        items = typing.get_args(hint)
+        return isinstance(value, tuple) and len(value) == len(items) and all(
+            _type_ok(v, h) for v, h in zip(value, items))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_types(cfg: PretrainConfig) -> None:
+    for name, hint in typing.get_type_hints(PretrainConfig).items():
+        value = getattr(cfg, name)
+        if not _type_ok(value, hint):
+            want = str(hint).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise ConfigError(f"{name}={value!r} must be of type {want}")
+
+
+_POSITIVE = ("img_size", "patch_size", "mask_patch_size", "decoder_dim", "decoder_depth",
+             "decoder_heads", "homo_con_dim", "epochs", "batch_size", "blr", "lr",
+             "homo_con_tau", "topk_ratio")
+_NON_NEGATIVE = ("warmup_epochs", "min_lr", "weight_decay", "homo_con_weight")
+
+
+def _check_ranges(cfg: PretrainConfig) -> None:
+    for name in _POSITIVE + _NON_NEGATIVE:
+        v = getattr(cfg, name)
+        if v is not None and (not math.isfinite(v) or v < 0 or (v == 0 and name in _POSITIVE)):
+            raise ConfigError(f"{name}={v} must be {'positive' if name in _POSITIVE else '>= 0'}")
+    if not all(0 <= b < 1 for b in cfg.betas):
+        raise ConfigError(f"betas={cfg.betas} must be two numbers in [0, 1)")
+    lo, hi = cfg.crop_scale
+    if not 0 < lo <= hi <= 1:
+        raise ConfigError(f"crop_scale={cfg.crop_scale} must be (min, max) with 0 < min <= max <= 1")
+    if cfg.decoder_dim % cfg.decoder_heads:
+        raise ConfigError(f"decoder_dim={cfg.decoder_dim} is not divisible by decoder_heads="
+                          f"{cfg.decoder_heads}")
 
 
 _MAE = dict(mixing="none", attention="global", homo_con=False, seg_embed_mode="none",

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,10 +24,7 @@ from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from mixedae.runtime.errors import ConfigError
-from mixedae.runtime.images import load_rgb
-
-log = logging.getLogger(__name__)
-
+from mixedae.runtime.images import load_readable, load_rgb, require_readable
 
 def pretrain_transform(img_size: int, scale: Sequence[float] = (0.2, 1.0)) -> Callable:
     """MAE pretraining augmentation: random resized crop + flip, ImageNet normalisation."""
@@ -70,16 +66,12 @@ class PretrainImages(Dataset):
         return len(self.sources)
 
     def _load(self, index: int) -> Image.Image:
-        n = len(self.sources)
-        for i in range(n):
-            src = self.sources[(index + i) % n]
-            try:
-                return self.loader(src)
-            except OSError as e:  # corrupt / truncated / unreadable: skip, report once
-                if str(src) not in self._reported:
-                    self._reported.add(str(src))
-                    log.warning("skipping %s", e)
-        raise ConfigError(f"none of the {n} images can be read (first: {self.sources[0]})")
+        """The image at ``index``, or the next readable one (unreadable files named once)."""
+        return load_readable(self.sources, index, self._reported, self.loader)[1]
+
+    def require_readable(self, what: str = "pretraining data") -> None:
+        """Refuse a dataset none of whose images can be read (before building a model)."""
+        require_readable(self.sources, what, self.loader, self._reported)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(self._load(index))
@@ -87,4 +79,6 @@ class PretrainImages(Dataset):
 
 def build_pretrain_dataset(root: str | os.PathLike, img_size: int,
                            scale: Sequence[float] = (0.2, 1.0)) -> PretrainImages:
-    return PretrainImages(list_images(root), pretrain_transform(img_size, scale))
+    ds = PretrainImages(list_images(root), pretrain_transform(img_size, scale))
+    ds.require_readable(f"dataset folder {root}")
+    return ds

@@ -29,6 +29,9 @@ from torchvision import transforms
 from mixedae.pretrain.config import get_preset
 from mixedae.pretrain.data import IMAGENET_MEAN, IMAGENET_STD, PretrainImages, load_rgb, pretrain_transform
 from mixedae.pretrain.engine import RunOptions, pretrain
+from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
+from mixedae.runtime.distributed import parse_device
+from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.run_logger import setup_logging
 
 log = logging.getLogger("mixedae.pretrain.demo")
@@ -61,7 +64,7 @@ def packaged_photos() -> dict[str, Image.Image]:
     except ImportError:
         pass
     if len(photos) < 4:
-        raise RuntimeError("the demo needs scikit-image and/or scikit-learn sample images "
+        raise ConfigError("the demo needs scikit-image and/or scikit-learn sample images "
                            f"(found {len(photos)}); pip install scikit-image scikit-learn")
     # pre-shrink (short side 256) so that cropping stays cheap; crops are ≤ 64-112 px anyway
     return {k: transforms.Resize(256, transforms.InterpolationMode.BICUBIC)(load_rgb(v))
@@ -133,11 +136,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--resume", default="none", help="'auto' to continue a previous demo run")
+    add_debug_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae demo", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = get_args_parser().parse_args(argv)
+    check_flags(args, {"steps": ">=1", "time_limit": ">0", "batch_size": ">=1",
+                       "img_size": ">=1", "lr": ">0", "seed": ">=0", "num_workers": ">=0"})
+    parse_device(args.device)
     setup_logging(0)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
@@ -145,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = get_preset("mixedae_tiny", model=args.model, img_size=args.img_size, patch_size=8,
                      mask_patch_size=16, batch_size=args.batch_size, lr=args.lr,
                      epochs=epochs, warmup_epochs=min(2, max(epochs // 10, 0)))
+    check_writable_dir(out)
     photos = packaged_photos()
     names = list(photos)
     log.info("demo: %d packaged photos (%s)", len(names), ", ".join(names))

@@ -26,6 +26,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader
@@ -37,6 +38,7 @@ from mixedae.pretrain.probe import SourceProbe, homocon_floor
 from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce_mean,
                                          init_distributed, wrap_ddp)
 from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.finite import FiniteGuard
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.sampler import EpochStreamSampler, SeededSample
 from mixedae.runtime.schedules import cosine_lr, set_lr
@@ -61,6 +63,7 @@ class RunOptions:
     progress: bool = True           # tqdm bar on rank 0
     probe_every: int = 0            # source-identity probe at step 0 and every N steps (0: off)
     probe_images: int = 64          # images in the probe's fixed mixed batch
+    max_bad_steps: int = 0          # non-finite steps skipped before stopping (runtime.finite)
 
 
 @dataclass
@@ -103,12 +106,14 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def train_step(model, batches, optimizer, accum_iter: int, device: torch.device,
-               dtype: torch.dtype | None = None, scaler=None) -> torch.Tensor:
+               dtype: torch.dtype | None = None, scaler=None,
+               apply: Callable[[], bool] = lambda: True) -> torch.Tensor:
     """One optimizer step over ``accum_iter`` micro-batches drawn from ``batches``.
 
     DDP gradients are synchronised on the last micro-batch only. Returns the detached stats
     ``[loss, loss_recon, loss_homocon, *topk_acc]`` averaged over micro-batches (no host sync).
     Gradients stay in ``.grad`` after the step (they are cleared at the start of the next).
+    ``apply()`` runs between backward and the step: False skips the step (non-finite grads).
     """
     optimizer.zero_grad(set_to_none=True)
     stats = 0.0
@@ -125,10 +130,10 @@ def train_step(model, batches, optimizer, accum_iter: int, device: torch.device,
         stats = stats + torch.cat([torch.stack([out["loss"], out["loss_recon"],
                                                 out["loss_homocon"]]).detach().float(),
                                    out["topk_acc"].detach().float().reshape(-1)]) / accum_iter
-    if scaler is not None:
+    if scaler is not None:  # the scaler skips non-finite steps itself
         scaler.step(optimizer)
         scaler.update()
-    else:
+    elif apply():
         optimizer.step()
     return stats
 
@@ -152,6 +157,7 @@ class _Run:
     step: int = 0
     rng: list | None = None         # per-rank RNG states of the resumed checkpoint
     probe: SourceProbe | None = None
+    guard: FiniteGuard | None = None
 
 
 def _build(cfg: PretrainConfig, dataset, opts: RunOptions, info: DistInfo) -> _Run:
@@ -165,13 +171,14 @@ def _build(cfg: PretrainConfig, dataset, opts: RunOptions, info: DistInfo) -> _R
         raise ConfigError(f"dataset has {len(dataset)} images, fewer than one global batch "
                           f"({cfg.batch_size}) of world size {info.world_size}")
     total = int(round(cfg.epochs * spe))
-    end = min(total, opts.max_steps) if opts.max_steps else total
+    end = total if opts.max_steps is None else min(total, opts.max_steps)
     torch.manual_seed(opts.seed)  # identical initialisation on every rank
     model = build_model(cfg).to(info.device)
     dtype = amp_dtype(opts.amp, info.device)
     return _Run(cfg, opts, info, Path(opts.output_dir), micro, spe, total, end, model,
                 build_optimizer(model, cfg),
-                torch.amp.GradScaler("cuda") if dtype == torch.float16 else None, dtype)
+                torch.amp.GradScaler("cuda") if dtype == torch.float16 else None, dtype,
+                guard=FiniteGuard(opts.max_bad_steps))
 
 
 def _resume(run: _Run) -> None:
@@ -184,6 +191,10 @@ def _resume(run: _Run) -> None:
     if run.scaler is not None and state.get("scaler"):
         run.scaler.load_state_dict(state["scaler"])
     run.step, run.rng = state["step"], state["rng"]
+    run.guard.bad_steps = int(state.get("bad_steps", 0))
+    run.guard.saved(run.step, path)
+    if run.info.is_main and path.parent.resolve() == run.out_dir.resolve():
+        ckpt.repair_weights(path.parent, run.model, run.cfg, run.step)
     old = json.loads(state["config"])
     diff = sorted(k for k, v in json.loads(run.cfg.to_json()).items() if old.get(k) != v)
     if run.info.is_main:
@@ -197,6 +208,7 @@ def _announce(run: _Run, n_images: int) -> None:
     if not info.is_main:
         return
     run.out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_stale_temps(run.out_dir)
     ckpt.atomic_write_text(run.out_dir / "config.json",
                            json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
     log.info("%d image(s), %d rank(s) × micro-batch %d × accum %d = batch %d; %d steps/epoch, "
@@ -287,7 +299,7 @@ def _train(run: _Run, model, batches, logger: RunLogger) -> dict:
         lr = cosine_lr(run.step, base_lr, run.total, warmup, cfg.min_lr)
         set_lr(run.optimizer, lr)
         stats = train_step(model, batches, run.optimizer, cfg.accum_iter, dev, run.dtype,
-                           run.scaler)
+                           run.scaler, lambda: run.guard.step_ok(run.optimizer, run.step + 1))
         run.step += 1
         window, n_window = window + stats, n_window + 1
         logger.step()
@@ -301,14 +313,12 @@ def _train(run: _Run, model, batches, logger: RunLogger) -> dict:
                 if run.info.is_main:
                     log.info("time limit of %gs reached at step %d", opts.time_limit, run.step)
             if not math.isfinite(values[0]):
-                raise FloatingPointError(f"loss is {values[0]} at step {run.step}; stopping "
-                                         f"(last good checkpoint kept)")
+                run.guard.stop(run.step, f"loss is {values[0]}")
             img_s = n_window * cfg.batch_size / (time.perf_counter() - t0)
             last = _log_step(run, logger, values, lr, img_s)
             window, n_window, t0 = 0.0, 0, time.perf_counter()
         if run.step % opts.save_every == 0 or done:
-            save(run.out_dir, run.model, run.optimizer, run.scaler, cfg, run.step, run.spe,
-                 run.info.is_main)
+            save(run)
         if run.probe is not None and (run.step % opts.probe_every == 0 or done):
             _log_probe(run, logger)
     return last
@@ -326,7 +336,8 @@ def _log_step(run: _Run, logger: RunLogger, values: list[float], lr: float,
               img_s: float) -> dict:
     loss, rec, homo, *acc = values
     record = dict(step=run.step, epoch=run.step // run.spe, loss=loss, loss_recon=rec,
-                  loss_homocon=homo, lr=lr, topk_acc=acc, img_per_s=img_s)
+                  loss_homocon=homo, lr=lr, topk_acc=acc, img_per_s=img_s,
+                  bad_steps=run.guard.bad_steps)
     floor = homocon_floor(run.cfg)
     if floor:
         record["homocon_ratio"] = homo / floor
@@ -339,12 +350,12 @@ def _log_step(run: _Run, logger: RunLogger, values: list[float], lr: float,
     return record
 
 
-def save(out_dir: Path, model, optimizer, scaler, cfg, step: int, spe: int, main: bool) -> None:
-    """Checkpoint + safetensors (rank 0 writes; every rank contributes its RNG state)."""
+def save(run: _Run) -> None:
+    """Checkpoint + safetensors as one pair (rank 0 writes; every rank gives its RNG state)."""
     rng = all_gather_object(ckpt.rng_state())
-    if main:
-        epoch, within = divmod(step, spe)
-        ckpt.save_checkpoint(out_dir / ckpt.CHECKPOINT_NAME, model=model, optimizer=optimizer,
-                             scaler=scaler, cfg=cfg, step=step, epoch=epoch,
-                             step_in_epoch=within, rng=rng)
-        ckpt.save_safetensors(out_dir / ckpt.WEIGHTS_NAME, model, cfg, step)
+    if run.info.is_main:
+        epoch, within = divmod(run.step, run.spe)
+        ckpt.save_run(run.out_dir, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
+                      cfg=run.cfg, step=run.step, epoch=epoch, step_in_epoch=within, rng=rng,
+                      extra={"bad_steps": run.guard.bad_steps})
+    run.guard.saved(run.step, run.out_dir / ckpt.CHECKPOINT_NAME)

@@ -3,15 +3,17 @@
 ``checkpoint.pth`` holds the model, optimizer, grad scaler, step / epoch / step-within-epoch,
 the RNG states of every rank (python, numpy, torch CPU, CUDA) and the config JSON. Everything
 is stored as tensors or plain Python types, so it loads with ``torch.load(weights_only=True)``.
-Files are written to a temporary file in the same folder, fsync'ed and ``os.replace``'d: a
-crash mid-write leaves the previous checkpoint intact, never a half-written one.
-``model.safetensors`` holds only the model weights with metadata {"config": json, "step": str}.
+Every file is written atomically (:mod:`mixedae.runtime.atomic`; the write helpers are
+re-exported here): a crash mid-write leaves the previous checkpoint intact, never a
+half-written one, and a failed write is an ``OSError`` naming the file and the cause.
+``model.safetensors`` holds only the model weights with metadata {"config": json, "step": str};
+:func:`save_run` writes it and ``checkpoint.pth`` as one pair.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -19,43 +21,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from mixedae.runtime.atomic import (atomic_torch_save, atomic_write, atomic_write_many,  # noqa: F401
+                                    atomic_write_text, remove_stale_temps, torch_save)
 from mixedae.runtime.errors import CheckpointError
-from mixedae.runtime.weights import CHECKPOINT_NAME, WEIGHTS_NAME, load_into  # noqa: F401 (re-exported)
+from mixedae.runtime.torch_files import is_safetensors, load_weights_only, stored_step
+from mixedae.runtime.weights import CHECKPOINT_NAME, WEIGHTS_NAME, load_into  # noqa: F401
 
-
-
-# ---- atomic writes ---------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """``write(tmp_path)`` into a temp file beside ``path``, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+log = logging.getLogger(__name__)
 
 
 # ---- RNG state (tensors / plain types only) --------------------------------------------------
@@ -100,44 +72,94 @@ def load_model_state(model: nn.Module, state_dict: dict, source: str = "checkpoi
 
 
 # ---- checkpoint files ------------------------------------------------------------------------
-def save_checkpoint(path: str | os.PathLike, *, model: nn.Module, optimizer, scaler, cfg,
-                    step: int, epoch: int, step_in_epoch: int, rng: list[dict]) -> None:
-    """Atomically write a resumable checkpoint. ``rng``: one ``rng_state()`` per rank."""
-    atomic_torch_save({
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch,
-        "rng": rng,
-        "config": cfg.to_json(),
-    }, path)
+RESUME_KEYS = ("model", "optimizer", "step", "rng")
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by ``save_checkpoint`` (weights_only, onto the CPU)."""
+def checkpoint_state(*, model: nn.Module, optimizer, scaler, cfg, step: int, epoch: int,
+                     step_in_epoch: int, rng: list[dict], extra: dict | None = None) -> dict:
+    """The resumable state of a pretraining run. ``rng``: one ``rng_state()`` per rank."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "step": step, "epoch": epoch, "step_in_epoch": step_in_epoch, "rng": rng,
+            "config": cfg.to_json(), **(extra or {})}
+
+
+def save_checkpoint(path: str | os.PathLike, **state) -> None:
+    """Atomically write a resumable checkpoint (keyword arguments of :func:`checkpoint_state`)."""
+    atomic_torch_save(checkpoint_state(**state), path)
+
+
+def _safetensors_writer(model: nn.Module, cfg, step: int) -> Callable[[str], None]:
+    from safetensors.torch import save_file
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"config": cfg.to_json(), "step": str(step)}
+    return lambda tmp: save_file(tensors, tmp, metadata=meta)
+
+
+def save_run(out_dir: str | os.PathLike, **state) -> None:
+    """``checkpoint.pth`` + ``model.safetensors`` of the same step as one atomic pair: both
+    are written to temp files first, then renamed (checkpoint first). A crash can at worst
+    leave the weights file one save behind, which readers detect from the stored steps
+    (:func:`mixedae.runtime.weights.resolve_checkpoint_path`) and a resume repairs."""
+    out_dir = Path(out_dir)
+    obj = checkpoint_state(**state)
+    atomic_write_many([
+        (out_dir / CHECKPOINT_NAME, lambda tmp: torch_save(obj, tmp)),
+        (out_dir / WEIGHTS_NAME, _safetensors_writer(state["model"], state["cfg"],
+                                                     state["step"]))])
+
+
+def repair_weights(out_dir: str | os.PathLike, model: nn.Module, cfg, step: int) -> None:
+    """Rewrite ``model.safetensors`` when it is missing or from another step than the
+    checkpoint just resumed (a run stopped between the two renames of :func:`save_run`)."""
+    path = Path(out_dir) / WEIGHTS_NAME
+    if not path.is_file() or stored_step(path) != step:
+        log.info("rewriting %s for step %d (it was missing or from another step)", path, step)
+        save_safetensors(path, model, cfg, step)
+
+
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = RESUME_KEYS,
+                    mmap: bool = False) -> dict:
+    """Load a resumable checkpoint (weights_only, onto the CPU); one CheckpointError line for
+    a missing, damaged or foreign file (a weights-only ``model.safetensors`` included).
+    ``mmap=True`` checks a file cheaply (tensors are mapped, not read)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if is_safetensors(path):
+        raise CheckpointError(f"{path} holds model weights only (safetensors), not a resumable "
+                              f"checkpoint: resume from {Path(path).parent / CHECKPOINT_NAME}")
+    state = load_weights_only(path, mmap=mmap)
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a resumable checkpoint of this project (missing "
+                              f"{', '.join(missing)})")
+    return state
 
 
 def resolve_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
-    """'auto' → ``<output_dir>/checkpoint.pth`` if present (else None); a path must exist."""
+    """'auto' → ``<output_dir>/checkpoint.pth`` if present (else None); a run directory
+    means its ``checkpoint.pth``; a path must exist. The file's structure is checked (cheaply,
+    see :func:`load_checkpoint`), so a wrong file is refused before any model is built."""
     if not resume:
         return None
     if resume == "auto":
         p = Path(output_dir) / CHECKPOINT_NAME
-        return p if p.is_file() else None
-    if not os.path.isfile(resume):
-        raise CheckpointError(f"--resume {resume}: no such checkpoint file")
-    return Path(resume)
+        if not p.is_file():
+            return None
+    else:
+        p = Path(resume) / CHECKPOINT_NAME if os.path.isdir(resume) else Path(resume)
+        if not p.is_file():
+            raise CheckpointError(f"--resume {resume}: no such checkpoint file")
+    if is_safetensors(p):
+        raise CheckpointError(f"--resume {resume} holds model weights only (safetensors), not a "
+                              f"resumable checkpoint: pass {p.parent / CHECKPOINT_NAME} or 'auto'")
+    load_checkpoint(p, mmap=True)
+    return p
 
 
 def save_safetensors(path: str | os.PathLike, model: nn.Module, cfg, step: int) -> None:
     """Model weights as safetensors with metadata {"config": cfg.to_json(), "step": str}."""
-    from safetensors.torch import save_file
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"config": cfg.to_json(), "step": str(step)}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    atomic_write(path, _safetensors_writer(model, cfg, step))
 
 
 def load_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:

@@ -14,14 +14,22 @@ Multi-node (run the same command on every node, ``--node_rank`` 0..nnodes-1)::
 (or the static form ``--master_addr $MASTER_HOST --master_port 29500`` instead of ``--rdzv_*``).
 ``--batch-size`` is always the global batch: per-GPU micro-batch = batch / (world · accum_iter).
 Without torchrun (no ``WORLD_SIZE`` in the environment) everything runs in one process.
+
+A collective that waits longer than ``MIXEDAE_DIST_TIMEOUT`` seconds (default 300) fails on
+every waiting rank, so a hung rank ends the job with one clear line instead of blocking it.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from mixedae.runtime.errors import ConfigError
+
+DEFAULT_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -40,8 +48,39 @@ class DistInfo:
         return self.world_size > 1
 
 
+def timeout_seconds() -> float:
+    """The collective timeout: ``MIXEDAE_DIST_TIMEOUT`` seconds (default 300)."""
+    raw = os.environ.get("MIXEDAE_DIST_TIMEOUT", "")
+    try:
+        value = float(raw) if raw.strip() else DEFAULT_TIMEOUT_S
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"MIXEDAE_DIST_TIMEOUT={raw!r} must be a positive number of seconds")
+    return value
+
+
+def parse_device(device: str | None) -> torch.device:
+    """'cuda', 'cpu', 'cuda:N' or None (CUDA if available); one ConfigError line for a device
+    that does not exist here."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device!r} is not a device (cpu, cuda, cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {device!r}: only cpu and cuda are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA GPU is available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) here")
+    return dev
+
+
 def init_distributed(device: str | None = None) -> DistInfo:
-    """Initialise the process group from torchrun's env vars (no-op for a single process).
+    """Initialise the process group from torchrun's env vars (no-op for a single process),
+    with the collective timeout of :func:`timeout_seconds`.
 
     ``device``: 'cuda', 'cpu', 'cuda:N' or None (CUDA if available). Under torchrun each rank
     uses ``cuda:LOCAL_RANK``.
@@ -49,7 +88,7 @@ def init_distributed(device: str | None = None) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = parse_device(device)
     if dev.type == "cuda":
         if dev.index is None:
             dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
@@ -57,7 +96,8 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kw = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world, **kw)
+        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout_seconds()), **kw)
     return DistInfo(rank, world, local_rank, dev)
 
 

@@ -14,3 +14,8 @@ class ConfigError(MixedAEError, ValueError):
 
 class CheckpointError(MixedAEError, ValueError):
     """A checkpoint that cannot be read, converted or loaded as asked (names the keys)."""
+
+
+class TrainingDiverged(MixedAEError):
+    """Non-finite gradients or loss: training stopped without saving (the message names the
+    step and the last good checkpoint)."""

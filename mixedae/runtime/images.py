@@ -5,14 +5,23 @@
   their bit depth (PIL's ``convert("RGB")`` would clip them, turning most of a 16-bit
   image white); float images (``F``) are taken as [0, 1] when their maximum is <= 1, else
   as 8-bit values;
-* an image that cannot be decoded raises :class:`UnreadableImage` naming the file.
+* an image that cannot be decoded raises :class:`UnreadableImage` naming the file;
+* datasets use :func:`load_readable`: an unreadable file is named once (a warning) and
+  replaced by the next readable one, so a run never dies of one bad file; an all-bad dataset
+  is refused up front by :func:`require_readable` (before any model is built).
 """
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
+from torchvision.datasets import ImageFolder
+
+from mixedae.runtime.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _INT_DEPTH = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32}
 
@@ -50,3 +59,48 @@ def load_rgb(src: Any) -> Image.Image:
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         msg = str(e).splitlines()[0] if str(e) else ""
         raise UnreadableImage(f"unreadable image {src} ({type(e).__name__}: {msg})") from None
+
+
+def load_readable(sources: Sequence, index: int, reported: set | None = None,
+                  loader: Callable = load_rgb) -> tuple[int, Image.Image]:
+    """``(j, image)``: the first source from ``index`` on (wrapping around) that decodes.
+    Each unreadable file is logged once per ``reported`` set; ConfigError if none decodes."""
+    n = len(sources)
+    for i in range(n):
+        j = (index + i) % n
+        try:
+            return j, loader(sources[j])
+        except OSError as e:  # UnreadableImage, or a loader's own I/O error
+            if reported is None or str(sources[j]) not in reported:
+                if reported is not None:
+                    reported.add(str(sources[j]))
+                log.warning("skipping %s", e)
+    raise ConfigError(f"none of the {n} images can be read (first: {sources[0]})")
+
+
+def require_readable(sources: Sequence, what: str, loader: Callable = load_rgb,
+                     reported: set | None = None) -> None:
+    """Refuse (ConfigError naming ``what``) a dataset none of whose images decodes; stops at
+    the first readable image (usually the first one). Pass the dataset's ``reported`` set so
+    that a bad file is not named twice."""
+    if len(sources) == 0:
+        raise ConfigError(f"{what}: no images")
+    try:
+        load_readable(sources, 0, set() if reported is None else reported, loader)
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
+class ReadableImageFolder(ImageFolder):
+    """torchvision ``ImageFolder`` through the one image loader, skipping (and naming)
+    unreadable files like every other dataset; a folder none of whose images can be read is
+    refused at construction (ConfigError naming it)."""
+
+    def __init__(self, root, transform: Callable | None = None):
+        super().__init__(str(root), transform=transform, loader=load_rgb)
+        self.paths, self._reported = [p for p, _ in self.samples], set()
+        require_readable(self.paths, f"image folder {root}", reported=self._reported)
+
+    def __getitem__(self, i: int):
+        i, img = load_readable(self.paths, i, self._reported)
+        return (img if self.transform is None else self.transform(img)), self.targets[i]

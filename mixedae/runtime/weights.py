@@ -13,7 +13,9 @@ a DDP ``module.`` prefix):
 
 Everything dropped is reported by group (decoder, projector, mask token, ...); any key that is
 not known is an error naming it — nothing is silently ignored. Torch files are read with
-``weights_only=True`` (a pickle that needs code is refused, never run).
+``weights_only=True`` (a pickle that needs code is refused, never run; mmengine Runner
+checkpoints are read too: :mod:`mixedae.runtime.torch_files`). Integer tensors never stand
+in for floating-point ones (a dtype mismatch is an error); fp16 / bf16 become fp32 exactly.
 """
 from __future__ import annotations
 
@@ -27,6 +29,8 @@ import torch
 import torch.nn as nn
 
 from mixedae.runtime.errors import CheckpointError
+from mixedae.runtime.torch_files import (is_safetensors, load_weights_only, safetensors_metadata,
+                                         stored_step)
 
 CHECKPOINT_NAME = "checkpoint.pth"
 WEIGHTS_NAME = "model.safetensors"
@@ -61,8 +65,6 @@ _MM_DROP = [
 ]
 
 
-
-
 def _names(keys: Iterable[str], limit: int = 8) -> str:
     keys = sorted(keys)
     more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
@@ -71,14 +73,18 @@ def _names(keys: Iterable[str], limit: int = 8) -> str:
 
 # ---- reading ---------------------------------------------------------------------------------
 def resolve_checkpoint_path(path: str | Path) -> Path:
-    """A pretraining run directory stands for its ``model.safetensors`` (else its
-    ``checkpoint.pth``); any other path is returned as is."""
+    """A pretraining run directory stands for its weights: ``model.safetensors`` unless
+    ``checkpoint.pth`` was written at a later step (a run stopped between the two renames of
+    a checkpoint write) or is the only one; any other path is returned as is."""
     path = Path(path)
-    if path.is_dir():
-        for name in (WEIGHTS_NAME, CHECKPOINT_NAME):
-            if (path / name).is_file():
-                return path / name
-    return path
+    if not path.is_dir():
+        return path
+    have = [path / n for n in (WEIGHTS_NAME, CHECKPOINT_NAME) if (path / n).is_file()]
+    if len(have) == 2:
+        steps = [stored_step(p) for p in have]
+        if None not in steps and steps[1] > steps[0]:
+            return have[1]
+    return have[0] if have else path
 
 
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -90,13 +96,15 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     meta: dict = {}
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" or is_safetensors(path):
         from safetensors import safe_open
-        sd = {}
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            for k in f.keys():
-                sd[k] = f.get_tensor(k)
+        meta, sd = safetensors_metadata(path), {}
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for k in f.keys():
+                    sd[k] = f.get_tensor(k)
+        except Exception as e:  # truncated data after a valid header
+            raise CheckpointError(f"{path}: damaged safetensors file ({e})") from None
         for k in ("config", "dropped"):
             if k in meta:
                 try:
@@ -104,13 +112,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
                 except (TypeError, ValueError):
                     pass
     else:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # pickle with code / unknown globals: never run it
-            raise CheckpointError(
-                f"{path}: cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
-                f"{str(e).splitlines()[0] if str(e) else ''}); export a safetensors file or a "
-                f"plain tensor state dict") from None
+        obj = load_weights_only(path)
         sd = obj
         if isinstance(obj, Mapping):
             for key in ("model", "state_dict", "module"):
@@ -232,7 +234,7 @@ def match_state_dict(model_sd: Mapping[str, torch.Tensor], ckpt: Mapping[str, to
     if unexpected:
         problems.append(f"unexpected keys: {_names(unexpected)}")
     out = {}
-    mismatched = []
+    mismatched, wrong_dtype = [], []
     for k, v in ckpt.items():
         if k not in model_sd:
             continue
@@ -243,9 +245,14 @@ def match_state_dict(model_sd: Mapping[str, torch.Tensor], ckpt: Mapping[str, to
                 mismatched.append(f"{k} {tuple(v.shape)} vs model {tuple(target.shape)}")
                 continue
             v = fn(v, target.shape)
-        out[k] = v.to(target.dtype)
+        if v.dtype != target.dtype and not (v.is_floating_point() and target.is_floating_point()):
+            wrong_dtype.append(f"{k} {v.dtype} vs model {target.dtype}")
+            continue
+        out[k] = v.to(target.dtype)  # floating point: e.g. fp16 / bf16 -> fp32 (exact)
     if mismatched:
         problems.append(f"shape mismatch: {_names(mismatched)}")
+    if wrong_dtype:
+        problems.append(f"dtype mismatch: {_names(wrong_dtype)}")
     if problems:
         raise CheckpointError(f"{what}: " + "; ".join(problems))
     return out, missing, sorted(k for k in ckpt if k in ignored)
@@ -258,12 +265,7 @@ def checkpoint_config(path: str | Path) -> dict:
     if not path.is_file():
         return {}
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = dict(f.metadata() or {})
-        except Exception as e:  # damaged header
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+        meta = safetensors_metadata(path)
     else:
         meta = read_weights(path)[1]
     cfg = meta.get("config", {})

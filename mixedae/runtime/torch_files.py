@@ -1,0 +1,128 @@
+"""Reading checkpoint files safely: every failure is a :class:`CheckpointError` naming the file.
+
+* torch files are only ever read with ``torch.load(weights_only=True)``: a pickle that needs
+  code is refused, never run (not even with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``: the
+  argument is explicit);
+* a checkpoint written by an mmengine ``Runner`` (``tools/train.py``) also holds the
+  message hub: ``HistoryBuffer`` objects with numpy arrays / scalars, which plain
+  ``weights_only`` refuses. When those (and only those) globals stand in the way, the file is
+  read again with numpy's array/scalar rebuilders and the dtype classes allow-listed and every
+  ``HistoryBuffer`` replaced by an inert stand-in (no mmengine import, nothing executed;
+  ``getattr`` is answered only for the stand-in). The weights are unaffected;
+* safetensors headers are read without the tensors (metadata, the stored step).
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixedae.runtime.errors import CheckpointError
+
+_HISTORY_BUFFER = "mmengine.logging.history_buffer.HistoryBuffer"
+
+
+class _Inert:
+    """Stands in for an mmengine ``HistoryBuffer`` while unpickling: keeps no state."""
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+def _inert_getattr(obj, name: str):
+    if obj is _Inert and isinstance(name, str):
+        return None  # HistoryBuffer pickles getattr(HistoryBuffer, '<statistic>')
+    raise pickle.UnpicklingError(f"getattr({obj!r}, {name!r}) is not allowed while reading "
+                                 f"weights")
+
+
+def _mmengine_globals() -> dict[str, object]:
+    """Qualified name → allowed object, for mmengine Runner checkpoints (numpy 1.x and 2.x)."""
+    from numpy._core.multiarray import _reconstruct, scalar
+    out = {_HISTORY_BUFFER: _Inert, "builtins.getattr": _inert_getattr,
+           "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        out[f"{mod}._reconstruct"], out[f"{mod}.scalar"] = _reconstruct, scalar
+    for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                 "uint64", "float16", "float32", "float64"):
+        cls = type(np.dtype(name))
+        out[f"numpy.dtypes.{cls.__name__}"] = cls
+    return out
+
+
+def _why(e: BaseException) -> str:
+    lines = [x.strip() for x in str(e).splitlines() if x.strip()]
+    hit = [i for i, x in enumerate(lines) if x.endswith("WeightsUnpickler error:")]
+    line = lines[hit[0] + 1] if hit and hit[0] + 1 < len(lines) else (lines[0] if lines else "")
+    return f"{type(e).__name__}: {line[:300]}" if line else type(e).__name__
+
+
+def load_weights_only(path: str | Path, mmap: bool = False):
+    """``torch.load(path, weights_only=True)`` onto the CPU (mmengine Runner checkpoints
+    too, see module docstring); CheckpointError naming the file on any failure. ``mmap``:
+    tensors are mapped, not read (a cheap check of the file's structure)."""
+    path = str(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        first = e
+    except Exception as e:  # truncated / not a zip / not a torch file at all
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_why(e)})") from None
+    try:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:
+        unsafe = {"?"}
+    allowed = _mmengine_globals()
+    if unsafe and unsafe <= set(allowed):
+        with torch.serialization.safe_globals([(v, k) for k, v in allowed.items()]):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except Exception as e:
+                first = e
+    extra = sorted(unsafe - set(allowed) - {"?"})
+    if not extra:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_why(first)})") from None
+    raise CheckpointError(
+        f"{path}: refused by torch.load(weights_only=True): unpickling it would need "
+        f"{', '.join(extra[:6])}; export a safetensors file or a plain tensor state dict") from None
+
+
+def safetensors_metadata(path: str | Path) -> dict:
+    """The metadata of a safetensors file (header only)."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_why(e)})") from None
+
+
+def is_safetensors(path: str | Path) -> bool:
+    """A safetensors file (by its header: 8-byte length, then a JSON object)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
+
+
+def stored_step(path: str | Path) -> int | None:
+    """The training step a checkpoint / weights file was written at (None if not recorded).
+    A torch file is memory-mapped, so its tensors are not read."""
+    path = Path(path)
+    if is_safetensors(path):
+        step = safetensors_metadata(path).get("step")
+        try:
+            return int(json.loads(step)) if step is not None else None
+        except (TypeError, ValueError):
+            return None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    step = obj.get("step") if isinstance(obj, dict) else None
+    return int(step) if isinstance(step, int) else None

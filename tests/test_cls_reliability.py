@@ -1,0 +1,164 @@
+"""Issue 10, fine-tuning and transfer: exact resume with worker processes (items 3), the best
+score kept across a resume, unreadable images skipped and named, all-bad data refused before
+a model is built (item 4), a NaN step never applied (item 1)."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from mixedae.classification import datasets as D
+from mixedae.classification import engine as E
+from mixedae.classification import finetune as F
+from mixedae.classification import transfer as T
+from mixedae.runtime.errors import TrainingDiverged
+
+from conftest import data_dir
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+MICRO = ["--model", "micro", "--patch-size", "8", "--img-size", "32", "--log-every", "1"]
+
+
+def small_cifar(root: Path, n_train=8, n_test=2) -> Path:
+    """cls_tiny/cifar10 cut to n_train / n_test images per class (symlinks)."""
+    src = data_dir("cls_tiny") / "cifar10"
+    for split, n in (("train", n_train), ("test", n_test)):
+        for cls in sorted(p for p in (src / split).iterdir() if p.is_dir()):
+            d = root / "cifar10" / split / cls.name
+            d.mkdir(parents=True)
+            for f in sorted(cls.iterdir())[:n]:
+                (d / f.name).symlink_to(f)
+    return root / "cifar10"
+
+
+def damage(folder: Path) -> list[Path]:
+    """One truncated JPEG and one garbage file in the first class of ``folder``."""
+    cls = sorted(p for p in folder.iterdir() if p.is_dir())[0]
+    good = sorted(cls.iterdir())[0].read_bytes()
+    bad = [cls / "zz_truncated.jpg", cls / "zz_garbage.jpg"]
+    bad[0].write_bytes(good[: len(good) // 3])
+    bad[1].write_bytes(b"\xff\xd8\xff\xe0 not an image")
+    return bad
+
+
+def events(path: Path, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("event") == kind]
+
+
+# ---- 3. exact resume with worker processes --------------------------------------------------
+def test_finetune_resume_is_exact_with_workers_and_keeps_best(tmp_path):
+    data = small_cifar(tmp_path / "root")  # 80 train / 20 test; 16 per step: 5 steps/epoch
+    base = ["--data", str(data), "--val-folder", "test", *MICRO, "--batch-size", "16",
+            "--epochs", "2", "--warmup-epochs", "1", "--workers", "2", "--eval-batch-size", "20"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert F.main([*base, "--output-dir", str(a), "--max-steps", "7"]) == 0
+    ck = E.load_checkpoint(a / "checkpoint.pth")
+    first = events(a / "log.jsonl", "eval")[0]
+    assert ck["step"] == 7 and first["step"] == 5
+    assert ck["state"]["top1"] == first["top1"]  # the best score so far is in the checkpoint
+    assert F.main([*base, "--output-dir", str(a), "--resume", "auto"]) == 0
+    assert F.main([*base, "--output-dir", str(b)]) == 0
+    ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
+    assert ra["resumed_from"] == 7 and ra["step"] == rb["step"] == 10
+    assert ra["best_top1"] == rb["best_top1"] == max(
+        e["top1"] for e in events(b / "log.jsonl", "eval"))
+    assert [e["top1"] for e in events(a / "log.jsonl", "eval")[-2:]] == \
+        [e["top1"] for e in events(b / "log.jsonl", "eval")]
+    ma, mb = (E.load_checkpoint(d / "checkpoint.pth")["model"] for d in (a, b))
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_transfer_resume_is_exact_with_workers(tmp_path):
+    small_cifar(tmp_path / "root")
+    base = ["--datasets", "cifar10", "--root", str(tmp_path / "root"), "--iters", "12",
+            "--batch-size", "16", "--lrs", "0.01", "--ckpt-every", "4", "--workers", "2",
+            "--val-frac", "0.25", *MICRO]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert T.main([*base, "--output-dir", str(a), "--stop-after", "6"]) == 0
+    run = a / "runs" / "cifar10" / "lr0.01"
+    assert E.load_checkpoint(run / "checkpoint.pth")["step"] == 6
+    assert T.main([*base, "--output-dir", str(a), "--keep-checkpoints"]) == 0
+    assert T.main([*base, "--output-dir", str(b), "--keep-checkpoints"]) == 0
+    for phase in ("lr0.01", "final"):
+        ra, rb = (json.loads((d / "runs" / "cifar10" / phase / "result.json").read_text())
+                  for d in (a, b))
+        assert ra["eval"] == rb["eval"], phase
+    assert json.loads((run / "result.json").read_text())["resumed_from"] == 6
+    ma, mb = (E.load_checkpoint(d / "runs" / "cifar10" / "lr0.01" / "checkpoint.pth")["model"]
+              for d in (a, b))
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+# ---- 4. unreadable images ---------------------------------------------------------------------
+def test_finetune_skips_and_names_unreadable_images(tmp_path, caplog):
+    data = small_cifar(tmp_path / "root", n_train=2, n_test=1)
+    bad = damage(data / "train") + damage(data / "test")
+    rc = F.main(["--data", str(data), "--val-folder", "test", *MICRO, "--batch-size", "8",
+                 "--workers", "0", "--output-dir", str(tmp_path / "o"), "--max-steps", "3"])
+    assert rc == 0
+    msgs = " ".join(r.getMessage() for r in caplog.records)
+    for f in bad:
+        assert f"unreadable image {f}" in msgs, f
+    res = json.loads((tmp_path / "o" / "result.json").read_text())
+    assert res["step"] == 3 and res["last"]["top1"] >= 0
+
+
+def test_image_list_skips_bad_files_with_their_targets(tmp_path, caplog):
+    data = small_cifar(tmp_path / "root", n_train=1, n_test=1)
+    bad = damage(data / "train")
+    cd = D.load_dataset("cifar10", tmp_path / "root")
+    ds = cd.dataset("train", D.eval_transform(32))
+    i = cd.train_images.index(str(bad[0]))
+    x, y = ds[i]  # replaced by the next readable example, with that example's label
+    j = next(k for k in range(i + 1, len(ds)) if cd.train_images[k] not in map(str, bad))
+    assert torch.equal(x, ds[j][0]) and y == cd.train_targets[j]
+    for _ in range(2):
+        ds[i]
+    assert sum(str(bad[0]) in r.getMessage() for r in caplog.records) == 1  # named once
+
+
+def test_all_unreadable_data_refused_before_a_model(tmp_path, capsys, monkeypatch):
+    data = small_cifar(tmp_path / "root", n_train=1, n_test=1)
+    for f in data.rglob("*.jpg"):
+        f.unlink()
+        f.write_bytes(b"not an image")
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was built")
+    monkeypatch.setattr(F, "create_vit", refuse)
+    monkeypatch.setattr(T, "create_vit", refuse)
+    rc = F.main(["--data", str(data), "--val-folder", "test", *MICRO, "--output-dir",
+                 str(tmp_path / "ft")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and f"image folder {data / 'train'}: none of the 10 images" in err[-1]
+    rc = T.main(["--datasets", "cifar10", "--root", str(tmp_path / "root"), *MICRO,
+                 "--output-dir", str(tmp_path / "tr")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "cifar10/train: none of the 10 images can be read" in err[-1]
+    assert "Traceback" not in "".join(err)
+
+
+# ---- 1. a NaN step is never applied -----------------------------------------------------------
+def test_train_loop_stops_on_nan_and_keeps_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    ds = TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,)))
+    calls = {"n": 0}
+
+    def loss_fn(out, y):  # finite until the 7th step, then a NaN loss
+        calls["n"] += 1
+        loss = torch.nn.functional.cross_entropy(out, y)
+        return loss * float("nan") if calls["n"] == 7 else loss
+    kw = dict(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_set=ds,
+              loss_fn=loss_fn, batch_size=4, total_steps=16, lr_at=lambda s: 0.1,
+              device=torch.device("cpu"), ckpt_path=tmp_path / "checkpoint.pth", ckpt_every=4,
+              amp=False)
+    with pytest.raises(TrainingDiverged, match=r"at step 7; .*last good checkpoint: step 4"):
+        E.train_loop(**kw)
+    ck = E.load_checkpoint(tmp_path / "checkpoint.pth")
+    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # step 7 not applied
+    calls["n"] = 0
+    out = E.train_loop(**{**kw, "ckpt_path": tmp_path / "skip.pth"}, max_bad_steps=1)
+    assert out["finished"] and all(torch.isfinite(p).all() for p in model.parameters())
