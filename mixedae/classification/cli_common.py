@@ -5,6 +5,7 @@ fail with one line naming the flag and value."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,19 @@ from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.weights import checkpoint_config, resolve_checkpoint_path
 
 DEFAULT_WORKERS = 8
+
+def frozen_eval_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The flags that ``linprobe`` and ``knn`` share: data, output, name, model, feature."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--name", default=None, help="row label of the results (default: "
+                   "checkpoint name)")
+    add_model_args(p)
+    p.add_argument("--feature", choices=("cls", "avg"), default="cls")
+    return p
+
 
 # ---- model ------------------------------------------------------------------------------------
 def add_model_args(p: argparse.ArgumentParser, img_size: int = 224) -> None:
@@ -118,6 +132,33 @@ def check_data_args(args) -> list[str] | None:
     if missing:
         raise ConfigError("\n".join(missing))
     return names
+
+
+def run_per_dataset(args, names: list[str] | None, run_one) -> list[dict]:
+    """``run_one(args, data, out_dir, device)`` for every dataset in order, after the process
+    group is set up; stops at the first ``None`` (a resumable interruption). Rank 0 then
+    records the arguments in ``OUT/args.json``."""
+    from mixedae.runtime.checkpoint import atomic_write_text
+    from mixedae.runtime.distributed import init_distributed, is_main_process
+    device, out_dir, done = init_distributed().device, Path(args.output_dir), []
+    for data in iter_data(args, names, args.seed):
+        s = run_one(args, data, out_dir, device)
+        if s is None:
+            break
+        done.append(s)
+    if is_main_process() and done:
+        atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
+    return done
+
+
+def save_result(ds_dir: Path, data, ev: dict, name: str, **info) -> dict:
+    """Rank 0 writes the dataset's result (``results.save_dataset_result``); every rank waits
+    for it and gets the summary (``{}`` on the other ranks)."""
+    from mixedae.classification import results as R
+    from mixedae.runtime.distributed import barrier, is_main_process
+    summary = R.save_dataset_result(ds_dir, data, ev, name, **info) if is_main_process() else {}
+    barrier()
+    return summary
 
 
 def iter_data(args, names: list[str] | None, seed: int = 0):

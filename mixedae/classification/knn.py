@@ -28,7 +28,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -43,23 +42,14 @@ from mixedae.classification.evaluation import multilabel_stats, single_label_sta
 from mixedae.classification.features import cached_features, images_digest
 from mixedae.model.vit import create_vit
 from mixedae.runtime.cli import add_debug_flag, run_main
-from mixedae.runtime.checkpoint import atomic_write_text
-from mixedae.runtime.distributed import (barrier, cleanup, get_rank, get_world_size,
-                                         init_distributed, is_main_process)
-from mixedae.runtime.errors import CheckpointError, ConfigError
+from mixedae.runtime.distributed import cleanup, get_rank, get_world_size, is_main_process
+from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.run_logger import RunLogger, print0
 from mixedae.runtime.weights import resolve_checkpoint_path
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mixedae knn", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_data_args(p)
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--name", default=None, help="row label of the results (default: "
-                   "checkpoint name)")
-    C.add_model_args(p)
-    p.add_argument("--feature", choices=("cls", "avg"), default="cls")
+    p = C.frozen_eval_parser("mixedae knn", __doc__)
     p.add_argument("--k", type=int, default=20, help="neighbours")
     p.add_argument("--temperature", type=float, default=0.07)
     p.add_argument("--batch-size", type=int, default=256, help="per-rank extraction batch")
@@ -162,12 +152,8 @@ def knn_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict:
         logger.close()
     print0(f"[knn] {data.name}: {R.SHORT[data.metric]} {ev[data.metric]:.2f} (k {args.k}, "
            f"T {args.temperature}; features {t_feat:.0f}s, all {time.time() - t0:.0f}s)")
-    summary = {}  # (other ranks: written by rank 0)
-    if is_main_process():
-        summary = R.save_dataset_result(ds_dir, data, ev, args.name, method="knn", k=args.k,
-                                        temperature=args.temperature, feature=args.feature)
-    barrier()
-    return summary
+    return C.save_result(ds_dir, data, ev, args.name, method="knn", k=args.k,
+                         temperature=args.temperature, feature=args.feature)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,14 +163,10 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
     names = check_args(args)  # every flag, before any work
-    device = init_distributed().device
-    out_dir = Path(args.output_dir)
-    done = [knn_dataset(args, data, out_dir, device)
-            for data in C.iter_data(args, names, args.seed)]
+    done = C.run_per_dataset(args, names, knn_dataset)
     if is_main_process():  # the tables of this invocation (votes are recomputed every run)
-        atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
         res = {s["dataset"]: s for s in done}
-        _, md = R.write_tables(out_dir, args.name, res, f"k-NN (k {args.k}, T "
+        _, md = R.write_tables(Path(args.output_dir), args.name, res, f"k-NN (k {args.k}, T "
                                f"{args.temperature}, {args.feature} feature)")
         print(md.read_text())
     cleanup()

@@ -46,10 +46,10 @@ from mixedae.classification import results as R
 from mixedae.classification.metrics import multilabel_bce
 from mixedae.model.vit import create_vit
 from mixedae.runtime.cli import add_debug_flag, run_main
-from mixedae.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text
-from mixedae.runtime.distributed import (barrier, cleanup, get_world_size, init_distributed,
+from mixedae.runtime.checkpoint import CHECKPOINT_NAME
+from mixedae.runtime.distributed import (cleanup, get_world_size, init_distributed,
                                          is_main_process, unwrap, wrap_ddp)
-from mixedae.runtime.errors import CheckpointError, ConfigError
+from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.run_logger import RunLogger, print0
 from mixedae.runtime.schedules import cosine_lr
 
@@ -59,14 +59,7 @@ SETTINGS = ("checkpoint", "model", "patch_size", "img_size", "feature", "epochs"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mixedae linprobe", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_data_args(p)
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--name", default=None, help="row label of the results (default: "
-                   "checkpoint name)")
-    C.add_model_args(p)
-    p.add_argument("--feature", choices=("cls", "avg"), default="cls")
+    p = C.frozen_eval_parser("mixedae linprobe", __doc__)
     p.add_argument("--epochs", type=int, default=90)
     p.add_argument("--warmup-epochs", type=float, default=10)
     p.add_argument("--batch-size", type=int, default=16384, help="global")
@@ -218,14 +211,9 @@ def probe_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict | None:
     if not out["finished"]:
         print0("[linprobe] stopped early (--max-steps); rerun the same command to resume")
         return None
-    summary = {}  # (other ranks: written by rank 0)
-    if is_main_process():
-        summary = R.save_dataset_result(ds_dir, data, ev, args.name, method="linprobe",
-                                        feature=args.feature, lr=args.abs_lr,
-                                        steps=plan["total"], resumed_from=out["resumed_from"],
-                                        settings=settings(args))
-    barrier()
-    return summary
+    return C.save_result(ds_dir, data, ev, args.name, method="linprobe", feature=args.feature,
+                         lr=args.abs_lr, steps=plan["total"], resumed_from=out["resumed_from"],
+                         settings=settings(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,16 +223,9 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
     names = check_args(args)  # every flag, before any work
-    device = init_distributed().device
+    done = C.run_per_dataset(args, names, probe_dataset)
     out_dir = Path(args.output_dir)
-    done = []
-    for data in C.iter_data(args, names, args.seed):
-        s = probe_dataset(args, data, out_dir, device)
-        if s is None:
-            break
-        done.append(s)
     if is_main_process() and done:
-        atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
         res = R.collect(out_dir / d / "result.json" for d in sorted(
             p.name for p in out_dir.iterdir() if p.is_dir()))
         _, md = R.write_tables(out_dir, args.name, res, f"Linear probing ({args.feature} "
