@@ -17,7 +17,8 @@ import sys
 
 from mixedae.pretrain.config import PRESETS, PretrainConfig, get_preset
 from mixedae.pretrain.data import build_pretrain_dataset
-from mixedae.pretrain.engine import RunOptions, amp_dtype, micro_batch_size, pretrain
+from mixedae.pretrain.engine import RunOptions, pretrain
+from mixedae.pretrain.step import amp_dtype, micro_batch_size
 from mixedae.runtime import checkpoint as ckpt
 from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
 from mixedae.runtime.distributed import cleanup, parse_device
