@@ -8,4 +8,4 @@ _base_ = [
 model = dict(
     backbone=dict(arch='base', out_indices=(3, 5, 7, 11), drop_path_rate=0.2),
     neck=dict(in_channels=[768, 768, 768, 768]))
-optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.75))
+optim_wrapper = dict(paramwise_cfg=dict(layer_decay_rate=0.75))

@@ -7,4 +7,4 @@ _base_ = [
 model = dict(
     backbone=dict(arch='large', out_indices=(7, 11, 15, 23), drop_path_rate=0.2),
     neck=dict(in_channels=[1024, 1024, 1024, 1024]))
-optim_wrapper = dict(paramwise_cfg=dict(num_layers=24, layer_decay_rate=0.75))
+optim_wrapper = dict(paramwise_cfg=dict(layer_decay_rate=0.75))

@@ -9,4 +9,4 @@ model = dict(
     backbone=dict(arch='base', out_indices=(3, 5, 7, 11), drop_path_rate=0.1),
     decode_head=dict(in_channels=[768, 768, 768, 768], channels=768),
     auxiliary_head=dict(in_channels=768))
-optim_wrapper = dict(paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.65))
+optim_wrapper = dict(paramwise_cfg=dict(layer_decay_rate=0.65))

@@ -8,4 +8,4 @@ model = dict(
     backbone=dict(arch='large', out_indices=(7, 11, 15, 23), drop_path_rate=0.1),
     decode_head=dict(in_channels=[1024, 1024, 1024, 1024], channels=1024),
     auxiliary_head=dict(in_channels=1024))
-optim_wrapper = dict(paramwise_cfg=dict(num_layers=24, layer_decay_rate=0.75))
+optim_wrapper = dict(paramwise_cfg=dict(layer_decay_rate=0.75))

@@ -181,3 +181,25 @@ def test_relative_tables_are_loaded_and_resized(tmp_path):
     m512 = MixedAEViT(arch="micro", img_size=512, use_rel_pos_bias=True, norm_cfg=dict(type="BN"))
     m512.load_pretrained(str(path))
     assert m512.blocks[0].attn.relative_position_bias_table.shape[0] == 63 * 63 + 3
+
+
+@pytest.mark.parametrize("patch", [16, 8])
+def test_adapter_gives_the_declared_strides_for_any_patch(patch):
+    """Patch 8 must not silently give strides 2/4/8/16: the adapter resamples to out_strides."""
+    m = MixedAEViT(arch="micro", patch_size=patch, img_size=64, out_indices=(0, 1, 2, 3),
+                   norm_cfg=dict(type="BN")).eval()
+    assert m.out_strides == (4, 8, 16, 32)
+    with torch.no_grad():
+        outs = m(torch.randn(1, 3, 128, 192))
+    assert [tuple(o.shape[-2:]) for o in outs] == [(128 // s, 192 // s) for s in (4, 8, 16, 32)]
+    if patch == 16:   # exactly BEiT's fpn1..fpn4 (checkpoint keys unchanged)
+        assert [type(x).__name__ for x in m.fpn1] == ["ConvTranspose2d", "BatchNorm2d", "GELU",
+                                                      "ConvTranspose2d"]
+        assert isinstance(m.fpn3, torch.nn.Identity) and m.fpn4.stride == 2
+
+
+def test_unreachable_strides_are_refused():
+    with pytest.raises(ValueError, match=r"patch size\) 14 cannot give out_strides \[4, 8, 16, 32\]"):
+        MixedAEViT(arch="micro", patch_size=14, img_size=56, norm_cfg=dict(type="BN"))
+    with pytest.raises(ValueError, match="cannot give out_strides"):
+        MixedAEViT(arch="micro", patch_size=32, img_size=64, norm_cfg=dict(type="BN"))

@@ -8,6 +8,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mixedae.mm  # noqa: F401
+from mixedae.mm import preflight
 
 from conftest import REPO
 
@@ -16,7 +17,7 @@ DET = sorted((REPO / "mmdet_configs").glob("*.py"))
 
 
 def test_configs_exist():
-    assert len(SEG) == 2 and len(DET) == 2
+    assert len(SEG) == 2 and len(DET) == 3
 
 
 def _build(cfg):
@@ -30,14 +31,17 @@ def _build(cfg):
 def test_config_loads_and_builds(path: Path):
     cfg = Config.fromfile(str(path))
     large = "vit-l16" in path.name
+    simple = "simplefpn" in path.name   # ViTDet neck: the last block only
     bb = cfg.model.backbone
     assert bb.type == "MixedAEViT" and bb.arch == ("large" if large else "base")
-    assert tuple(bb.out_indices) == ((7, 11, 15, 23) if large else (3, 5, 7, 11))
+    assert tuple(bb.out_indices) == ((7, 11, 15, 23) if large else (11,) if simple
+                                     else (3, 5, 7, 11))
+    assert preflight.check_strides(cfg) == (4, 8, 16, 32)
     ow = cfg.optim_wrapper
     assert ow.type == "AmpOptimWrapper" and ow.constructor == "MixedAELayerDecayOptimizerConstructor"
     assert ow.optimizer.type == "AdamW" and tuple(ow.optimizer.betas) == (0.9, 0.999)
     assert ow.optimizer.weight_decay == 0.05
-    assert ow.paramwise_cfg.num_layers == (24 if large else 12)
+    assert "num_layers" not in ow.paramwise_cfg   # the backbone reports its depth
     assert cfg.train_dataloader.batch_size == 2   # x 8 GPUs = 16
     if cfg.default_scope == "mmseg":
         assert ow.optimizer.lr == 3e-4
@@ -62,11 +66,16 @@ def test_config_loads_and_builds(path: Path):
         heads = cfg.model.roi_head.bbox_head
         assert [h.type for h in heads] == ["Shared4Conv1FCBBoxHead"] * 3
         assert all(h.loss_bbox.type == "GIoULoss" and h.norm_cfg.type == "SyncBN" for h in heads)
-        assert cfg.model.neck.norm_cfg.type == "SyncBN"
+        if not simple:
+            assert cfg.model.neck.norm_cfg.type == "SyncBN"
         assert cfg.val_evaluator.metric == ["bbox", "segm"]
         if not large:
             assert bb.drop_path_rate == 0.2
     model = _build(cfg)
+    if simple:
+        assert type(model.neck).__name__ == "SimpleFPN" and not model.backbone.with_adapter
+    assert model.backbone.num_layers == (24 if large else 12)
+    assert preflight.cpu_warning(model, cuda=False) is not None   # production: too big for CPU
     vit = sum(p.numel() for n, p in model.backbone.named_parameters()
               if not n.startswith("fpn") and "relative_position" not in n
               and n != "pos_embed")

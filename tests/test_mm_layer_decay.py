@@ -122,3 +122,62 @@ def test_scheduler_keeps_per_group_ratio(tmp_path):
     ratios = {round(g["lr"] / l0, 12) for g, l0 in zip(ow.optimizer.param_groups, lrs0)}
     assert len(ratios) == 1
     assert torch.isfinite(torch.tensor(list(ratios))).all()
+
+
+# ---- the depth comes from the backbone; one grouping implementation -------------------------
+def test_depth_comes_from_the_backbone(tmp_path):
+    """No num_layers in the configs: a 12-block backbone gets 14 layer ids whatever the config
+    was written for (the old bug: a deeper arch silently got scales > 1)."""
+    cfg = tiny_seg_config(tmp_path)
+    assert "num_layers" not in cfg.optim_wrapper.paramwise_cfg
+    cfg.model.backbone.arch = "tiny"   # 12 blocks, 192 wide
+    cfg.model.decode_head.in_channels = [192] * 4
+    cfg.model.auxiliary_head.in_channels = 192
+    model, ow = build(cfg, "mmseg")
+    check_groups(model, ow, 3e-4, 0.05, 0.65, 12)
+    assert max(g["lr"] for g in ow.optimizer.param_groups) == pytest.approx(3e-4)
+
+
+def test_stated_num_layers_must_match(tmp_path):
+    cfg = tiny_seg_config(tmp_path)
+    cfg.optim_wrapper.paramwise_cfg.num_layers = 12   # the backbone has 4 blocks
+    with pytest.raises(ValueError, match=r"num_layers=12 but the backbone has 4 blocks"):
+        build(cfg, "mmseg")
+    cfg.optim_wrapper.paramwise_cfg.num_layers = 4    # agreeing is accepted
+    build(cfg, "mmseg")
+
+
+def test_get_layer_depth_is_mmpretrain_style(tmp_path):
+    cfg = tiny_seg_config(tmp_path)
+    model, _ = build(cfg, "mmseg")
+    bb = model.backbone
+    assert bb.num_layers == 4
+    for name, _ in model.named_parameters():
+        assert bb.get_layer_depth(name, "backbone.") == (expected_layer(name, 4), 6), name
+    assert bb.get_layer_depth("blocks.2.attn.qkv.weight") == (3, 6)   # no prefix
+
+
+def test_one_grouping_implementation(tmp_path):
+    """The mm constructor's (lr, weight decay, layer id) of every parameter are those of
+    runtime.layer_decay_param_groups, the function classification fine-tuning uses."""
+    from mixedae.runtime.layer_decay import layer_decay_param_groups
+    cfg = tiny_det_config(tmp_path)
+    model, ow = build(cfg, "mmdet")
+    mm = {n: (g["lr"], g["weight_decay"], g["layer_id"]) for g in ow.optimizer.param_groups
+          for n in g["param_names"]}
+    ref = {n: (g["lr"], g["weight_decay"], g["layer_id"])
+           for g in layer_decay_param_groups(model, 1e-4, 0.05, 0.75, 4, "backbone.")
+           for n in g["param_names"]}
+    assert mm == ref and len(mm) == sum(p.requires_grad for p in model.parameters())
+
+
+def test_backbone_without_depth_is_refused(tmp_path):
+    cfg = tiny_seg_config(tmp_path)
+    model, _ = build(cfg, "mmseg")
+    model.backbone = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    from mixedae.mm.optim import MixedAELayerDecayOptimizerConstructor
+    ctor = MixedAELayerDecayOptimizerConstructor(
+        dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-4, weight_decay=0.05)),
+        dict(layer_decay_rate=0.75))
+    with pytest.raises(ValueError, match="does not report its depth"):
+        ctor(model)

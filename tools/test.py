@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """Evaluate a trained mmseg / mmdet checkpoint with the real mmengine Runner.
 
-    python tools/test.py CONFIG work_dirs/ade_b/iter_160000.pth [--work-dir DIR]
-        [--cfg-options test_dataloader.dataset.data_root=...]
+    .venv/bin/python tools/test.py CONFIG work_dirs/ade_b/iter_160000.pth [--work-dir DIR]
+        [--metrics-out metrics.json] [--out preds.pkl | --out pred_pngs/] [--show-dir vis/]
+        [--tta] [--cfg-options test_dataloader.dataset.data_root=...]
+    bash tools/dist_test.sh CONFIG CHECKPOINT 8 [options]
 
 The checkpoint must cover the whole model (checked before the run; mmengine itself would
-load it non-strictly). Metrics are those of the config's ``test_evaluator``.
+load it non-strictly). Metrics are those of the config's ``test_evaluator``; ``--out`` writes
+the predictions as mmseg / mmdet do (see mixedae/mm/testing.py); an evaluator that yields no
+metrics is an error (exit code 2).
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -21,29 +24,44 @@ def parse_args(argv=None):
     ap.add_argument("config")
     ap.add_argument("checkpoint")
     ap.add_argument("--work-dir")
-    ap.add_argument("--out", help="write the metrics as JSON here")
+    ap.add_argument("--out", help="predictions: mmdet a .pkl; mmseg a folder of label PNGs "
+                                  "(or a .pkl)")
+    ap.add_argument("--metrics-out", help="write the metrics as JSON here")
+    ap.add_argument("--show-dir", help="save painted predictions per image under this folder")
+    ap.add_argument("--show", action="store_true", help="show predictions in a window")
+    ap.add_argument("--wait-time", type=float, default=2.0, help="seconds per shown image")
+    ap.add_argument("--tta", action="store_true",
+                    help="test-time augmentation (mmseg: the config's tta_pipeline/tta_model)")
     add_launch_args(ap)
     return parse_launch_args(ap, argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from mixedae.mm.runner import build_runner, check_full_checkpoint, load_config
+    from mixedae.mm.runner import build_runner, check_full_checkpoint, detect_task, load_config
+    from mixedae.mm.testing import check_metrics, configure_test, write_metrics
+    if not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     cfg = load_config(args.config, args.cfg_options)
-    bb = cfg.model.get("backbone", {})
+    configure_test(cfg, detect_task(cfg), out=args.out, show_dir=args.show_dir,
+                   show=args.show, wait_time=args.wait_time, tta=args.tta)
+    net = cfg.model.get("module", cfg.model)   # the network inside a TTA model
+    bb = net.get("backbone", {})
     bb.pop("pretrained", None)   # weights come from the checkpoint
     bb["init_cfg"] = None
-    if cfg.model.get("pretrained") is not None:
-        cfg.model["pretrained"] = None
+    if net.get("pretrained") is not None:
+        net["pretrained"] = None
     cfg.load_from = args.checkpoint
     cfg.resume = False
     runner = build_runner(cfg, args.work_dir, args.launcher, args.config)
     check_full_checkpoint(runner.model, args.checkpoint)
-    metrics = runner.test()
-    if args.out:
-        Path(args.out).write_text(json.dumps({k: float(v) for k, v in metrics.items()}, indent=1))
+    metrics = check_metrics(runner.test(), cfg)
+    from mmengine.dist import is_main_process
+    if args.metrics_out and is_main_process():
+        write_metrics(metrics, args.metrics_out)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mixedae.mm.runner import guarded
+    sys.exit(guarded(main))

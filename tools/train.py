@@ -1,15 +1,18 @@
 #!/usr/bin/env python
 """Train any mmseg / mmdet config of this project with the real mmengine Runner.
 
-    python tools/train.py mmseg_configs/upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py \
+    .venv/bin/python tools/train.py mmseg_configs/upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py \
         --pretrained runs/mixedae/model.safetensors --work-dir work_dirs/ade_b
     bash tools/dist_train.sh CONFIG 8 --pretrained PATH          # torchrun, multi-node via env
+    bash tools/slurm_train.sh PARTITION JOB CONFIG WORK_DIR --pretrained PATH
 
 The task (mmseg or mmdet) comes from the config's ``default_scope`` (or its model type).
 ``--pretrained`` takes our pretraining checkpoint (file or run dir), a converted backbone,
 official MAE / timm weights or an mm checkpoint; it is converted on the fly and loaded by the
 backbone's checked loader (every dropped/missing key reported, unexpected ones are errors).
-Not distributed: SyncBN becomes BN; no CUDA: AMP is turned off.
+When its ViT (size, patch) differs from the config's, the exact ``--cfg-options`` to use are
+printed (``--match-pretrained`` applies them). Not distributed or no CUDA: SyncBN becomes BN;
+no CUDA: AMP is off and multi-process runs use gloo.
 """
 import argparse
 import sys
@@ -24,18 +27,26 @@ def parse_args(argv=None):
     ap.add_argument("config", help="config file")
     ap.add_argument("--work-dir", help="where logs and checkpoints go")
     ap.add_argument("--pretrained", help="backbone weights (any supported layout)")
+    ap.add_argument("--match-pretrained", action="store_true",
+                    help="set the backbone (size, patch, out_indices) and the widths that follow "
+                         "it from the --pretrained checkpoint instead of refusing a mismatch")
     ap.add_argument("--resume", nargs="?", const="auto", default=None,
                     help="resume: a checkpoint path, or the latest in work-dir if no path")
     ap.add_argument("--amp", action="store_true", help="force AmpOptimWrapper (GPU)")
     add_launch_args(ap)
-    return parse_launch_args(ap, argv)
+    args = parse_launch_args(ap, argv)
+    if args.match_pretrained and not args.pretrained:
+        ap.error("--match-pretrained needs --pretrained")
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from mixedae.mm.pretrained import match_pretrained
     from mixedae.mm.runner import attach_pretrained, build_runner, load_config
     cfg = load_config(args.config, args.cfg_options)
     if args.pretrained:
+        match_pretrained(cfg, args.pretrained, apply=args.match_pretrained)
         attach_pretrained(cfg, args.pretrained)
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
@@ -50,4 +61,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mixedae.mm.runner import guarded
+    sys.exit(guarded(main))

@@ -4,10 +4,16 @@ A subclass of :class:`mixedae.model.vit.VisionTransformer`, so parameter names s
 names (``backbone.blocks.3.attn.qkv.weight`` ...) and the layer-decay rule, the converters and
 timm/MAE checkpoints all agree on them.
 
-* outputs: patch tokens after the blocks in ``out_indices`` reshaped to (B, D, h, w), then the
-  BEiT / iBOT 4-scale adapter (``with_adapter=True``): stride 4 = ConvTranspose2d(2, 2) → norm
-  (BN/SyncBN from ``norm_cfg``) → GELU → ConvTranspose2d(2, 2); stride 8 = ConvTranspose2d(2, 2);
-  stride 16 = identity; stride 32 = MaxPool2d(2);
+* outputs: patch tokens after the blocks in ``out_indices`` reshaped to (B, D, h, w) (stride =
+  patch size), then the BEiT / iBOT 4-scale adapter (``with_adapter=True``) resampling them to
+  ``out_strides`` (default 4/8/16/32, what the heads' ``featmap_strides`` say) whatever the
+  patch size: ×4 = ConvTranspose2d(2, 2) → norm (BN/SyncBN from ``norm_cfg``) → GELU →
+  ConvTranspose2d(2, 2); ×2 = ConvTranspose2d(2, 2); ×1 = identity; ×1/2, ×1/4 = MaxPool2d.
+  Patch 16 gives exactly BEiT's fpn1..fpn4; a stride the patch size cannot reach (patch 14,
+  or 32 for stride 4) is refused at construction;
+* depth for layer decay: ``num_layers`` and mmpretrain's ``get_layer_depth(name, prefix)``,
+  from the project's one rule (:mod:`mixedae.runtime.layer_decay`), so the optimizer
+  constructor never needs the depth written in a config;
 * absolute position embedding learnable, resized bicubically (patch part) to any input grid,
   non-square included; optional BEiT relative position bias (``use_rel_pos_bias``), zero init;
 * stochastic depth (``drop_path_rate``, linear over depth); no final norm (BEiT/iBOT dense
@@ -30,9 +36,45 @@ from mmengine.logging import print_log
 from mixedae import convert as cv
 from mixedae.model.vit import VIT_SIZES, VisionTransformer, relative_position_table_size, \
     resize_relative_position_table
+from mixedae.runtime.layer_decay import get_layer_id
 
 
 DEFAULT_OUT_INDICES = {12: (3, 5, 7, 11), 24: (7, 11, 15, 23)}
+DEFAULT_OUT_STRIDES = (4, 8, 16, 32)
+
+
+def default_out_indices(depth: int) -> tuple[int, ...]:
+    """BEiT/iBOT block indices for 12 / 24 blocks, the quarter ends for other depths."""
+    return DEFAULT_OUT_INDICES.get(
+        depth, (depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1))
+
+
+def adapter_factors(stride_in: int, out_strides, what: str = "MixedAEViT") -> list[float]:
+    """Resolution factors turning stride ``stride_in`` into each of ``out_strides``; raises
+    ValueError naming both when one is not x4, x2, x1, x1/2 or x1/4."""
+    strides = tuple(int(s) for s in out_strides)
+    factors = [stride_in / s for s in strides]
+    if len(strides) != 4 or any(f not in (4, 2, 1, 0.5, 0.25) for f in factors):
+        raise ValueError(f"{what}: input stride (patch size) {stride_in} cannot give out_strides "
+                         f"{list(strides)} (4 strides, each the input stride x4, x2, x1, x1/2 or "
+                         f"x1/4); use a patch-16 (or 8) checkpoint or change the heads' strides")
+    return factors
+
+
+def resample_branch(dim: int, factor: float, norm_cfg: dict) -> nn.Module:
+    """One adapter branch changing the resolution by ``factor`` (4, 2, 1, 1/2 or 1/4)."""
+    if factor == 4:
+        return nn.Sequential(nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
+                             build_norm_layer(norm_cfg, dim)[1], nn.GELU(),
+                             nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
+    if factor == 2:
+        return nn.Sequential(nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
+    if factor == 1:
+        return nn.Identity()
+    if factor in (0.5, 0.25):
+        k = int(round(1 / factor))
+        return nn.MaxPool2d(kernel_size=k, stride=k)
+    raise ValueError(f"no adapter branch for a resolution factor of {factor}")
 
 
 def _pair(x) -> tuple[int, int]:
@@ -49,7 +91,9 @@ class MixedAEViT(VisionTransformer):
             inputs are resized on the fly. A checkpoint's embedding is resized to it on load.
         out_indices: blocks whose outputs feed the 4 scales; default (3, 5, 7, 11) for 12
             blocks (ViT-B), (7, 11, 15, 23) for 24 (ViT-L), the quarter ends otherwise.
-        norm_cfg: norm of the stride-4 branch, ``dict(type='SyncBN')`` or ``'BN'``.
+        norm_cfg: norm of the ×4 branch, ``dict(type='SyncBN')`` or ``'BN'``.
+        out_strides: strides of the 4 adapter outputs (the heads' ``featmap_strides``);
+            each must be the patch size × 4, 2, 1, 1/2 or 1/4.
         pretrained / init_cfg: see module docstring.
     """
 
@@ -57,7 +101,8 @@ class MixedAEViT(VisionTransformer):
                  in_channels: int = 3, out_indices: Sequence[int] | None = None,
                  drop_path_rate: float = 0.1, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  use_rel_pos_bias: bool = False, with_adapter: bool = True,
-                 norm_cfg: dict | None = None, frozen_stages: int = -1,
+                 norm_cfg: dict | None = None, out_strides: Sequence[int] = DEFAULT_OUT_STRIDES,
+                 frozen_stages: int = -1,
                  pretrained: str | None = None, init_cfg: dict | list | None = None):
         if isinstance(arch, str):
             if arch not in VIT_SIZES:
@@ -75,9 +120,8 @@ class MixedAEViT(VisionTransformer):
                          global_pool="", fc_norm=False, learnable_pos_embed=True,
                          dynamic_img_size=True, rel_pos_bias=use_rel_pos_bias)
         self.norm = nn.Identity()  # BEiT/iBOT dense transfer: features straight from blocks
-        if out_indices is None:  # BEiT/iBOT defaults; quarters for other depths
-            out_indices = DEFAULT_OUT_INDICES.get(
-                depth, (depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1))
+        if out_indices is None:
+            out_indices = default_out_indices(depth)
         out_indices = tuple(int(i) for i in out_indices)
         if not out_indices or any(not 0 <= i < depth for i in out_indices):
             raise ValueError(f"MixedAEViT: out_indices {out_indices} out of range for depth {depth}")
@@ -86,15 +130,9 @@ class MixedAEViT(VisionTransformer):
         self.out_indices = out_indices
         self.with_adapter = with_adapter
         if with_adapter:
-            norm_cfg = dict(type="SyncBN", requires_grad=True) if norm_cfg is None else norm_cfg
-            self.fpn1 = nn.Sequential(
-                nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2),
-                build_norm_layer(norm_cfg, dim)[1],
-                nn.GELU(),
-                nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
-            self.fpn2 = nn.Sequential(nn.ConvTranspose2d(dim, dim, kernel_size=2, stride=2))
-            self.fpn3 = nn.Identity()
-            self.fpn4 = nn.MaxPool2d(kernel_size=2, stride=2)
+            self._build_adapter(dim, tuple(int(t) for t in out_strides), norm_cfg)
+        else:
+            self.out_strides = (patch_size,) * len(out_indices)
         if pretrained is not None and init_cfg is not None:
             raise ValueError("MixedAEViT: give either pretrained= or init_cfg=, not both")
         if pretrained is not None:
@@ -104,6 +142,23 @@ class MixedAEViT(VisionTransformer):
         self.frozen_stages = frozen_stages
         self._mm_ready = True
         self._freeze()
+
+    def _build_adapter(self, dim: int, strides: tuple[int, ...], norm_cfg: dict | None) -> None:
+        factors = adapter_factors(self.patch_size, strides)
+        norm_cfg = dict(type="SyncBN", requires_grad=True) if norm_cfg is None else norm_cfg
+        for i, f in enumerate(factors):
+            setattr(self, f"fpn{i + 1}", resample_branch(dim, f, norm_cfg))
+        self.out_strides = strides
+
+    @property
+    def num_layers(self) -> int:
+        return self.depth
+
+    def get_layer_depth(self, param_name: str, prefix: str = "") -> tuple[int, int]:
+        """(layer depth of ``param_name``, number of depths) as mmpretrain's ViT reports it:
+        0 = embeddings, i + 1 = block i, ``num_layers + 1`` = adapter and everything outside
+        ``prefix``; the project's rule (``mixedae.runtime.layer_decay.get_layer_id``)."""
+        return get_layer_id(param_name, self.num_layers, prefix), self.num_layers + 2
 
     def _freeze(self) -> None:
         if self.frozen_stages < 0:

@@ -7,15 +7,20 @@ default scope) use it unchanged::
         type='AmpOptimWrapper',
         optimizer=dict(type='AdamW', lr=3e-4, betas=(0.9, 0.999), weight_decay=0.05),
         constructor='MixedAELayerDecayOptimizerConstructor',
-        paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.65,
+        paramwise_cfg=dict(layer_decay_rate=0.65,
                            custom_keys={'decode_head': dict(lr_mult=1.0)}))
 
-The layer id and the no-weight-decay rule are the project's one rule in
-:mod:`mixedae.runtime.layer_decay` (``get_layer_id``, ``is_no_weight_decay``); this class only turns
-them into param groups: lr = base_lr · decay^(num_layers+1-id) · lr_mult and weight decay =
-0 for norms/biases/tokens/embeddings/relative tables, else base_wd · decay_mult, where
-lr_mult/decay_mult come from the longest ``custom_keys`` entry contained in the name
-(default 1).
+The depth comes from the backbone itself (``num_layers`` / mmpretrain's ``get_layer_depth``, as
+``MixedAEViT`` reports it), so a config cannot state a wrong one: ``paramwise_cfg.num_layers``
+is optional and, when given, must equal the backbone's depth (else one error naming both).
+
+The param groups are the project's one implementation,
+:func:`mixedae.runtime.layer_decay.layer_decay_param_groups` (also used by ImageNet / downstream
+fine-tuning): lr = base_lr · decay^(num_layers+1-id) and weight decay = 0 for norms, biases,
+tokens, embeddings and relative tables, else base_wd. This class only checks that the backbone's
+own ``get_layer_depth`` agrees with that rule and then applies mmengine's ``custom_keys``: the
+longest key contained in a name multiplies that parameter's lr by ``lr_mult`` and its weight
+decay by ``decay_mult`` (default 1).
 """
 from __future__ import annotations
 
@@ -24,9 +29,56 @@ from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
-from mixedae.runtime.layer_decay import get_layer_id, is_no_weight_decay
+from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.layer_decay import layer_decay_param_groups
 
 _KNOWN = {"num_layers", "layer_decay_rate", "custom_keys", "backbone_prefix", "decay_type"}
+_NAME = "MixedAELayerDecayOptimizerConstructor"
+
+
+def backbone_depth(model: nn.Module, prefix: str = "backbone.") -> int:
+    """Number of blocks of ``model``'s backbone, from its ``get_layer_depth`` (mmpretrain's
+    protocol: returns (depth of a name, number of depths = blocks + 2))."""
+    path = prefix.rstrip(".")
+    try:
+        backbone = model.get_submodule(path) if path else model
+    except AttributeError:
+        raise ConfigError(f"{_NAME}: the model has no submodule {path!r} "
+                          f"(paramwise_cfg.backbone_prefix={prefix!r})") from None
+    if not callable(getattr(backbone, "get_layer_depth", None)):
+        raise ConfigError(f"{_NAME}: backbone {type(backbone).__name__} does not report its "
+                          f"depth (no get_layer_depth); layer decay needs MixedAEViT")
+    return int(backbone.get_layer_depth("", "")[1]) - 2
+
+
+def _check_rule(model: nn.Module, groups: list[dict], prefix: str) -> None:
+    """The backbone's own depth of every parameter equals the group's layer id."""
+    backbone = model.get_submodule(prefix.rstrip(".")) if prefix else model
+    for g in groups:
+        for name in g["param_names"]:
+            depth = backbone.get_layer_depth(name, prefix)[0]
+            if depth != g["layer_id"]:
+                raise ConfigError(f"{_NAME}: {type(backbone).__name__}.get_layer_depth({name!r}) "
+                                  f"= {depth} but the layer-decay rule gives {g['layer_id']}")
+
+
+def apply_custom_keys(groups: list[dict], custom: dict) -> list[dict]:
+    """Split each group by its ``custom_keys`` entry (longest key contained in the name) and
+    scale lr by ``lr_mult`` and weight decay by ``decay_mult``."""
+    order = sorted(custom, key=lambda k: (-len(k), k))
+    out: dict[tuple, dict] = {}
+    for g in groups:
+        for p, name in zip(g["params"], g["param_names"]):
+            ck = next((k for k in order if k in name), None)
+            key = (g["layer_id"], g["weight_decay"] == 0.0, str(ck))
+            if key not in out:
+                lr_mult = float(custom[ck].get("lr_mult", 1.0)) if ck else 1.0
+                decay_mult = float(custom[ck].get("decay_mult", 1.0)) if ck else 1.0
+                out[key] = dict(g, params=[], param_names=[], lr=g["lr"] * lr_mult,
+                                weight_decay=g["weight_decay"] * decay_mult)
+            out[key]["params"].append(p)
+            out[key]["param_names"].append(name)
+    return [out[k] for k in sorted(out)]
 
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module(force=True)
@@ -34,48 +86,32 @@ class MixedAELayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None):
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
         cfg = self.paramwise_cfg
-        for key in ("num_layers", "layer_decay_rate"):
-            if key not in cfg:
-                raise ValueError(f"MixedAELayerDecayOptimizerConstructor: paramwise_cfg.{key} "
-                                 f"is required")
+        if "layer_decay_rate" not in cfg:
+            raise ConfigError(f"{_NAME}: paramwise_cfg.layer_decay_rate is required")
         unknown = sorted(set(cfg) - _KNOWN)
         if unknown:
-            raise ValueError(f"MixedAELayerDecayOptimizerConstructor: unknown paramwise_cfg "
-                             f"key(s) {unknown}; known: {sorted(_KNOWN)}")
+            raise ConfigError(f"{_NAME}: unknown paramwise_cfg key(s) {unknown}; known: "
+                              f"{sorted(_KNOWN)}")
         if cfg.get("decay_type", "layer_wise") != "layer_wise":
-            raise ValueError(f"MixedAELayerDecayOptimizerConstructor: decay_type "
-                             f"{cfg['decay_type']!r} not supported (only 'layer_wise')")
+            raise ConfigError(f"{_NAME}: decay_type {cfg['decay_type']!r} not supported "
+                              f"(only 'layer_wise')")
         if self.base_lr is None or self.base_wd is None:
-            raise ValueError("MixedAELayerDecayOptimizerConstructor: optimizer lr and "
-                             "weight_decay must be set")
+            raise ConfigError(f"{_NAME}: optimizer lr and weight_decay must be set")
 
     def add_params(self, params: list, module: nn.Module, **kwargs) -> None:
         cfg = self.paramwise_cfg
-        num_layers = int(cfg["num_layers"])
         decay = float(cfg["layer_decay_rate"])
         prefix = cfg.get("backbone_prefix", "backbone.")
-        custom = cfg.get("custom_keys", {}) or {}
-        custom_order = sorted(custom, key=lambda k: (-len(k), k))
-        groups: dict[tuple, dict] = {}
-        for name, p in module.named_parameters():
-            if not p.requires_grad:
-                continue
-            lid = get_layer_id(name, num_layers, prefix)
-            no_wd = is_no_weight_decay(name, p)
-            ck = next((k for k in custom_order if k in name), None)
-            lr_mult = float(custom[ck].get("lr_mult", 1.0)) if ck else 1.0
-            decay_mult = float(custom[ck].get("decay_mult", 1.0)) if ck else 1.0
-            key = (lid, no_wd, ck)
-            if key not in groups:
-                scale = decay ** (num_layers + 1 - lid)
-                groups[key] = dict(
-                    params=[], param_names=[], layer_id=lid, lr_scale=scale,
-                    lr=self.base_lr * scale * lr_mult,
-                    weight_decay=0.0 if no_wd else self.base_wd * decay_mult)
-            groups[key]["params"].append(p)
-            groups[key]["param_names"].append(name)
-        ordered = [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1], str(k[2])))]
-        params.extend(ordered)
-        print_log(f"layer decay {decay} over {num_layers} layers: {len(ordered)} param groups, "
-                  f"lr scale {decay ** (num_layers + 1):.3g} (patch embed) .. 1 (heads)",
-                  logger="current")
+        depth = backbone_depth(module, prefix)
+        stated = cfg.get("num_layers")
+        if stated is not None and int(stated) != depth:
+            raise ConfigError(f"{_NAME}: paramwise_cfg.num_layers={stated} but the backbone has "
+                              f"{depth} blocks; remove num_layers (the backbone reports it)")
+        groups = layer_decay_param_groups(module, self.base_lr, self.base_wd, decay, depth,
+                                          backbone_prefix=prefix)
+        _check_rule(module, groups, prefix)
+        groups = apply_custom_keys(groups, cfg.get("custom_keys", {}) or {})
+        params.extend(groups)
+        print_log(f"layer decay {decay} over the backbone's {depth} blocks: {len(groups)} param "
+                  f"groups, lr scale {decay ** (depth + 1):.3g} (patch embed) .. "
+                  f"{decay:.3g} (last block) .. 1 (heads)", logger="current")

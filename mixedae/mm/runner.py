@@ -1,11 +1,14 @@
-"""Shared logic of tools/train.py and tools/test.py: load a config, find its task (mmseg or
-mmdet), adapt it to the machine (SyncBN → BN and AMP off when not distributed / no GPU),
-attach pretrained backbone weights, build the real mmengine ``Runner``."""
+"""Shared logic of tools/train.py, test.py and infer.py: load a config, find its task (mmseg or
+mmdet), adapt it to the machine (SyncBN → BN when not distributed or without CUDA; no CUDA: AMP
+off, gloo process group and a CPU DDP wrapper), check the feature strides, attach pretrained
+backbone weights, build the real mmengine ``Runner``; one error line instead of a traceback."""
 from __future__ import annotations
 
+import logging
 import os
 import os.path as osp
-from typing import Any
+import sys
+from typing import Any, Callable
 
 import torch
 from mmengine.config import Config, ConfigDict, DictAction
@@ -13,13 +16,33 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mixedae import convert as cv
-from mixedae.mm import compat
+from mixedae.mm import compat, preflight
+from mixedae.mm.distributed import init_cpu_process_group
+from mixedae.runtime.errors import MixedAEError
 
 compat.apply()
 
 TASKS = ("mmseg", "mmdet")
 __all__ = ["TASKS", "DictAction", "load_config", "detect_task", "adapt_to_machine",
-           "attach_pretrained", "build_runner", "check_full_checkpoint"]
+           "attach_pretrained", "build_runner", "check_full_checkpoint", "guarded"]
+
+# expected failures (bad config, flag, file): one line, no traceback unless --debug
+_EXPECTED = (MixedAEError, ValueError, FileNotFoundError, KeyError, TypeError, AssertionError,
+             ImportError)
+
+
+def guarded(main: Callable[[list | None], int], argv: list | None = None) -> int:
+    """Run a tool's ``main``; an expected failure becomes ``error: <one line>`` on stderr and
+    exit code 2 (the traceback only with ``--debug``)."""
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except _EXPECTED as e:
+        if "--debug" in args:
+            raise
+        text = str(e).strip() or type(e).__name__
+        print(f"error: {text.splitlines()[0]}", file=sys.stderr)
+        return 2
 
 
 def add_launch_args(ap) -> None:
@@ -28,6 +51,7 @@ def add_launch_args(ap) -> None:
                     help="override config entries, e.g. train_cfg.max_iters=100")
     ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def parse_launch_args(ap, argv=None):
@@ -78,9 +102,11 @@ def _walk(obj: Any, fn) -> Any:
 
 
 def adapt_to_machine(cfg: Config, distributed: bool) -> list[str]:
-    """Non-distributed: SyncBN → BN. No CUDA: AmpOptimWrapper → OptimWrapper. Returns notes."""
-    notes = []
-    if not distributed:
+    """Not distributed, or no CUDA (SyncBN has no CPU kernel): SyncBN → BN. No CUDA:
+    AmpOptimWrapper → OptimWrapper, nccl → gloo and, distributed, the CPU DDP wrapper.
+    Returns notes."""
+    notes, cuda = [], torch.cuda.is_available()
+    if not distributed or not cuda:
         count = [0]
 
         def sync_to_bn(d):
@@ -89,8 +115,9 @@ def adapt_to_machine(cfg: Config, distributed: bool) -> list[str]:
                 count[0] += 1
         _walk(cfg._cfg_dict, sync_to_bn)
         if count[0]:
-            notes.append(f"not distributed: {count[0]} SyncBN norm_cfg(s) -> BN")
-    if not torch.cuda.is_available():
+            why = "not distributed" if not distributed else "no CUDA (SyncBN is GPU-only)"
+            notes.append(f"{why}: {count[0]} SyncBN norm_cfg(s) -> BN")
+    if not cuda:
         ow = cfg.get("optim_wrapper")
         if ow is not None and ow.get("type") == "AmpOptimWrapper":
             ow["type"] = "OptimWrapper"
@@ -100,6 +127,13 @@ def adapt_to_machine(cfg: Config, distributed: bool) -> list[str]:
         env = cfg.get("env_cfg")
         if env is not None and env.get("dist_cfg", {}).get("backend") == "nccl":
             env["dist_cfg"]["backend"] = "gloo"
+        wrapper = cfg.get("model_wrapper_cfg") or {}
+        if distributed and wrapper.get("type", "MMDistributedDataParallel") == \
+                "MMDistributedDataParallel":
+            cfg.model_wrapper_cfg = dict(
+                wrapper, type="CPUDistributedDataParallel", broadcast_buffers=False,
+                find_unused_parameters=cfg.get("find_unused_parameters", False))
+            notes.append("no CUDA: gloo process group, DDP without device_ids")
     for n in notes:
         print_log(n, logger="current")
     return notes
@@ -148,10 +182,17 @@ def build_runner(cfg: Config, work_dir: str | None = None, launcher: str = "none
         name = osp.splitext(osp.basename(config_path or "run"))[0]
         cfg.work_dir = osp.join("./work_dirs", name)
     adapt_to_machine(cfg, distributed=launcher != "none")
+    preflight.check_strides(cfg)
+    init_cpu_process_group(launcher)
     if "runner_type" in cfg:
         from mmengine.registry import RUNNERS
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+        runner = RUNNERS.build(cfg)
+    else:
+        runner = Runner.from_cfg(cfg)
+    warning = preflight.cpu_warning(runner.model)
+    if warning:
+        print_log(warning, logger="current", level=logging.WARNING)
+    return runner
 
 
 def check_full_checkpoint(model: torch.nn.Module, path: str) -> None:
@@ -162,7 +203,7 @@ def check_full_checkpoint(model: torch.nn.Module, path: str) -> None:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
-    if hasattr(model, "module"):
+    while hasattr(model, "module"):   # DDP and/or a TTA model around the network
         model = model.module
     cv.match_state_dict(model.state_dict(), sd, what=path)
 

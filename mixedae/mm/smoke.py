@@ -1,15 +1,17 @@
 """Tiny derived configs for smoke runs and tests: the production configs with a micro ViT,
 small images, a few iterations and the real small datasets (``../shared/data``).
 
-    python -m mixedae.mm.smoke seg  /path/to/ade_tiny  out_seg.py
-    python -m mixedae.mm.smoke det  /path/to/coco_tiny out_det.py
-    python tools/train.py out_seg.py --pretrained RUN_DIR --work-dir work_dirs/smoke_seg
+    .venv/bin/python -m mixedae.mm.smoke seg  ../shared/data/ade_tiny  seg_tiny.py
+    .venv/bin/python -m mixedae.mm.smoke det  ../shared/data/coco_tiny det_tiny.py \
+        [--base mmdet_configs/cascade-mask-rcnn_vit-b16_simplefpn_8xb2-amp-1x_coco.py]
+    .venv/bin/python tools/train.py seg_tiny.py --pretrained RUN_DIR --work-dir work_dirs/smoke_seg
 
 Everything that matters for the pipeline (model types, heads, losses, optimizer constructor,
 schedulers' kinds, metrics) stays as in the production config; only sizes change.
 """
 from __future__ import annotations
 
+import argparse
 import os.path as osp
 import sys
 from pathlib import Path
@@ -56,7 +58,8 @@ def tiny_seg_config(data_root: str | Path, iters: int = 6, crop: int = 128,
     _loader(cfg.train_dataloader, data_root, train, batch=2)
     _loader(cfg.val_dataloader, data_root, test)
     cfg.test_dataloader = cfg.val_dataloader
-    cfg.optim_wrapper.paramwise_cfg.num_layers = MICRO_DEPTH
+    cfg.test_pipeline = test   # what mmseg's inference_model reads
+    cfg.tta_pipeline = tta_pipeline(scale, ratios=(0.75, 1.25))
     warm = max(1, iters // 3)
     cfg.param_scheduler = [
         dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=warm),
@@ -68,13 +71,32 @@ def tiny_seg_config(data_root: str | Path, iters: int = 6, crop: int = 128,
     return cfg
 
 
+def tta_pipeline(scale: tuple[int, int], ratios=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+                 size_divisor: int = 16) -> list[dict]:
+    """mmseg multi-scale + flip test pipeline (BEiT's ratios of the single-scale ``scale``);
+    sizes rounded up to a multiple of the patch size so every slide window fits the ViT."""
+    return [dict(type="LoadImageFromFile"),
+            dict(type="TestTimeAug", transforms=[
+                [dict(type="Resize", scale=(int(scale[0] * r), int(scale[1] * r)),
+                      keep_ratio=True) for r in ratios],
+                [dict(type="ResizeToMultiple", size_divisor=size_divisor)],
+                [dict(type="RandomFlip", prob=0.0, direction="horizontal"),
+                 dict(type="RandomFlip", prob=1.0, direction="horizontal")],
+                [dict(type="LoadAnnotations", reduce_zero_label=True)],
+                [dict(type="PackSegInputs")]])]
+
+
 def tiny_det_config(data_root: str | Path, iters: int = 4, short: int = 192,
                     val_images: int = 8, base: str | Path = DET_CONFIG) -> Config:
     cfg = Config.fromfile(str(base))
     m = cfg.model
     c = 32
-    m.backbone.update(arch="micro", out_indices=(0, 1, 2, 3))
-    m.neck.update(in_channels=[MICRO_DIM] * 4, out_channels=c)
+    if m.neck.type == "SimpleFPN":   # ViTDet: the last block only
+        m.backbone.update(arch="micro", out_indices=(MICRO_DEPTH - 1,))
+        m.neck.update(in_channels=MICRO_DIM, out_channels=c)
+    else:
+        m.backbone.update(arch="micro", out_indices=(0, 1, 2, 3))
+        m.neck.update(in_channels=[MICRO_DIM] * 4, out_channels=c)
     m.rpn_head.update(in_channels=c, feat_channels=c)
     m.roi_head.bbox_roi_extractor.out_channels = c
     m.roi_head.mask_roi_extractor.out_channels = c
@@ -107,7 +129,6 @@ def tiny_det_config(data_root: str | Path, iters: int = 4, short: int = 192,
     cfg.test_dataloader = cfg.val_dataloader
     for ev in ("val_evaluator", "test_evaluator"):
         cfg[ev].ann_file = osp.join(root, "annotations/instances_val2017.json")
-    cfg.optim_wrapper.paramwise_cfg.num_layers = MICRO_DEPTH
     cfg.param_scheduler = [dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,
                                 end=max(1, iters // 2))]
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters)
@@ -118,13 +139,23 @@ def tiny_det_config(data_root: str | Path, iters: int = 4, short: int = 192,
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 3 or argv[0] not in ("seg", "det"):
-        print("usage: python -m mixedae.mm.smoke {seg|det} DATA_ROOT OUT.py", file=sys.stderr)
+    ap = argparse.ArgumentParser(prog="python -m mixedae.mm.smoke", description=(
+        "Write a tiny config (micro ViT, small images, a few iterations) derived from a "
+        "production config, to try train/test/infer on the small datasets in minutes."))
+    ap.add_argument("task", choices=["seg", "det"])
+    ap.add_argument("data_root", help="ade_tiny (seg) or coco_tiny (det) folder")
+    ap.add_argument("out", help="config file to write (.py)")
+    ap.add_argument("--base", help=f"production config to derive from (default: "
+                                   f"{SEG_CONFIG.name} / {DET_CONFIG.name})")
+    ap.add_argument("--iters", type=int, help="training iterations (default 6 seg, 4 det)")
+    args = ap.parse_args(argv)
+    if not Path(args.data_root).is_dir():
+        print(f"error: data root {args.data_root} is not a folder", file=sys.stderr)
         return 2
-    cfg = (tiny_seg_config if argv[0] == "seg" else tiny_det_config)(argv[1])
-    cfg.dump(argv[2])
-    print(f"wrote {argv[2]}")
+    fn = tiny_seg_config if args.task == "seg" else tiny_det_config
+    kw = {k: v for k, v in (("base", args.base), ("iters", args.iters)) if v is not None}
+    fn(args.data_root, **kw).dump(args.out)
+    print(f"wrote {args.out}")
     return 0
 
 

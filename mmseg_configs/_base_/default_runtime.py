@@ -18,3 +18,4 @@ log_level = 'INFO'
 load_from = None
 resume = False
 randomness = dict(seed=0)
+tta_model = dict(type='SegTTAModel')   # tools/test.py --tta

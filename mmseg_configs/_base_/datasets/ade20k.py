@@ -18,6 +18,20 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs'),
 ]
+# --tta (tools/test.py): BEiT's multi-scale ratios of the single-scale size, x {no flip, flip};
+# sizes rounded up to a multiple of the patch size so every sliding window fits the ViT.
+img_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
+tta_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='TestTimeAug', transforms=[
+        [dict(type='Resize', scale=(int(2048 * r), int(512 * r)), keep_ratio=True)
+         for r in img_ratios],
+        [dict(type='ResizeToMultiple', size_divisor=16)],
+        [dict(type='RandomFlip', prob=0.0, direction='horizontal'),
+         dict(type='RandomFlip', prob=1.0, direction='horizontal')],
+        [dict(type='LoadAnnotations', reduce_zero_label=True)],
+        [dict(type='PackSegInputs')]])
+]
 train_dataloader = dict(
     batch_size=2,   # x 8 GPUs = 16
     num_workers=4,
