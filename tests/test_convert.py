@@ -308,3 +308,23 @@ def test_avg_pool_finetuned_vit_without_final_norm_converts(tmp_path):
     dst = create_vit("micro", num_classes=10, global_pool="avg")
     dst.load_state_dict(load_file(str(tmp_path / "o.safetensors")), strict=True)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_key_names_are_read_from_the_header(tmp_path):
+    """The dense path checks a checkpoint's layout from its key names before the backbone's
+    one real read (safetensors: header only)."""
+    from safetensors.torch import save_file
+
+    from mixedae.runtime.weights import extract_vit, read_key_names
+    sd = {"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4), "blocks.0.norm1.weight":
+          torch.ones(8), "decoder_embed.weight": torch.zeros(2, 8)}
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    torch.save(sd, tmp_path / "w.pth")
+    for name in ("w.safetensors", "w.pth"):
+        keys = read_key_names(tmp_path / name)
+        assert keys == dict.fromkeys(sd)
+        source, kept, dropped = extract_vit(keys)
+        assert source == "vit" and set(kept) == set(sd) - {"decoder_embed.weight"}
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+    with pytest.raises(cv.ConversionError, match="bad.safetensors"):
+        read_key_names(tmp_path / "bad.safetensors")

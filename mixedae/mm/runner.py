@@ -16,6 +16,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mixedae import convert as cv
+from mixedae.runtime.weights import read_key_names
 from mixedae.mm import compat, preflight
 from mixedae.mm.distributed import init_cpu_process_group
 from mixedae.runtime.errors import MixedAEError
@@ -147,11 +148,11 @@ def _backbone_cfg(cfg: Config) -> ConfigDict:
 
 
 def attach_pretrained(cfg: Config, path: str) -> dict:
-    """Validate ``path`` (any supported layout, converted in memory) and make the backbone
-    load it through its checked loader. Returns the conversion report."""
+    """Check the layout of ``path`` from its key names (a safetensors header; the tensors are
+    read once, by the backbone's checked loader) and make the backbone load it. Returns the
+    conversion report."""
     path = osp.abspath(path)
-    sd, _ = cv.load_checkpoint_file(path)
-    source, kept, dropped = cv.extract_vit(sd)
+    source, kept, dropped = cv.extract_vit(read_key_names(path))
     _, more = cv.to_target(kept, "mm")
     print_log(f"--pretrained {path}: {source} layout, {len(kept)} ViT tensors; "
               f"{cv.summarize(dropped + more)}", logger="current")

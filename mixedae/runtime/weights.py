@@ -87,6 +87,20 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return have[0] if have else path
 
 
+def read_key_names(path: str | Path) -> dict[str, None]:
+    """The state-dict keys of a checkpoint (values None), for checking its layout before the
+    real load: a safetensors file is read from its header only, a torch file whole."""
+    path = resolve_checkpoint_path(path)
+    if path.is_file() and (path.suffix == ".safetensors" or is_safetensors(path)):
+        from safetensors import safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return dict.fromkeys(f.keys())
+        except Exception as e:  # damaged header: named, as read_weights does
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return dict.fromkeys(read_weights(path)[0])
+
+
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a checkpoint (.safetensors or a torch file, weights_only) → (state dict, metadata).
     A directory means its ``model.safetensors`` (else ``checkpoint.pth``)."""
@@ -189,7 +203,7 @@ def to_target(kept: Mapping[str, torch.Tensor], target: str) -> tuple[dict, list
             raise CheckpointError(f"{k}: timm's VisionTransformer has no relative position bias;"
                                   f" convert with --to vit or --to mm instead")
         else:
-            out[k] = v.contiguous()
+            out[k] = v if v is None else v.contiguous()  # None: key names only
     return out, dropped
 
 
