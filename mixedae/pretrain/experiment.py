@@ -130,7 +130,8 @@ def run_one(name: str, overrides: dict, scale: dict, args, train_ds, probe_ds) -
     epochs = steps / spe  # the cosine schedule ends exactly at the last step
     cfg = get_preset("mixedae_tiny", **{**scale["cfg"], **overrides, "epochs": epochs,
                                         "warmup_epochs": epochs / 10})
-    opts = RunOptions(output_dir=str(out), num_workers=scale["num_workers"], save_every=10 ** 9,
+    workers = min(scale["num_workers"], os.cpu_count() or 1)
+    opts = RunOptions(output_dir=str(out), num_workers=workers, save_every=10 ** 9,
                       max_steps=steps, resume=None, seed=args.seed, device=args.device,
                       amp="bf16", log_every=max(1, steps // 60), progress=not args.no_progress,
                       probe_every=max(1, steps // scale["probes"]),

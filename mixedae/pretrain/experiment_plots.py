@@ -60,8 +60,12 @@ def _finish(fig, panels, path: Path, chance: float | None) -> None:
         if chance is not None:
             ax.axhline(chance, color="gray", ls=":", lw=1, label="chance")
         ax.set_ylim(0, 1.02)
-    first = next(iter(panels.values()))
-    first.legend(fontsize=6, loc="upper left")
+    labels = {}  # one legend for all panels (a cls mode may appear in some panels only)
+    for ax in panels.values():
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            labels.setdefault(lab, h)
+    next(iter(panels.values())).legend(labels.values(), labels.keys(), fontsize=6,
+                                       loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     import matplotlib.pyplot as plt
