@@ -79,8 +79,9 @@ def test_pipeline_mm_stages(tmp_path):
     det = json.loads((out / "coco" / "test_metrics.json").read_text())
     assert 0 <= seg["mIoU"] <= 100 and 0 <= det["coco/bbox_mAP"] <= 1
     md = (out / "report" / "report.md").read_text()
-    assert f"| p | this run: {out / 'ade'} | {seg['mIoU']:.1f} |" in md
-    assert f"| p | this run: {out / 'coco'} | {100 * det['coco/bbox_mAP']:.1f} |" in md
+    assert f"| p | this run (measured) | {seg['mIoU']:.1f} |" in md
+    assert f"| p | this run (measured) | {100 * det['coco/bbox_mAP']:.1f} |" in md
+    assert f"{out / 'ade'}: tools/test.py on the final checkpoint; 6 training" in md
 
 
 @pytest.mark.parametrize("extra,msg", [

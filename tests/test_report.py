@@ -139,7 +139,8 @@ def test_transfer_results_beside_the_paper(tmp_path):
     (run / "config.json").write_text(get_preset("mixedae_base").to_json())
     assert report_main([str(run), str(tmp_path / "t"), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
-    assert f"| run | this run: {tmp_path / 't' / 'ade'} | 2.5 |" in md
+    assert "| run | this run (measured) | 2.5 |" in md
+    assert f"{tmp_path / 't' / 'ade'}: last validation of tools/train.py; 2 training" in md
     assert "| MixedAE (1600 ep) | paper, Table 1 (ViT-B/16) | 49.8 |" in md
     assert "| 12.3 | 20.0 | 10.0 | 5.0 | 10.0 | – |" in md
     assert "| MixedAE (300 ep) | paper, Table 1 (ViT-B/16) | 47.8† |" in md

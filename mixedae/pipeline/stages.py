@@ -117,6 +117,8 @@ class Runner:
     def _execute(self, stage: Stage) -> bool:
         log = self.log(stage)
         log.parent.mkdir(parents=True, exist_ok=True)
+        if stage.output is not None:  # (some steps write into it before the tool does)
+            stage.output.mkdir(parents=True, exist_ok=True)
         self.echo(f"[pipeline] {stage.name}: running (log: {log})")
         t0 = time.time()
         with open(log, "a") as f:

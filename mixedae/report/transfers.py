@@ -40,7 +40,7 @@ def comparison(kind: str, ours: list[TransferResult], run: PretrainRun) -> Secti
     rows_paper, size_note = paper.rows_for(table, size)
     sec = Section(title)
     header = ["method", "source"] + [paper.DENSE_COLUMNS.get(c, c) for c in cols]
-    rows = [[run.name, f"this run: {r.path}"] + [fmt(r.metrics.get(c)) for c in cols]
+    rows = [[run.name, "this run (measured)"] + [fmt(r.metrics.get(c)) for c in cols]
             for r in ours]
     rows += [_paper_row(r, cols) for r in rows_paper]
     if not ours:
