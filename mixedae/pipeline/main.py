@@ -65,16 +65,16 @@ def get_parser() -> argparse.ArgumentParser:
 
 def pretrain_config(args):
     """The exact PretrainConfig the pretrain stage will use (validates its flags now)."""
-    from mixedae.pretrain import engine
-    pa = engine.get_args_parser()
+    from mixedae.pretrain import command
+    pa = command.get_args_parser()
 
     def refuse(msg):  # argparse's own exit would print a usage block
         raise ConfigError(f"--pretrain-args {args.pretrain_args!r}: {msg}")
     pa.error = refuse
     ns = pa.parse_args(["--preset", args.preset, "--data", args.data,
                         *split("--pretrain-args", args.pretrain_args)])
-    engine.options_from_args(ns)
-    return engine.config_from_args(ns)
+    command.options_from_args(ns)
+    return command.config_from_args(ns)
 
 
 def check(args, cfg) -> list[str]:
