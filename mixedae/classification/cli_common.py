@@ -31,6 +31,14 @@ def frozen_eval_parser(prog: str, doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The last flags of every frozen-encoder command: --no-amp, --no-progress, --debug."""
+    from mixedae.runtime.cli import add_debug_flag
+    p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA too")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    add_debug_flag(p)
+
+
 # ---- model ------------------------------------------------------------------------------------
 def add_model_args(p: argparse.ArgumentParser, img_size: int = 224) -> None:
     p.add_argument("--checkpoint", default=None, help="pretrained weights: a pretraining run "

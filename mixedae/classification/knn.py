@@ -41,7 +41,7 @@ from mixedae.classification import results as R
 from mixedae.classification.evaluation import multilabel_stats, single_label_stats
 from mixedae.classification.features import cached_features, images_digest
 from mixedae.model.vit import create_vit
-from mixedae.runtime.cli import add_debug_flag, run_main
+from mixedae.runtime.cli import run_main
 from mixedae.runtime.distributed import cleanup, get_rank, get_world_size, is_main_process
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.run_logger import RunLogger, print0
@@ -57,9 +57,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=50_000, help="images per cached piece")
     p.add_argument("--seed", type=int, default=0, help="only for seeded dataset splits")
     C.add_workers_arg(p)
-    p.add_argument("--no-amp", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    add_debug_flag(p)
+    C.add_run_flags(p)
     return p
 
 

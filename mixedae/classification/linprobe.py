@@ -45,7 +45,7 @@ from mixedae.classification import engine as E
 from mixedae.classification import results as R
 from mixedae.classification.metrics import multilabel_bce
 from mixedae.model.vit import create_vit
-from mixedae.runtime.cli import add_debug_flag, run_main
+from mixedae.runtime.cli import run_main
 from mixedae.runtime.checkpoint import CHECKPOINT_NAME
 from mixedae.runtime.distributed import (cleanup, get_world_size, init_distributed,
                                          is_main_process, unwrap, wrap_ddp)
@@ -77,9 +77,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this step, "
                    "resumably (smoke tests)")
     p.add_argument("--log-every", type=int, default=20)
-    p.add_argument("--no-amp", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    add_debug_flag(p)
+    C.add_run_flags(p)
     return p
 
 

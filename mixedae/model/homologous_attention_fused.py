@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from mixedae.model.homologous_attention_triton import (_ieee, block_sizes, check_k, num_warps,
-                                                       triton, unavailable_reason)
-from mixedae.runtime.errors import ConfigError
+from mixedae.model.homologous_attention_triton import (_ieee, block_sizes, num_warps, prepare,
+                                                       triton)
 
 if triton is not None:
     import triton.language as tl
@@ -208,13 +207,7 @@ def homologous_attention_fused(q, k, v, topk: int, num_prefix_tokens: int = 1,
                                src: torch.Tensor | None = None):
     """Eq. (6) forward and backward in Triton; returns (out (B, H, N, D), TopK accuracy or
     None). Same selection, tie rule and accuracy as ``homologous_select``."""
-    reason = unavailable_reason(q.device, "fused")
-    if reason:
-        raise ConfigError(reason)
-    B, H, N, _ = q.shape
-    check_k(N, num_prefix_tokens, topk, cls_mode)
-    if src is not None:
-        src = src.to(torch.int64).contiguous()
+    B, H, N, src = prepare(q, "fused", topk, num_prefix_tokens, cls_mode, src)
     o, _, _, hits = _fwd_op(q, k, v, topk, num_prefix_tokens, cls_mode == "topk",
                             not select_fp32, src)
     o = o.transpose(1, 2)  # (B, H, N, D) view; a custom op may not return a view itself

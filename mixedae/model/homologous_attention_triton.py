@@ -182,6 +182,16 @@ def check_k(N: int, p: int, topk: int, cls_mode: str) -> None:
                          f"({N} tokens, {p} prefix, cls_mode={cls_mode!r})")
 
 
+def prepare(q: torch.Tensor, impl: str, topk: int, prefix: int, cls_mode: str, src):
+    """Checks shared by every Triton impl (device, K) → (B, H, N, src as contiguous int64)."""
+    reason = unavailable_reason(q.device, impl)
+    if reason:
+        raise ConfigError(reason)
+    B, H, N, _ = q.shape
+    check_k(N, prefix, topk, cls_mode)
+    return B, H, N, None if src is None else src.to(torch.int64).contiguous()
+
+
 def _ieee(q: torch.Tensor) -> bool:
     """fp32 dot without TF32 for fp32/fp64 inputs, and in the interpreter (numpy has no bf16
     matmul, so bf16 tiles are widened to fp32 there: the products are exact either way)."""
@@ -231,13 +241,7 @@ def homologous_select(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_to
     16-padded buffer; out="keep": (B, H, N, N) bool. Also returns the TopK accuracy (0-dim
     float tensor, see the module docstring) if ``src`` (B, L) is given, else None.
     """
-    reason = unavailable_reason(q.device, impl)
-    if reason:
-        raise ConfigError(reason)
-    B, H, N, _ = q.shape
-    check_k(N, num_prefix_tokens, topk, cls_mode)
-    if src is not None:
-        src = src.to(torch.int64).contiguous()
+    B, H, N, src = prepare(q, impl, topk, num_prefix_tokens, cls_mode, src)
     mask, hits = _select_op(q.detach(), k.detach(), topk, num_prefix_tokens, cls_mode == "topk",
                             not select_fp32, out == "bias", src)
     mask = mask[..., :N] if out == "bias" else mask[..., :N].view(torch.bool)

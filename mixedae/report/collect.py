@@ -179,7 +179,8 @@ def cls11_result(path: Path) -> TransferResult | None:
         with open(path / "results.csv", newline="") as f:
             rows = list(csv.reader(f))
         if len(rows) >= 2:
-            scores = {h: float(v) for h, v in zip(rows[0][1:], rows[1][1:]) if v.strip()}
+            scores = {h: float(v) for h, v in zip(rows[0][1:], rows[1][1:])  # the run's row;
+                      if h in CLS11_COLUMNS and v.strip()}  # not the metric-name column
     else:
         for f in sorted(path.glob("runs/*/result.json")):
             r = _json(f)
