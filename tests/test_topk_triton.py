@@ -239,7 +239,7 @@ def test_pretrain_refuses_triton_impl_on_cpu_before_any_work(tmp_path, capsys, m
                       "--device", "cpu", "--set", "attn_impl=fused", "--data",
                       str(tmp_path / "data"), "--output-dir", str(out)])
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error: attn_impl='fused'") and "sdpa" in err, err
+    assert rc == 2 and err.startswith("mixedae pretrain: error: attn_impl='fused'") and "sdpa" in err, err
     assert len(err.splitlines()) == 1 and not out.exists()
 
 
