@@ -142,6 +142,25 @@ def check_data_args(args) -> list[str] | None:
     return names
 
 
+def parse_and_run(get_parser, check_args, run_one, argv: list[str]):
+    """A frozen-encoder command: parse ``argv``, check every flag before any work, then
+    :func:`run_per_dataset`; returns (args, the per-dataset summaries)."""
+    args = get_parser().parse_args(argv)
+    return args, run_per_dataset(args, check_args(args), run_one)
+
+
+def finish(args, res: dict | None, title: str) -> int:
+    """Rank 0 (``res`` given) writes and prints the results table; every rank leaves the
+    process group. Returns the exit code."""
+    from mixedae.classification import results as R
+    from mixedae.runtime.distributed import cleanup
+    if res is not None:
+        _, md = R.write_tables(Path(args.output_dir), args.name, res, title)
+        print(md.read_text())
+    cleanup()
+    return 0
+
+
 def run_per_dataset(args, names: list[str] | None, run_one) -> list[dict]:
     """``run_one(args, data, out_dir, device)`` for every dataset in order, after the process
     group is set up; stops at the first ``None`` (a resumable interruption). Rank 0 then

@@ -42,7 +42,7 @@ from mixedae.classification.evaluation import multilabel_stats, single_label_sta
 from mixedae.classification.features import cached_features, images_digest
 from mixedae.model.vit import create_vit
 from mixedae.runtime.cli import run_main
-from mixedae.runtime.distributed import cleanup, get_rank, get_world_size, is_main_process
+from mixedae.runtime.distributed import get_rank, get_world_size, is_main_process
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.run_logger import RunLogger, print0
 from mixedae.runtime.weights import resolve_checkpoint_path
@@ -159,16 +159,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = get_parser().parse_args(argv)
-    names = check_args(args)  # every flag, before any work
-    done = C.run_per_dataset(args, names, knn_dataset)
-    if is_main_process():  # the tables of this invocation (votes are recomputed every run)
-        res = {s["dataset"]: s for s in done}
-        _, md = R.write_tables(Path(args.output_dir), args.name, res, f"k-NN (k {args.k}, T "
-                               f"{args.temperature}, {args.feature} feature)")
-        print(md.read_text())
-    cleanup()
-    return 0
+    args, done = C.parse_and_run(get_parser, check_args, knn_dataset, argv)
+    # the tables of this invocation (votes are recomputed every run)
+    res = {s["dataset"]: s for s in done} if is_main_process() else None
+    return C.finish(args, res, f"k-NN (k {args.k}, T {args.temperature}, {args.feature} "
+                               f"feature)")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from mixedae.classification.metrics import multilabel_bce
 from mixedae.model.vit import create_vit
 from mixedae.runtime.cli import run_main
 from mixedae.runtime.checkpoint import CHECKPOINT_NAME
-from mixedae.runtime.distributed import (cleanup, get_world_size, init_distributed,
+from mixedae.runtime.distributed import (get_world_size, init_distributed,
                                          is_main_process, unwrap, wrap_ddp)
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.run_logger import RunLogger, print0
@@ -219,18 +219,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args = get_parser().parse_args(argv)
-    names = check_args(args)  # every flag, before any work
-    done = C.run_per_dataset(args, names, probe_dataset)
-    out_dir = Path(args.output_dir)
+    args, done = C.parse_and_run(get_parser, check_args, probe_dataset, argv)
+    out_dir, res = Path(args.output_dir), None
     if is_main_process() and done:
         res = R.collect(out_dir / d / "result.json" for d in sorted(
             p.name for p in out_dir.iterdir() if p.is_dir()))
-        _, md = R.write_tables(out_dir, args.name, res, f"Linear probing ({args.feature} "
-                               f"feature, MAE recipe)")
-        print(md.read_text())
-    cleanup()
-    return 0
+    return C.finish(args, res, f"Linear probing ({args.feature} feature, MAE recipe)")
 
 
 if __name__ == "__main__":

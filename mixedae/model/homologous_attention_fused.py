@@ -24,7 +24,7 @@ from mixedae.model.homologous_attention_triton import (_ieee, block_sizes, num_w
 if triton is not None:
     import triton.language as tl
 
-    from mixedae.model.homologous_attention_triton import _hits, _logits_keep
+    from mixedae.model.homologous_attention_triton import _hits, _logits_keep, _tile
 
     @triton.jit
     def _dot(a, b, IEEE: tl.constexpr):
@@ -38,11 +38,7 @@ if triton is not None:
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                     CLS_TOPK: tl.constexpr, LOWP: tl.constexpr, IEEE: tl.constexpr,
                     HAS_SRC: tl.constexpr, WP: tl.constexpr):
-        bh, mb = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.arange(0, BLOCK_N)
-        dd = tl.arange(0, BLOCK_D)
+        bh, mb, b, h, rows, cols, dd = _tile(H, BLOCK_M, BLOCK_N, BLOCK_D)
         rm, cm, dm = rows < N, cols < N, (dd < D)[None, :]
         q = tl.load(Q + b * sq_b + h * sq_h + rows[:, None] * sq_n + dd[None, :],
                     mask=rm[:, None] & dm, other=0.0)
@@ -70,27 +66,30 @@ if triton is not None:
         return tl.where(keep != 0, tl.exp(s * scale - lse[:, None]), 0.0)
 
     @triton.jit
-    def _bwd_dq_kernel(Q, Kp, V, DO, LSE, DELTA, KEEP, DQ, s_b, s_h, s_n, H, N, D, scale,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                       IEEE: tl.constexpr, WP: tl.constexpr):
-        """q, k, v, dO and dQ share the strides ``s_*`` (made contiguous by the caller)."""
-        bh, mb = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.arange(0, BLOCK_N)
-        dd = tl.arange(0, BLOCK_D)
-        rm, cm, dm = rows < N, cols < N, (dd < D)[None, :]
-        base = b * s_b + h * s_h
-        qo = base + rows[:, None] * s_n + dd[None, :]
-        ko = base + cols[:, None] * s_n + dd[None, :]
+    def _row_block(Q, DO, LSE, DELTA, KEEP, qo, rows, cols, rm, cm, dm, bh, N, WP):
+        """A block of query rows for the backward pass: q, dO, logsumexp, Δ and kept keys."""
         q = tl.load(Q + qo, mask=rm[:, None] & dm, other=0.0)
         do = tl.load(DO + qo, mask=rm[:, None] & dm, other=0.0)
-        k = tl.load(Kp + ko, mask=cm[:, None] & dm, other=0.0)
-        v = tl.load(V + ko, mask=cm[:, None] & dm, other=0.0)
         lse = tl.load(LSE + bh * N + rows, mask=rm, other=0.0)
         delta = tl.load(DELTA + bh * N + rows, mask=rm, other=0.0)
         keep = tl.load(KEEP + bh * N * WP + rows[:, None] * WP + cols[None, :],
                        mask=rm[:, None] & cm[None, :], other=0)
+        return q, do, lse, delta, keep
+
+    @triton.jit
+    def _bwd_dq_kernel(Q, Kp, V, DO, LSE, DELTA, KEEP, DQ, s_b, s_h, s_n, H, N, D, scale,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                       IEEE: tl.constexpr, WP: tl.constexpr):
+        """q, k, v, dO and dQ share the strides ``s_*`` (made contiguous by the caller)."""
+        bh, mb, b, h, rows, cols, dd = _tile(H, BLOCK_M, BLOCK_N, BLOCK_D)
+        rm, cm, dm = rows < N, cols < N, (dd < D)[None, :]
+        base = b * s_b + h * s_h
+        qo = base + rows[:, None] * s_n + dd[None, :]
+        ko = base + cols[:, None] * s_n + dd[None, :]
+        k = tl.load(Kp + ko, mask=cm[:, None] & dm, other=0.0)
+        v = tl.load(V + ko, mask=cm[:, None] & dm, other=0.0)
+        q, do, lse, delta, keep = _row_block(Q, DO, LSE, DELTA, KEEP, qo, rows, cols, rm, cm,
+                                             dm, bh, N, WP)
         p = _probs(q, k, lse, keep, scale, IEEE)
         ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])
         dq = _dot(ds.to(k.dtype), k, IEEE) * scale
@@ -115,12 +114,8 @@ if triton is not None:
             rows = start + tl.arange(0, BLOCK_M)
             rm = rows < N
             qo = base + rows[:, None] * s_n + dd[None, :]
-            q = tl.load(Q + qo, mask=rm[:, None] & dm, other=0.0)
-            do = tl.load(DO + qo, mask=rm[:, None] & dm, other=0.0)
-            lse = tl.load(LSE + bh * N + rows, mask=rm, other=0.0)
-            delta = tl.load(DELTA + bh * N + rows, mask=rm, other=0.0)
-            keep = tl.load(KEEP + bh * N * WP + rows[:, None] * WP + cols[None, :],
-                           mask=rm[:, None] & cm[None, :], other=0)
+            q, do, lse, delta, keep = _row_block(Q, DO, LSE, DELTA, KEEP, qo, rows, cols, rm,
+                                                 cm, dm, bh, N, WP)
             p = _probs(q, k, lse, keep, scale, IEEE)
             dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
             ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])

@@ -122,6 +122,14 @@ if triton is not None:
         return s, keep
 
     @triton.jit
+    def _tile(H, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+        """This program's tile: (sample·head, query block, sample, head, query rows, key
+        columns, head dims)."""
+        bh, mb = tl.program_id(0), tl.program_id(1)
+        return (bh, mb, bh // H, bh % H, mb * BLOCK_M + tl.arange(0, BLOCK_M),
+                tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D))
+
+    @triton.jit
     def _hits(keep, rows, cols, SRC, b, N, P):
         """Number of kept (patch query, patch key) pairs from the same source."""
         L = N - P
@@ -138,11 +146,7 @@ if triton is not None:
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                        CLS_TOPK: tl.constexpr, LOWP: tl.constexpr, IEEE: tl.constexpr,
                        OUT_BIAS: tl.constexpr, HAS_SRC: tl.constexpr):
-        bh, mb = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.arange(0, BLOCK_N)
-        dd = tl.arange(0, BLOCK_D)
+        bh, mb, b, h, rows, cols, dd = _tile(H, BLOCK_M, BLOCK_N, BLOCK_D)
         q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + dd[None, :] * sqd,
                     mask=(rows < N)[:, None] & (dd < D)[None, :], other=0.0)
         k = tl.load(Kp + b * skb + h * skh + cols[:, None] * skn + dd[None, :] * skd,

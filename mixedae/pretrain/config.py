@@ -56,8 +56,8 @@ class PretrainConfig:
     seg_embed_mode: str = "residual"    # residual | attention | input | none
     homo_cls: str = "always_visible"    # always_visible | topk
     # optimisation (Table 4)
-    epochs: int = 300
-    warmup_epochs: int = 40
+    epochs: float = 300                 # may be fractional (the schedule is per step)
+    warmup_epochs: float = 40
     batch_size: int = 4096              # global batch (all GPUs × accumulation)
     blr: float = 7.5e-5                 # lr = blr · batch / 256
     lr: float | None = None             # absolute lr overrides blr
