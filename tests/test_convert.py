@@ -315,7 +315,8 @@ def test_key_names_are_read_from_the_header(tmp_path):
     one real read (safetensors: header only)."""
     from safetensors.torch import save_file
 
-    from mixedae.runtime.weights import extract_vit, read_key_names
+    from mixedae.runtime.weights import extract_vit
+    from mixedae.runtime.weights_meta import read_key_names
     sd = {"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4), "blocks.0.norm1.weight":
           torch.ones(8), "decoder_embed.weight": torch.zeros(2, 8)}
     save_file(sd, str(tmp_path / "w.safetensors"))

@@ -14,7 +14,8 @@ from mixedae.classification import datasets as D
 from mixedae.model.vit import VIT_SIZES
 from mixedae.runtime.cli import check_flags  # noqa: F401 (the one flag check)
 from mixedae.runtime.errors import ConfigError
-from mixedae.runtime.weights import checkpoint_config, resolve_checkpoint_path
+from mixedae.runtime.weights import resolve_checkpoint_path
+from mixedae.runtime.weights_meta import checkpoint_config
 
 DEFAULT_WORKERS = 8
 

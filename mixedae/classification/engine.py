@@ -207,8 +207,7 @@ def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set:
     logger = logger or RunLogger(None, desc="train")
     guard = FiniteGuard(max_bad_steps)
     ck = _Checkpointer(ckpt_path, model, optimizer, ema, state, extra_state, guard)
-    resumed_from = ck.restore()
-    start = resumed_from or 0
+    start = (resumed_from := ck.restore()) or 0
     if resumed_from is not None:
         logger.resume_at(start)
         logger.event(event="resume", step=start, path=str(ckpt_path))

@@ -16,7 +16,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from mixedae import convert as cv
-from mixedae.runtime.weights import read_key_names
+from mixedae.runtime.weights_meta import read_key_names
 from mixedae.mm import compat, preflight
 from mixedae.mm.distributed import init_cpu_process_group
 from mixedae.runtime.errors import MixedAEError
