@@ -127,7 +127,8 @@ def test_all_unreadable_data_refused_before_a_model(tmp_path, capsys, monkeypatc
     def refuse(*a, **k):
         raise AssertionError("a model was built")
     monkeypatch.setattr(F, "create_vit", refuse)
-    monkeypatch.setattr(T, "create_vit", refuse)
+    from mixedae.classification import transfer_protocol
+    monkeypatch.setattr(transfer_protocol, "create_vit", refuse)
     rc = F.main(["--data", str(data), "--val-folder", "test", *MICRO, "--output-dir",
                  str(tmp_path / "ft")])
     err = capsys.readouterr().err.strip().splitlines()
