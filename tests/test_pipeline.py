@@ -60,7 +60,7 @@ def test_pipeline_cls11_resume_and_failure(tmp_path, capsys):
     printed = capsys.readouterr().out
     log = out / "logs" / "cls11.log"
     assert f"stage 'cls11' failed (exit code 2); log: {log}" in printed
-    assert "--iters and --batch-size must be positive" in log.read_text()
+    assert "--iters 0: must be > 0" in log.read_text()
     assert (out / "cls11.prev-1" / "results.csv").is_file()   # the finished output is kept
     md = (out / "report" / "report.md").read_text()
     assert re.search(r"\| \[11 downstream[^|]*\]\(#[^)]*\) \| missing \|", md)
