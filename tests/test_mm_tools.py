@@ -68,3 +68,16 @@ def test_task_detection_and_cpu_adaptation(tmp_path):
     cfg = Config(dict(model=dict(type="NoSuchDetector")))
     with pytest.raises(ValueError, match="NoSuchDetector"):
         detect_task(cfg)
+
+
+def test_cpu_distributed_adaptation():
+    """No CUDA + distributed: SyncBN -> BN (no CPU kernel), gloo, DDP without device_ids."""
+    if __import__("torch").cuda.is_available():
+        pytest.skip("CPU-only adaptation")
+    seg = Config.fromfile(str(REPO / "mmseg_configs/upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py"))
+    notes = adapt_to_machine(seg, distributed=True)
+    assert any("SyncBN is GPU-only" in n for n in notes)
+    assert "SyncBN" not in seg.pretty_text and seg.env_cfg.dist_cfg.backend == "gloo"
+    assert seg.model_wrapper_cfg.type == "CPUDistributedDataParallel"
+    from mmengine.registry import MODEL_WRAPPERS
+    assert MODEL_WRAPPERS.get("CPUDistributedDataParallel") is not None
