@@ -31,4 +31,5 @@ def test_browse_dataset_on_ade_tiny(tmp_path):
     assert names == sorted(p.name for p in (ade / "images/training").glob("*.jpg"))
     for n in names:
         img = np.array(Image.open(tmp_path / "out" / n))
-        assert img.shape == (128, 128, 3) and img.std() > 5, n   # the 128 px training crop
+        h, w, c = img.shape   # a training sample: random resize, then a crop of at most 128
+        assert c == 3 and 16 <= min(h, w) and max(h, w) <= 128 and img.std() > 5, (n, img.shape)

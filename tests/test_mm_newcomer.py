@@ -153,3 +153,14 @@ def test_docs_use_the_project_interpreter_and_the_smoke_configs():
     assert ".venv/bin/python -m mixedae.mm.smoke det" in text
     r = tool("-m", "mixedae.mm.smoke", "--help")
     assert r.returncode == 0 and "--base" in r.stdout
+
+
+def test_production_config_on_cpu_warns_before_training(tmp_path, capsys):
+    """build_runner (what tools/train.py and test.py call) warns once the model is built."""
+    if torch.cuda.is_available():
+        pytest.skip("the warning is for CPU-only machines")
+    from mixedae.mm.runner import build_runner, load_config
+    cfg = load_config(str(SEG_B), {"experiment_name": f"warn_{tmp_path.name}"})
+    build_runner(cfg, str(tmp_path / "wd"), "none", str(SEG_B))
+    out = capsys.readouterr()
+    assert "warning: no CUDA and the model has 1" in out.out + out.err   # 1xx M parameters

@@ -1,8 +1,9 @@
 """tools/test.py options (--tta, --out, --show-dir, bad flags) and tools/infer.py on random
-micro models built from the smoke configs (real ade_tiny / coco_tiny images)."""
+micro models built from the smoke configs (real ade_tiny / coco_tiny images). The tools run
+in-process (their ``main`` behind the same ``guarded`` wrapper as on the command line)."""
+import importlib.util
 import json
-import subprocess
-import sys
+import uuid
 
 import numpy as np
 import pytest
@@ -54,13 +55,40 @@ def det(tmp_path_factory):
     return d / "det.py", random_checkpoint(cfg, d / "det.pth"), coco
 
 
-def tool(*args, timeout=300):
-    r = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
-                       cwd=REPO, timeout=timeout)
-    return r, r.stdout + r.stderr
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"mixedae_tools_{name}",
+                                                  REPO / f"tools/{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def test_tta_runs_the_tta_model(seg, tmp_path):
+TOOLS = {n: _load(n) for n in ("test", "infer")}
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def tool(capsys):
+    """tool("tools/test.py", *args) -> (result with returncode/stdout/stderr, stdout+stderr)."""
+    from mixedae.mm.runner import guarded
+
+    def run(script, *args):
+        name = script.split("/")[-1][:-3]
+        argv = [str(a) for a in args]
+        if name == "test":   # one Runner per call: a unique experiment name
+            argv += ["--cfg-options", f"experiment_name=t_{uuid.uuid4().hex[:8]}"]
+        capsys.readouterr()
+        rc = guarded(TOOLS[name].main, argv)
+        out = capsys.readouterr()
+        return Result(rc, out.out, out.err), out.out + out.err
+    return run
+
+
+def test_tta_runs_the_tta_model(seg, tmp_path, tool):
     cfg, ckpt, _ = seg
     outs = {}
     for tta in (False, True):
@@ -82,7 +110,7 @@ def test_tta_runs_the_tta_model(seg, tmp_path):
     assert changed > 0
 
 
-def test_bad_test_flags_are_one_line(det, seg, tmp_path):
+def test_bad_test_flags_are_one_line(det, seg, tmp_path, tool):
     cfg, ckpt, _ = det
     r, _ = tool("tools/test.py", cfg, ckpt, "--out", tmp_path / "preds.json")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == \
@@ -94,7 +122,7 @@ def test_bad_test_flags_are_one_line(det, seg, tmp_path):
         f"error: checkpoint not found: {tmp_path / 'missing.pth'}"
 
 
-def test_det_show_dir_and_predictions_pickle(det, tmp_path):
+def test_det_show_dir_and_predictions_pickle(det, tmp_path, tool):
     cfg, ckpt, _ = det
     r, log = tool("tools/test.py", cfg, ckpt, "--work-dir", tmp_path / "wd", "--out",
                   tmp_path / "p.pkl", "--show-dir", tmp_path / "show")
@@ -106,7 +134,7 @@ def test_det_show_dir_and_predictions_pickle(det, tmp_path):
     assert [p.name for p in shown] == sorted(p["img_path"].split("/")[-1] for p in preds)
 
 
-def test_infer_segmentation_matches_the_test_path(seg, tmp_path):
+def test_infer_segmentation_matches_the_test_path(seg, tmp_path, tool):
     cfg, ckpt, ade = seg
     img = sorted((ade / "images/validation").glob("*.jpg"))[0]
     r, log = tool("tools/infer.py", cfg, ckpt, img, "--out", tmp_path / "ov.png")
@@ -128,7 +156,7 @@ def test_infer_segmentation_matches_the_test_path(seg, tmp_path):
     assert np.array_equal(pred.pred_sem_seg.data[0].numpy() + 1, png)
 
 
-def test_infer_detection(det, tmp_path):
+def test_infer_detection(det, tmp_path, tool):
     cfg, ckpt, coco = det
     img = sorted((coco / "images").glob("*.jpg"))[0]
     src = np.array(Image.open(img).convert("RGB"))

@@ -68,3 +68,39 @@ def test_task_detection_and_cpu_adaptation(tmp_path):
     cfg = Config(dict(model=dict(type="NoSuchDetector")))
     with pytest.raises(ValueError, match="NoSuchDetector"):
         detect_task(cfg)
+
+
+def test_cpu_distributed_adaptation():
+    """No CUDA + distributed: SyncBN -> BN (no CPU kernel), gloo, DDP without device_ids."""
+    if __import__("torch").cuda.is_available():
+        pytest.skip("CPU-only adaptation")
+    seg = Config.fromfile(str(REPO / "mmseg_configs/upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py"))
+    notes = adapt_to_machine(seg, distributed=True)
+    assert any("SyncBN is GPU-only" in n for n in notes)
+    assert "SyncBN" not in seg.pretty_text and seg.env_cfg.dist_cfg.backend == "gloo"
+    assert seg.model_wrapper_cfg.type == "CPUDistributedDataParallel"
+    from mmengine.registry import MODEL_WRAPPERS
+    assert MODEL_WRAPPERS.get("CPUDistributedDataParallel") is not None
+
+
+def test_configure_test_options(tmp_path):
+    """tools/test.py's options as config changes (the runs themselves: test_mm_test_infer)."""
+    from mixedae.mm.testing import configure_test
+    seg = Config.fromfile(str(REPO / "mmseg_configs/upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py"))
+    det = Config.fromfile(str(REPO / "mmdet_configs/cascade-mask-rcnn_vit-b16_fpn_8xb2-amp-1x_coco.py"))
+    configure_test(seg, "mmseg", out="pngs", show=True, wait_time=0.5, show_dir="vis")
+    hook = seg.default_hooks.visualization
+    assert (hook.draw, hook.show, hook.wait_time, hook.interval) == (True, True, 0.5, 1)
+    assert seg.visualizer.save_dir.endswith("/vis")
+    assert seg.test_evaluator.output_dir.endswith("/pngs")
+    configure_test(det, "mmdet", out="p.pkl", show_dir="vis")
+    assert det.default_hooks.visualization.test_out_dir.endswith("/vis")
+    assert [e["type"] for e in det.test_evaluator] == ["CocoMetric", "DumpDetResults"]
+    seg2 = Config.fromfile(str(REPO / "mmseg_configs/upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py"))
+    configure_test(seg2, "mmseg", out="p.pkl", tta=True)
+    assert seg2.model.type == "SegTTAModel" and seg2.model.module.type == "EncoderDecoder"
+    assert seg2.test_dataloader.dataset.pipeline[1].type == "TestTimeAug"
+    assert [e["type"] for e in seg2.test_evaluator] == ["IoUMetric", "DumpResults"]
+    seg2._cfg_dict.pop("tta_pipeline")
+    with pytest.raises(ValueError, match="defines no tta_pipeline"):
+        configure_test(seg2, "mmseg", tta=True)

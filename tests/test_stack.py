@@ -133,3 +133,21 @@ def test_workaround_is_needed_and_keeps_weights_only(tmp_path):
         torch.save({"x": obj}, str(path))
         with pytest.raises(pickle.UnpicklingError):
             torch.load(str(path), weights_only=True)
+
+
+def test_sem_seg_drawing_accepts_a_non_contiguous_image():
+    """compat 2: mmseg draws labels with cv2 on zeros_like(image); a permuted tensor image
+    (what browse_dataset passes) fails in OpenCV without the workaround."""
+    from mmengine.structures import PixelData
+    from mmseg.visualization import SegLocalVisualizer
+    img = torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8).permute(1, 2, 0).numpy()
+    img = img[..., [2, 1, 0]]
+    assert not img.flags["C_CONTIGUOUS"]
+    seg = PixelData(data=torch.zeros(1, 64, 64, dtype=torch.long))
+    seg.data[0, 10:40, 10:40] = 1
+    vis = SegLocalVisualizer(name=f"compat_{id(img)}")
+    import cv2
+    with pytest.raises(cv2.error):
+        SegLocalVisualizer._draw_sem_seg.__wrapped__(vis, img, seg, ["a", "b"], [[0, 0, 0], [255, 0, 0]])
+    out = vis._draw_sem_seg(img, seg, ["a", "b"], [[0, 0, 0], [255, 0, 0]])
+    assert out.shape == (64, 64, 3) and not np.array_equal(out, img)

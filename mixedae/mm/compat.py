@@ -12,7 +12,13 @@ applied once when ``mixedae.mm`` is imported. Each one is tested in tests/test_s
    builtin ``getattr`` (which would allow arbitrary attribute access) the name
    ``builtins.getattr`` is mapped to a function that only returns HistoryBuffer's own
    statistics methods.
-2. Nothing else was needed on the code paths we run (UperNet/FCN, Cascade Mask R-CNN, IoUMetric,
+2. mmseg's ``SegLocalVisualizer._draw_sem_seg`` draws the class labels with ``cv2.rectangle``
+   on ``np.zeros_like(image)``, which keeps the image's memory layout; mmseg's own
+   ``tools/analysis_tools/browse_dataset.py`` passes ``inputs.permute(1, 2, 0).numpy()[..., [2, 1, 0]]``
+   (not C-contiguous) and OpenCV (4.14 and 5.0 alike, numpy 2) refuses it: "Layout of the
+   output array img is incompatible with cv::Mat". The image is made C-contiguous first (a
+   copy only when it is not), so browse_dataset runs with our configs.
+3. Nothing else was needed on the code paths we run (UperNet/FCN, Cascade Mask R-CNN, IoUMetric,
    CocoMetric with pycocotools on numpy 2.4); tests/test_stack.py and the end-to-end tests
    exercise them, so a regression shows up there.
 """
@@ -54,10 +60,21 @@ def safe_globals() -> list:
     return entries
 
 
+def _contiguous_sem_seg_drawing() -> None:
+    from mmseg.visualization import SegLocalVisualizer
+    original = SegLocalVisualizer._draw_sem_seg
+
+    def _draw_sem_seg(self, image, *args, **kwargs):
+        return original(self, np.ascontiguousarray(image), *args, **kwargs)
+    _draw_sem_seg.__wrapped__ = original
+    SegLocalVisualizer._draw_sem_seg = _draw_sem_seg
+
+
 def apply() -> None:
     """Idempotent."""
     global _APPLIED
     if _APPLIED:
         return
     torch.serialization.add_safe_globals(safe_globals())
+    _contiguous_sem_seg_drawing()
     _APPLIED = True
