@@ -79,7 +79,7 @@ def test_engine_logs_probe_and_homocon_ratio(tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--probe-every", "-1"], "--probe-every=-1"),
+    (["--probe-every", "-1"], "--probe-every -1: must be >= 0"),
     (["--probe-every", "1", "--set", "mixing=\"none\"", "--set", "attention=\"global\""],
      "probe needs mixing"),
 ])
@@ -89,5 +89,6 @@ def test_bad_probe_flags_fail_before_training(tmp_path, capsys, args, needle):
     rc = command.main(MICRO_ARGS + ["--batch-size", "8", "--data", str(data), "--output-dir",
                                   str(out), "--device", "cpu"] + args)
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error:") and needle in err, err
+    assert rc == 2 and err.startswith("mixedae pretrain: error:") and needle in err, err
+    assert len(err.splitlines()) == 1, err
     assert not out.exists()

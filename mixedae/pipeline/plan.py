@@ -95,7 +95,7 @@ def mm_stage(args, cfg, task: str, out: Path, backbone: Path) -> S.Stage:
     steps.append(lambda: ([S.python(), S.REPO / "tools/train.py", config, *train]
                           if args.gpus == 1 else
                           ["bash", S.REPO / "tools/dist_train.sh", config, args.gpus, *train]))
-    test = ["--work-dir", work / "test", "--out", work / "test_metrics.json",
+    test = ["--work-dir", work / "test", "--metrics-out", work / "test_metrics.json",
             "--cfg-options", *opts] + (["--launcher", "pytorch"] if args.gpus > 1 else [])
     steps.append(lambda: launch(args.gpus, [S.REPO / "tools/test.py", config,
                                             last_checkpoint(work), *test]))
