@@ -195,7 +195,7 @@ def test_contrastive_loss_prefers_homologous_clusters():
 # ---- segment embedding ----------------------------------------------------------------------------
 def test_segment_embedding_reaches_every_layer():
     torch.manual_seed(0)
-    model = build_model(get_preset("mixedae_tiny", **MICRO))
+    model = build_model(get_preset("mixedae_tiny", **MICRO, seg_embed_mode="residual"))
     seen, ins, outs = {}, [], []
     model.seg_embed.register_forward_hook(lambda m, a, o: seen.setdefault("seg", o))
     for blk in model.encoder.blocks:
@@ -220,7 +220,7 @@ def test_segment_embedding_reaches_every_layer():
 # ---- gradient flow and every baseline -------------------------------------------------------------
 BASELINES = ["mixedae_base", "mixedae_base_full", "mae_base", "naive_mix_base",
              "mix_masked_sa_base", "homo_att_only_base", "homo_con_only_base",
-             "mixedae_no_seg_base", "mae_homocon_base"]
+             "mixedae_no_seg_base", "mixedae_seg_residual_base", "mae_homocon_base"]
 
 
 @pytest.mark.parametrize("preset", BASELINES)
@@ -259,6 +259,9 @@ def test_presets_are_valid_and_paper_defaults():
     assert get_preset("mae_base").effective_lr() == pytest.approx(1.5e-4 * 4096 / 256)
     assert (c.epochs, get_preset("mixedae_large").epochs) == (300, 1600)  # Appendix C: ViT-L 1600
     assert get_preset("mixedae_large").batch_size == 2048 and get_preset("mae_large").epochs == 1600
+    # readings chosen by the Fig. 6 measurements (docs/reproduction.md)
+    assert (c.seg_embed_mode, c.homo_cls) == ("none", "always_visible")
+    assert get_preset("mixedae_seg_residual_base").seg_embed_mode == "residual"
 
 
 def test_recon_loss_ignores_visible_patches():
@@ -274,7 +277,7 @@ def test_recon_loss_ignores_visible_patches():
     torch.testing.assert_close(base, expect)
 
 
-# ---- the two loss terms, as forward() builds them --------------------------------------------------
+# ---- the two loss terms, as forward() builds them ----------------------------------------------
 def _capture(model, name):
     """Wrap ``model.<name>`` to keep its return value."""
     seen, orig = {}, getattr(model, name)

@@ -1,2 +1,3 @@
-"""Pretraining: the method configuration and presets, image data, the training engine and the
-demo (``mixedae pretrain`` / ``mixedae demo``)."""
+"""Pretraining: the method configuration and presets, image data, the training engine, its
+diagnostics (``probe``), the demo and the Fig. 6 experiment (``mixedae pretrain`` / ``mixedae
+demo`` / ``mixedae experiment``)."""

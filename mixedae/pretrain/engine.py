@@ -279,8 +279,10 @@ def _log_step(run: _Run, logger: RunLogger, values: list[float], lr: float,
     scalars = {k: record[k] for k in ("loss", "loss_recon", "loss_homocon", "homocon_ratio",
                                       "lr", "img_per_s") if k in record}
     scalars.update({f"topk_acc/layer_{i + offset}": a for i, a in enumerate(acc)})
-    logger.log(record, scalars, postfix=dict(loss=f"{loss:.4f}", lr=f"{lr:.2e}",
-                                             img_s=f"{img_s:.1f}"))
+    postfix = dict(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{img_s:.1f}")
+    if floor:
+        postfix["homocon/floor"] = f"{record['homocon_ratio']:.3f}"
+    logger.log(record, scalars, postfix=postfix)
     return record
 
 
