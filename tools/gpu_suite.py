@@ -6,7 +6,9 @@ budget so the whole fits one 8-minute call on an H100/H200; only torch, timm, nu
                (fp32, bf16; both cls modes where the impl has them; values and gradients);
                the Triton selection vs torch.topk (same keys, exactly K); every baseline
                preset fwd/bwd under bf16 with finite grads; compiled loss == eager loss
-  loader       tools/benchmark_loader.py: CPU workers (all cores) and batched GPU decode
+  loader       tools/benchmark_loader.py: the pretraining engine's input stream for
+               --decode cpu (PIL workers, all cores) and --decode gpu (workers read bytes;
+               batched decode + augmentation on the GPU)
   dense        the dense backbone (plain ViT-B + relative position bias, 4 feature maps) at
                512², forward+backward, bf16 autocast vs fp32 (TF32 as in training)
   pretrain     tools/benchmark_pretrain.py: MAE vs MixedAE per impl, eager then compiled

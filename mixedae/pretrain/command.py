@@ -29,8 +29,10 @@ from mixedae.runtime.run_logger import setup_logging
 _OVERRIDES = {  # flag → (config field, type)
     "model": str, "batch_size": int, "epochs": int, "warmup_epochs": int, "blr": float,
     "lr": float, "accum_iter": int, "mixing": str, "mix_ratio": float, "attention": str,
-    "img_size": int, "patch_size": int, "mask_patch_size": int,
+    "img_size": int, "patch_size": int, "mask_patch_size": int, "decode": str,
 }
+_HELP = {"decode": "input pipeline: 'cpu' (PIL in the loader workers, default) or 'gpu' "
+                  "(workers read bytes; batched JPEG decode + augmentation on the run's device)"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -39,7 +41,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="mixedae_base", choices=sorted(PRESETS))
     for name, typ in _OVERRIDES.items():
         p.add_argument("--" + name.replace("_", "-"), type=typ, default=None,
-                       help=f"override config.{name}")
+                       help=_HELP.get(name, f"override config.{name}"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any PretrainConfig field (JSON value), repeatable")
     p.add_argument("--data", required=True, help="ImageFolder-style image folder")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from mixedae.model.homologous_attention import CLS_MODES, IMPLS, SELECTS
 from mixedae.model.segment_embedding import MODES as SEG_EMBED_MODES
 from mixedae.model.vit import VIT_SIZES
+from mixedae.pretrain.input_pipeline import DECODES
 from mixedae.runtime.errors import ConfigError
 
 
@@ -70,6 +71,8 @@ class PretrainConfig:
     accum_iter: int = 1
     # data
     crop_scale: tuple[float, float] = (0.2, 1.0)
+    decode: str = "cpu"                 # input pipeline: cpu (PIL workers) | gpu (batched
+                                        # decode + augment on the run's device), input_pipeline
 
     @property
     def group_size(self) -> int:
@@ -106,6 +109,8 @@ class PretrainConfig:
             bad(f"seg_embed_mode={self.seg_embed_mode!r} must be one of {SEG_EMBED_MODES}")
         if self.homo_cls not in CLS_MODES:
             bad(f"homo_cls={self.homo_cls!r} must be one of {CLS_MODES}")
+        if self.decode not in DECODES:
+            bad(f"decode={self.decode!r} must be one of {DECODES}")
         if self.topk_select not in SELECTS:
             bad(f"topk_select={self.topk_select!r} must be one of {SELECTS}")
         if not 0 < self.mix_ratio <= 0.5:

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from mixedae.runtime import checkpoint as ckpt
 from mixedae.model.homologous_attention import impl_unavailable
 from mixedae.pretrain.config import PretrainConfig
+from mixedae.pretrain.input_pipeline import file_sources, pretrain_batches
 from mixedae.pretrain.probe import SourceProbe, homocon_floor
 from mixedae.pretrain.step import amp_dtype, build_optimizer, micro_batch_size, train_step
 from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce_mean,
@@ -39,7 +39,7 @@ from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.finite import FiniteGuard
 from mixedae.runtime.run_logger import RunLogger
-from mixedae.runtime.sampler import EpochStreamSampler, SeededSample
+from mixedae.runtime.sampler import EpochStreamSampler
 from mixedae.runtime.schedules import cosine_lr, set_lr
 
 log = logging.getLogger("mixedae.pretrain.engine")
@@ -153,18 +153,18 @@ def _announce(run: _Run, n_images: int) -> None:
                  cfg.topk, cfg.attn_impl, cfg.topk_select, cfg.topk_select_fp32)
 
 
-def _loader(run: _Run, dataset) -> DataLoader:
-    """One DataLoader for the whole run over the endless, resumable sample stream."""
+def _loader(run: _Run, dataset):
+    """One batch stream (one DataLoader) for the whole run over the endless, resumable sample
+    stream; ``cfg.decode`` picks the input pipeline (:mod:`.input_pipeline`)."""
     per_step = run.micro * run.cfg.accum_iter
     epoch, within = divmod(run.step, run.spe)
     sampler = EpochStreamSampler(len(dataset), seed=run.opts.seed, rank=run.info.rank,
                                  world=run.info.world_size, used=run.spe * per_step,
                                  start_epoch=epoch, start_offset=within * per_step)
-    n = run.opts.num_workers
-    return DataLoader(SeededSample(dataset), batch_size=run.micro, sampler=sampler,
-                      drop_last=True, num_workers=n, pin_memory=run.info.device.type == "cuda",
-                      persistent_workers=n > 0,
-                      generator=torch.Generator().manual_seed(run.opts.seed))
+    return pretrain_batches(dataset, sampler, decode=run.cfg.decode, img_size=run.cfg.img_size,
+                            scale=run.cfg.crop_scale, batch_size=run.micro,
+                            num_workers=run.opts.num_workers, device=run.info.device,
+                            seed=run.opts.seed)
 
 
 def _restore_rng(run: _Run) -> None:
@@ -199,6 +199,8 @@ def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
     ``mixedae.pretrain.data.PretrainImages``). Resumes per ``opts.resume``. The probe
     (``opts.probe_every``) uses ``probe_dataset`` (default ``dataset``)."""
     cfg.validate()
+    if cfg.decode == "gpu":
+        file_sources(dataset, cfg.decode)  # in-memory images cannot take the gpu path
     run = _build(cfg, dataset, opts, dist_info or init_distributed(opts.device))
     if opts.probe_every and run.info.is_main:
         run.probe = SourceProbe(cfg, probe_dataset or dataset, run.info.device,
@@ -206,7 +208,7 @@ def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
     _resume(run)
     _announce(run, len(dataset))
     model = _wrap(run)
-    batches = iter(_loader(run, dataset))
+    batches = _loader(run, dataset)
     _restore_rng(run)
     logger = RunLogger(run.out_dir if run.info.is_main else None, desc="pretrain",
                        total=run.end, start_step=run.step, progress=opts.progress)

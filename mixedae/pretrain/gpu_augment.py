@@ -6,12 +6,13 @@ with the ratio clamped —, bicubic resize (antialiased, as PIL does when it shr
 flip with p = 0.5, ImageNet normalisation. Workers only read file bytes (``EncodedImages``);
 ``torchvision.io.decode_jpeg(device='cuda')`` decodes a whole batch on the GPU and
 ``GPUAugment`` crops, resizes, flips and normalises it there. Every step runs on CPU tensors too
-(that is how it is tested); only the speed needs a GPU (``tools/benchmark_loader.py``).
+(that is how it is tested); only the speed needs a GPU (``tools/benchmark_loader.py``). The
+engine uses it through ``input_pipeline`` (``--decode gpu``).
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,37 +37,55 @@ class EncodedImages(Dataset):
             return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
 
 
-def collate_encoded(batch: list) -> list:
-    return list(batch)
-
-
-def decode_batch(data: list, device: str | torch.device = "cuda") -> list:
+def decode_batch(data: list, device: str | torch.device = "cuda",
+                 fallback: Callable[[int], torch.Tensor] | None = None) -> list:
     """JPEG bytes → list of (3, H, W) uint8 RGB images on ``device`` (grayscale/CMYK → RGB).
 
     A batch the batched decoder rejects (a PNG among the JPEGs, a JPEG flavour nvJPEG does not
-    take) is decoded image by image on the CPU and moved to ``device``."""
+    take, a corrupt file) is decoded image by image on the CPU and moved to ``device``; an image
+    torchvision cannot decode to 8-bit RGB comes from ``fallback(i)`` (default: the error)."""
     try:
         return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
     except RuntimeError:
-        return [decode_image(d, mode=ImageReadMode.RGB).to(device) for d in data]
+        return [_decode_one(d, i, fallback).to(device) for i, d in enumerate(data)]
+
+
+def _decode_one(data: torch.Tensor, i: int, fallback) -> torch.Tensor:
+    try:
+        img = decode_image(data, mode=ImageReadMode.RGB)
+        if img.dtype == torch.uint8 or fallback is None:
+            return img
+    except RuntimeError:
+        if fallback is None:
+            raise
+    return fallback(i)
+
+
+def num_draws(tries: int = 10) -> int:
+    """Uniform draws per image: ``tries`` areas, ``tries`` log-ratios, top, left, flip."""
+    return 2 * tries + 3
 
 
 def crop_params(sizes: torch.Tensor, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), tries: int = 10,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None,
+                draws: torch.Tensor | None = None) -> torch.Tensor:
     """torchvision ``RandomResizedCrop.get_params`` for a batch: ``sizes`` (n, 2) = (H, W),
     returns (n, 4) long (top, left, h, w). Each image takes its first of ``tries`` valid draws,
-    else the central crop with the aspect ratio clamped to ``ratio``."""
+    else the central crop with the aspect ratio clamped to ``ratio``. The randomness is
+    ``draws`` (n, >= 2·tries + 2) uniforms in [0, 1) when given (one row per image, e.g. from
+    per-sample seeds), else drawn from ``generator``."""
     n = sizes.shape[0]
+    if draws is None:
+        draws = torch.rand(n, 2 * tries + 2, dtype=torch.float64, generator=generator)
+    draws = draws.double()
     H, W = sizes[:, 0:1].double(), sizes[:, 1:2].double()
-    area = H * W * torch.empty(n, tries, dtype=torch.float64).uniform_(*scale, generator=generator)
-    logr = torch.empty(n, tries, dtype=torch.float64).uniform_(math.log(ratio[0]),
-                                                                 math.log(ratio[1]),
-                                                                 generator=generator)
-    r = logr.exp()
+    area = H * W * (scale[0] + (scale[1] - scale[0]) * draws[:, :tries])
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    r = (lo + (hi - lo) * draws[:, tries:2 * tries]).exp()
     w, h = (area * r).sqrt().round(), (area / r).sqrt().round()
     ok = (w > 0) & (h > 0) & (w <= W) & (h <= H)
     first = torch.where(ok.any(1), ok.float().argmax(1), -1)
-    u = torch.rand(n, 2, dtype=torch.float64, generator=generator)
+    u = draws[:, 2 * tries:2 * tries + 2]
     pick = first.clamp(min=0)[:, None]
     h, w = h.gather(1, pick)[:, 0], w.gather(1, pick)[:, 0]
     top = (u[:, 0] * (H[:, 0] - h + 1)).floor()
@@ -86,8 +105,8 @@ def crop_params(sizes: torch.Tensor, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), tri
 class GPUAugment:
     """uint8 (3, H, W) images (a list, any sizes, one device) → normalised (n, 3, S, S) batch.
 
-    The crop boxes and flips are drawn on the CPU from ``generator`` (cheap, reproducible);
-    the pixel work runs where the images are.
+    The crop boxes and flips are computed on the CPU from per-image uniform draws (given, or
+    from ``generator``: cheap, reproducible); the pixel work runs where the images are.
     """
 
     def __init__(self, img_size: int, scale: Sequence[float] = (0.2, 1.0),
@@ -96,14 +115,19 @@ class GPUAugment:
         self.size, self.scale, self.ratio = img_size, tuple(scale), tuple(ratio)
         self.flip_p, self.dtype = flip_p, dtype
 
-    def params(self, images: list, generator: torch.Generator | None = None):
+    def params(self, images: list, generator: torch.Generator | None = None,
+               draws: torch.Tensor | None = None):
+        """Crop boxes and flips from ``draws`` ((n, ``num_draws()``) uniforms, last column the
+        flip) when given, else from ``generator``."""
         sizes = torch.tensor([img.shape[-2:] for img in images])
-        boxes = crop_params(sizes, self.scale, self.ratio, generator=generator)
-        flips = torch.rand(len(images), generator=generator) < self.flip_p
-        return boxes, flips
+        if draws is None:
+            draws = torch.rand(len(images), num_draws(), dtype=torch.float64, generator=generator)
+        boxes = crop_params(sizes, self.scale, self.ratio, draws=draws[:, :-1])
+        return boxes, draws[:, -1] < self.flip_p
 
-    def __call__(self, images: list, generator: torch.Generator | None = None):
-        boxes, flips = self.params(images, generator)
+    def __call__(self, images: list, generator: torch.Generator | None = None,
+                 draws: torch.Tensor | None = None):
+        boxes, flips = self.params(images, generator, draws)
         return self.apply(images, boxes, flips)
 
     def apply(self, images: list, boxes: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
