@@ -131,6 +131,25 @@ def test_time_limit_stops_with_checkpoint(tmp_path):
                                         weights_only=True)["step"] == 1
 
 
+def test_resume_names_only_real_config_changes(tmp_path, caplog):
+    """A field added after a checkpoint was written reads as what that run did (no warning);
+    a real change is named."""
+    data = synthetic_folder(tmp_path / "data", n=16)
+    out = tmp_path / "out"
+    run(dict(batch_size=8), data, out, max_steps=1, resume=None)
+    path = out / "checkpoint.pth"
+    state = torch.load(path, weights_only=True)
+    old = json.loads(state["config"])
+    del old["decode"]                           # written before --decode existed
+    torch.save(dict(state, config=json.dumps(old)), path)
+    with caplog.at_level("WARNING", logger="mixedae.pretrain.engine"):
+        run(dict(batch_size=8), data, out, max_steps=2, resume="auto")
+    assert "changed config" not in caplog.text
+    with caplog.at_level("WARNING", logger="mixedae.pretrain.engine"):
+        run(dict(batch_size=8, homo_con_weight=0.2), data, out, max_steps=3, resume="auto")
+    assert "changed config: ['homo_con_weight']" in caplog.text
+
+
 def test_dataset_smaller_than_batch(tmp_path):
     data = synthetic_folder(tmp_path / "data", n=4)
     with pytest.raises(ConfigError, match="fewer than one global batch"):

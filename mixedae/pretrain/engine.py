@@ -130,6 +130,10 @@ def _resume(run: _Run) -> None:
     if run.info.is_main and path.parent.resolve() == run.out_dir.resolve():
         ckpt.repair_weights(path.parent, run.model, run.cfg, run.step)
     old = json.loads(state["config"])
+    try:  # fields added since the checkpoint was written read as what that run did
+        old = json.loads(PretrainConfig.from_dict(old).to_json())
+    except (ConfigError, TypeError):
+        pass
     diff = sorted(k for k, v in json.loads(run.cfg.to_json()).items() if old.get(k) != v)
     if run.info.is_main:
         if diff:
