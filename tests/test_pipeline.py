@@ -1,13 +1,16 @@
 """``mixedae pipeline`` end to end on CPU on the small real data (micro ViT, a few steps per
 stage): pretraining → conversion → transfers → report; finished stages are skipped on a rerun,
-a failed stage is named with its log and the report still shows what exists."""
+a failed stage is named with its log and the report still shows what exists. The mm run is
+also the end-to-end test of tools/train.py and tools/test.py on ADE20K and COCO."""
 import json
+import math
 import re
 import subprocess
 import sys
 
 import pytest
 
+from mixedae import cli
 from mixedae.pipeline.main import main as pipeline
 
 from conftest import data_dir
@@ -66,15 +69,41 @@ def test_pipeline_cls11_resume_and_failure(tmp_path, capsys):
     assert re.search(r"\| \[11 downstream[^|]*\]\(#[^)]*\) \| missing \|", md)
 
 
-def test_pipeline_mm_stages(tmp_path):
+@pytest.fixture(scope="module")
+def mm_run(tmp_path_factory):
+    """One pipeline run through both mm transfers (real mmengine Runners, mmseg IoUMetric,
+    mmdet CocoMetric with pycocotools): pretrain → convert → ade → coco → report. The tests
+    below read its outputs; this is also the project's end-to-end mm test."""
     why = mm_available()
     if why:
         pytest.skip(f"mm stages need mmcv ops / mmseg / mmdet ({why}); tools/setup_env.sh "
                     f"builds mmcv last")
-    out = tmp_path / "p"
+    out = tmp_path_factory.mktemp("mm") / "p"
     argv = base_argv(out, "ade,coco", ade_data=data_dir("ade_tiny"),
                      coco_data=data_dir("coco_tiny")) + ["--mm-configs", "smoke"]
-    assert pipeline(argv) == 0
+    assert pipeline(argv) == 0, sorted(p.name for p in (out / "logs").glob("*"))
+    return out
+
+
+def scalars(work_dir):
+    files = sorted(work_dir.glob("*/vis_data/scalars.json"))
+    assert files, f"no scalars.json under {work_dir}"
+    return [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+
+
+def check_training(records, iters):
+    """Every training iteration logged once, every loss term finite."""
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, iters + 1))
+    for r in train:
+        for k, v in r.items():
+            if k.startswith("loss") or ".loss" in k:
+                assert math.isfinite(v), (k, v)
+    return train
+
+
+def test_pipeline_mm_stages(mm_run):
+    out = mm_run
     seg = json.loads((out / "ade" / "test_metrics.json").read_text())
     det = json.loads((out / "coco" / "test_metrics.json").read_text())
     assert 0 <= seg["mIoU"] <= 100 and 0 <= det["coco/bbox_mAP"] <= 1
@@ -82,6 +111,43 @@ def test_pipeline_mm_stages(tmp_path):
     assert f"| p | this run (measured) | {seg['mIoU']:.1f} |" in md
     assert f"| p | this run (measured) | {100 * det['coco/bbox_mAP']:.1f} |" in md
     assert f"{out / 'ade'}: tools/test.py on the final checkpoint; 6 training" in md
+    convert = (out / "logs" / "convert.log").read_text()
+    assert "dropped: decoder" in convert and "projector" in convert
+
+
+def test_upernet_on_ade_tiny(mm_run, capsys):
+    """tools/train.py → UperNet from the converted backbone, 6 iterations with validation;
+    tools/test.py on the saved checkpoint reproduces the validation mIoU; the Runner
+    checkpoint converts back to the project's encoder."""
+    log = (mm_run / "logs" / "ade.log").read_text()
+    assert "MixedAEViT: loaded" in log and "SyncBN" in log
+    assert "warning: no CUDA" not in log   # the tiny configs are fine on CPU
+    recs = scalars(mm_run / "ade")
+    check_training(recs, 6)
+    val = [r for r in recs if "mIoU" in r]
+    assert val and 0.0 <= val[-1]["mIoU"] <= 100.0
+    test = json.loads((mm_run / "ade" / "test_metrics.json").read_text())
+    assert abs(test["mIoU"] - val[-1]["mIoU"]) < 1e-6
+    ckpt = mm_run / "ade" / "iter_6.pth"
+    assert cli.main(["convert", str(ckpt), str(mm_run / "back.safetensors"), "--to", "vit"]) == 0
+    printed = capsys.readouterr().out
+    assert "(mm, ViT-micro)" in printed and "task heads / neck" in printed
+
+
+def test_cascade_mask_rcnn_on_coco_tiny(mm_run):
+    """tools/train.py → Cascade Mask R-CNN, 4 iterations, every loss of the three stages and
+    the RPN logged; bbox and segm AP from pycocotools in range; tools/test.py on iter_4."""
+    recs = scalars(mm_run / "coco")
+    train = check_training(recs, 4)
+    assert all(k in train[-1] for k in ("loss_rpn_cls", "s0.loss_cls", "s2.loss_bbox",
+                                        "s0.loss_mask"))
+    val = [r for r in recs if "coco/bbox_mAP" in r]
+    assert val, recs[-1]
+    for k in ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP", "coco/segm_mAP_50"):
+        assert 0.0 <= val[-1][k] <= 1.0, (k, val[-1][k])
+    assert (mm_run / "coco" / "iter_4.pth").is_file()
+    test = json.loads((mm_run / "coco" / "test_metrics.json").read_text())
+    assert "coco/segm_mAP" in test and "coco/bbox_mAP" in test
 
 
 @pytest.mark.parametrize("extra,msg", [

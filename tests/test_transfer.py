@@ -121,9 +121,9 @@ def test_load_fails_naming_keys(tmp_path):
 def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, capsys):
     root = data_dir("cls_tiny")
     out = tmp_path / "out"
-    lrs = [1e-3, 3e-3, 1e-2, 3e-2]
+    lrs = [1e-3, 1e-2, 3e-2]
     argv = ["--datasets", "cifar10", "--root", str(root), "--output-dir", str(out),
-            "--iters", "100", "--batch-size", "64", *MICRO]
+            "--iters", "50", "--batch-size", "64", "--lrs", ",".join(map(str, lrs)), *MICRO]
     calls = []
     orig = D.ClsData.dataset
 
@@ -160,7 +160,8 @@ def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, c
     with capsys.disabled():
         print(f"\n[measured] cifar10 fresh micro: val {val}, chosen {summary['chosen_lr']}, "
               f"test top-1 {summary['test_score']:.2f}")
-    assert summary["test_score"] >= 20.0  # 10 classes: chance is 10%
+    # 10 classes: chance is 10 % (σ ≈ 0.95 points on 1000 images); 15 % is > 5σ above it
+    assert summary["test_score"] >= 15.0
 
     # every metric stored; the protocol's (top-1 for CIFAR-10) is the score
     ev = summary["test_eval"]
@@ -198,15 +199,15 @@ def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, c
 
     # resume: everything finished is skipped, nothing rewritten
     mtimes = {p: p.stat().st_mtime_ns for p in ds_dir.glob("*/result.json")}
-    assert len(mtimes) == 5
+    assert len(mtimes) == len(lrs) + 1
     capsys.readouterr()
     assert T.main(argv) == 0
-    assert capsys.readouterr().out.count("skipped") == 5
+    assert capsys.readouterr().out.count("skipped") == len(lrs) + 1
     assert {p: p.stat().st_mtime_ns for p in ds_dir.glob("*/result.json")} == mtimes
     assert json.loads((ds_dir / "result.json").read_text()) == summary
     # other settings into the same OUT are refused
-    assert T.main([*argv, "--iters", "50"]) == 2
-    assert "other settings (iters: 100 vs 50)" in capsys.readouterr().err
+    assert T.main([*argv, "--iters", "40"]) == 2
+    assert "other settings (iters: 50 vs 40)" in capsys.readouterr().err
 
 
 def test_pretrained_checkpoint_cifar10_and_caltech(tmp_path, capsys):

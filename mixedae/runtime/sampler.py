@@ -60,7 +60,9 @@ def seeded_rngs(seed: int):
     """Run a block under ``seed`` for torch (CPU), python and numpy; restore them after."""
     py, npy = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # the CPU generator only: torch.manual_seed would also queue a lazy CUDA seeding call
+        # (with a formatted stack) per sample in processes without an initialised GPU
+        torch.default_generator.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2 ** 32)
         try:
