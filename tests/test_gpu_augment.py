@@ -2,7 +2,6 @@
 crop statistics and the fallback against torchvision's RandomResizedCrop, flip rate, pixels,
 normalisation, JPEG decode of real images (grayscale included)."""
 import numpy as np
-import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 from PIL import Image

@@ -11,6 +11,7 @@ import pytest
 
 from mixedae.mm.smoke import tiny_seg_config
 
+from mm_inproc import run_tool
 from conftest import REPO, data_dir
 
 FAKE_SRUN = r"""#!/usr/bin/env bash
@@ -49,6 +50,11 @@ def sh(*args, env=None, timeout=400):
     return r, r.stdout + r.stderr
 
 
+RECORD_SRUN = """#!/usr/bin/env bash
+# stand-in for Slurm's srun that only records its arguments
+echo "$@" > "$SRUN_LOG"
+"""
+
 @pytest.fixture(scope="module")
 def seg_cfg(tmp_path_factory):
     ade = data_dir("ade_tiny")
@@ -58,11 +64,28 @@ def seg_cfg(tmp_path_factory):
     return d / "seg.py"
 
 
-def test_dist_train_and_test_two_cpu_processes(seg_cfg, tmp_path):
-    wd = tmp_path / "wd"
+@pytest.fixture(scope="module")
+def dist_run(seg_cfg, tmp_path_factory):
+    """tools/dist_train.sh with 2 gloo processes; its log and work dir."""
+    wd = tmp_path_factory.mktemp("dist_train") / "wd"
     r, log = sh("tools/dist_train.sh", seg_cfg, 2, "--work-dir", wd,
                 env=dict(PORT=str(free_port())))
     assert r.returncode == 0, log[-5000:]
+    return log, wd
+
+
+@pytest.fixture(scope="module")
+def single_metrics(seg_cfg, dist_run, tmp_path_factory):
+    """tools/test.py in this process on the distributed run's checkpoint."""
+    d = tmp_path_factory.mktemp("single")
+    r = run_tool("tools/test.py", seg_cfg, dist_run[1] / "iter_2.pth", "--work-dir", d / "t1",
+                 "--metrics-out", d / "m1.json")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return json.loads((d / "m1.json").read_text())
+
+
+def test_dist_train_and_test_two_cpu_processes(seg_cfg, dist_run, single_metrics, tmp_path):
+    log, wd = dist_run
     assert "Found no NVIDIA driver" not in log
     assert "Distributed training: True" in log and "GPU number: 2" in log
     assert "no CUDA: gloo process group" in log
@@ -71,35 +94,41 @@ def test_dist_train_and_test_two_cpu_processes(seg_cfg, tmp_path):
     r, log = sh("tools/dist_test.sh", seg_cfg, ckpt, 2, "--work-dir", tmp_path / "t2",
                 "--metrics-out", tmp_path / "m2.json", env=dict(PORT=str(free_port())))
     assert r.returncode == 0, log[-5000:]
-    r1 = subprocess.run([sys.executable, "tools/test.py", str(seg_cfg), str(ckpt), "--work-dir",
-                         str(tmp_path / "t1"), "--metrics-out", str(tmp_path / "m1.json")],
-                        capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert r1.returncode == 0, (r1.stdout + r1.stderr)[-3000:]
-    m1, m2 = (json.loads((tmp_path / f).read_text()) for f in ("m1.json", "m2.json"))
-    print(f"ade_tiny, 2 gloo processes: {m2}; one process: {m1}")
-    assert m1 == m2   # 11 images split over 2 ranks, gathered: the same numbers
+    m2 = json.loads((tmp_path / "m2.json").read_text())
+    print(f"ade_tiny, 2 gloo processes: {m2}; one process: {single_metrics}")
+    assert m2 == single_metrics   # 11 images split over 2 ranks, gathered: the same numbers
 
 
-def test_slurm_scripts_with_a_stand_in_srun(seg_cfg, tmp_path):
+def stand_in(tmp_path, script: str) -> dict:
     bindir = tmp_path / "bin"
-    bindir.mkdir()
-    (bindir / "srun").write_text(FAKE_SRUN)
+    bindir.mkdir(exist_ok=True)
+    (bindir / "srun").write_text(script)
     (bindir / "srun").chmod(0o755)
-    env = dict(PATH=f"{bindir}:{os.environ['PATH']}", SRUN_LOG=str(tmp_path / "srun.txt"),
-               GPUS="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    return dict(PATH=f"{bindir}:{os.environ['PATH']}", SRUN_LOG=str(tmp_path / "srun.txt"))
+
+
+def test_slurm_scripts_with_a_stand_in_srun(seg_cfg, dist_run, single_metrics, tmp_path):
+    # slurm_train.sh: the srun command line it builds (both scripts launch through
+    # tools/_launch.sh's launch_srun; the run itself is exercised by slurm_test.sh below)
+    env = dict(stand_in(tmp_path, RECORD_SRUN), GPUS="16", GPUS_PER_NODE="8")
     r, log = sh("tools/slurm_train.sh", "debug", "job", seg_cfg, tmp_path / "wd",
                 "--cfg-options", "train_cfg.max_iters=1", env=env)
     assert r.returncode == 0, log[-5000:]
     args = (tmp_path / "srun.txt").read_text().split()
-    assert args[:7] == ["-p", "debug", "--job-name=job", "--gres=gpu:2", "--ntasks=2",
-                        "--ntasks-per-node=2", "--cpus-per-task=5"]
-    assert "--launcher=slurm" in args and f"--work-dir={tmp_path / 'wd'}" in args
-    assert "Distributed launcher: slurm" in log and "GPU number: 2" in log
-    env.update(GPUS="1", MASTER_PORT=str(free_port()))
-    r, log = sh("tools/slurm_test.sh", "debug", "job", seg_cfg, tmp_path / "wd/iter_1.pth",
-                "--metrics-out", tmp_path / "m.json", env=env)
+    assert args[:8] == ["-p", "debug", "--job-name=job", "--gres=gpu:8", "--ntasks=16",
+                        "--ntasks-per-node=8", "--cpus-per-task=5", "--kill-on-bad-exit=1"]
+    assert args[8:11] == [sys.executable, "-u", str(REPO / "tools/train.py")]
+    assert args[11:] == [str(seg_cfg), f"--work-dir={tmp_path / 'wd'}", "--launcher=slurm",
+                         "--cfg-options", "train_cfg.max_iters=1"]
+    # slurm_test.sh: a task started the way Slurm would, mmengine's slurm launcher, the same
+    # metrics as tools/test.py (two processes gathering: dist_test.sh above)
+    env = dict(stand_in(tmp_path, FAKE_SRUN), GPUS="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()))
+    r, log = sh("tools/slurm_test.sh", "debug", "job", seg_cfg, dist_run[1] / "iter_2.pth",
+                "--work-dir", tmp_path / "t", "--metrics-out", tmp_path / "m.json", env=env)
     assert r.returncode == 0, log[-5000:]
-    assert "mIoU" in json.loads((tmp_path / "m.json").read_text())
+    assert "--launcher=slurm" in (tmp_path / "srun.txt").read_text().split()
+    assert json.loads((tmp_path / "m.json").read_text()) == single_metrics
 
 
 def test_script_usage():

@@ -2,12 +2,8 @@
 smoke configs' real dataloaders, the mmengine test loop, mmseg IoUMetric / mmdet CocoMetric
 with pycocotools against the annotation file) gives mIoU 100 on ade_tiny and bbox/segm AP 1.0
 on coco_tiny; known perturbations give the values computed independently here."""
-import importlib.util
 import json
-import os
 import pickle
-import subprocess
-import sys
 import uuid
 
 import numpy as np
@@ -17,11 +13,10 @@ from PIL import Image
 import mm_oracle  # noqa: F401  (registers the ground-truth models)
 from mixedae.mm.smoke import tiny_det_config, tiny_seg_config
 
-from conftest import REPO, data_dir
+from mm_inproc import load_tool, run_tool
+from conftest import data_dir
 
-_spec = importlib.util.spec_from_file_location("mixedae_tools_test", REPO / "tools/test.py")
-test_tool = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(test_tool)
+test_tool = load_tool("test")
 
 
 def oracle_config(tmp_path, cfg, model: dict):
@@ -146,12 +141,8 @@ def test_no_metrics_is_one_error_line(tmp_path):
     cfg.dump(str(path))
     import torch
     torch.save({"state_dict": {}, "meta": {}}, str(tmp_path / "empty.pth"))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests"),
-                                                        os.environ.get("PYTHONPATH", "")]))
-    r = subprocess.run([sys.executable, "tools/test.py", str(path), str(tmp_path / "empty.pth"),
-                        "--work-dir", str(tmp_path / "wd"), "--metrics-out",
-                        str(tmp_path / "m.json")], capture_output=True, text=True, cwd=REPO,
-                       env=env, timeout=300)
+    r = run_tool("tools/test.py", path, tmp_path / "empty.pth", "--work-dir", tmp_path / "wd",
+                 "--metrics-out", tmp_path / "m.json")
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2, r.stderr[-3000:]
     assert err[-1].startswith("error: the test evaluator (CocoMetric) produced no metrics")

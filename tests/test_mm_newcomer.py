@@ -6,8 +6,6 @@ import argparse
 import json
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -21,6 +19,7 @@ from mixedae.mm.smoke import tiny_det_config
 from mixedae.model.vit import create_vit
 
 from conftest import REPO, data_dir
+from mm_inproc import run_tool as tool
 
 SEG_B = REPO / "mmseg_configs/upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py"
 DET_B = REPO / "mmdet_configs/cascade-mask-rcnn_vit-b16_fpn_8xb2-amp-1x_coco.py"
@@ -38,11 +37,6 @@ def demo_like_run(tmp_path, arch="micro", patch=8, img=32, metadata=True):
     meta = {"config": json.dumps({"model": arch, "patch_size": patch, "img_size": img})}
     save_file(sd, str(run / "model.safetensors"), metadata=meta if metadata else None)
     return run
-
-
-def tool(*args, timeout=300):
-    return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, timeout=timeout)
 
 
 def parse_options(line: str) -> dict:
@@ -130,7 +124,7 @@ def test_match_pretrained_trains_patch8_detection(tmp_path):
     cfg_path = tmp_path / "det.py"
     tiny_det_config(coco, iters=1, val_images=1).dump(str(cfg_path))
     r = tool("tools/train.py", cfg_path, "--pretrained", run, "--match-pretrained",
-             "--work-dir", tmp_path / "wd", timeout=400)
+             "--work-dir", tmp_path / "wd")
     log = r.stdout + r.stderr
     assert r.returncode == 0, log[-4000:]
     assert "MixedAEViT: loaded" in log and "warning: no CUDA" not in log

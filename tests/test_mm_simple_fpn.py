@@ -2,8 +2,6 @@
 and a short Cascade Mask R-CNN training run on coco_tiny through tools/train.py."""
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +13,7 @@ from mixedae.mm import MixedAEViT, SimpleFPN
 from mixedae.mm.runner import adapt_to_machine
 from mixedae.mm.smoke import tiny_det_config
 
+from mm_inproc import run_tool
 from conftest import REPO, data_dir
 
 SFPN = REPO / "mmdet_configs/cascade-mask-rcnn_vit-b16_simplefpn_8xb2-amp-1x_coco.py"
@@ -65,14 +64,11 @@ def test_same_backbone_layer_decay_as_fpn(tmp_path):
 def test_trains_on_coco_tiny(tmp_path):
     coco = data_dir("coco_tiny")
     cfg = tmp_path / "sfpn.py"
-    r = subprocess.run([sys.executable, "-m", "mixedae.mm.smoke", "det", str(coco), str(cfg),
-                        "--base", str(SFPN), "--iters", "2"], cwd=REPO, capture_output=True,
-                       text=True)
+    r = run_tool("-m", "mixedae.mm.smoke", "det", coco, cfg, "--base", SFPN, "--iters", "2")
     assert r.returncode == 0, r.stderr
     wd = tmp_path / "wd"
-    r = subprocess.run([sys.executable, "tools/train.py", str(cfg), "--work-dir", str(wd),
-                        "--cfg-options", "val_dataloader.dataset.indices=2"],
-                       cwd=REPO, capture_output=True, text=True, timeout=400)
+    r = run_tool("tools/train.py", cfg, "--work-dir", wd,
+                 "--cfg-options", "val_dataloader.dataset.indices=2")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     recs = [json.loads(line) for f in wd.glob("*/vis_data/scalars.json")
             for line in f.read_text().splitlines()]

@@ -1,7 +1,6 @@
 """tools/test.py options (--tta, --out, --show-dir, bad flags) and tools/infer.py on random
 micro models built from the smoke configs (real ade_tiny / coco_tiny images). The tools run
 in-process (their ``main`` behind the same ``guarded`` wrapper as on the command line)."""
-import importlib.util
 import json
 import uuid
 
@@ -14,7 +13,8 @@ import mixedae.mm  # noqa: F401
 from mixedae.mm.runner import adapt_to_machine
 from mixedae.mm.smoke import tiny_det_config, tiny_seg_config
 
-from conftest import REPO, data_dir
+from mm_inproc import Result, load_tool
+from conftest import data_dir
 
 
 def random_checkpoint(cfg, path):
@@ -55,22 +55,6 @@ def det(tmp_path_factory):
     return d / "det.py", random_checkpoint(cfg, d / "det.pth"), coco
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(f"mixedae_tools_{name}",
-                                                  REPO / f"tools/{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-TOOLS = {n: _load(n) for n in ("test", "infer")}
-
-
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
 @pytest.fixture
 def tool(capsys):
     """tool("tools/test.py", *args) -> (result with returncode/stdout/stderr, stdout+stderr)."""
@@ -82,7 +66,7 @@ def tool(capsys):
         if name == "test":   # one Runner per call: a unique experiment name
             argv += ["--cfg-options", f"experiment_name=t_{uuid.uuid4().hex[:8]}"]
         capsys.readouterr()
-        rc = guarded(TOOLS[name].main, argv)
+        rc = guarded(load_tool(name).main, argv)
         out = capsys.readouterr()
         return Result(rc, out.out, out.err), out.out + out.err
     return run

@@ -2,6 +2,8 @@
 stage): pretraining → conversion → transfers → report; finished stages are skipped on a rerun,
 a failed stage is named with its log and the report still shows what exists. The mm run is
 also the end-to-end test of tools/train.py and tools/test.py on ADE20K and COCO."""
+import contextlib
+import io
 import json
 import math
 import re
@@ -35,27 +37,59 @@ def mm_available() -> str | None:
     return None if r.returncode == 0 else (r.stderr.strip().splitlines() or ["?"])[-1]
 
 
-def test_pipeline_cls11_resume_and_failure(tmp_path, capsys):
-    out = tmp_path / "p"
-    argv = base_argv(out, "cls11", cls_root=data_dir("cls_tiny"), cls_datasets="cifar10",
-                     cls_args=CLS_ARGS)
-    assert pipeline(argv) == 0
-    printed = capsys.readouterr().out
-    for stage in ("pretrain", "convert", "cls11", "report"):
+class Run:
+    """The one pipeline run the end-to-end tests below share (its argv, folder, what it
+    printed and the report as first written)."""
+
+    def __init__(self, argv, out, printed, mm):
+        self.argv, self.out, self.printed, self.mm = argv, out, printed, mm
+        self.report_md = (out / "report" / "report.md").read_text()
+        self.stages = sorted(p.stem for p in (out / "stages").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """pretrain → convert → cls11 (CIFAR-10) → ade → coco → report, once for this module: the
+    mm stages are real mmengine Runners (mmseg IoUMetric, mmdet CocoMetric with pycocotools),
+    so this is also the project's end-to-end test of tools/train.py and tools/test.py."""
+    why = mm_available()
+    out = tmp_path_factory.mktemp("pipeline") / "p"
+    paths = dict(cls_root=data_dir("cls_tiny"), cls_datasets="cifar10", cls_args=CLS_ARGS)
+    if not why:
+        paths.update(ade_data=data_dir("ade_tiny"), coco_data=data_dir("coco_tiny"))
+    argv = base_argv(out, "cls11" if why else "cls11,ade,coco", **paths)
+    argv += [] if why else ["--mm-configs", "smoke"]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = pipeline(argv)
+    assert rc == 0, buf.getvalue()[-3000:]
+    return Run(argv, out, buf.getvalue(), mm=why)
+
+
+def need_mm(run):
+    if run.mm:
+        pytest.skip(f"mm stages need mmcv ops / mmseg / mmdet ({run.mm}); "
+                    f"tools/setup_env.sh builds mmcv last")
+
+
+def test_pipeline_cls11_resume_and_failure(run, capsys):
+    out = run.out
+    assert run.stages == sorted(["pretrain", "convert", "cls11", "report"]
+                                + ([] if run.mm else ["ade", "coco"]))
+    for stage in run.stages:
         assert json.loads((out / "stages" / f"{stage}.json").read_text())["stage"] == stage
     c10 = float(next(r for r in (out / "cls11" / "results.csv").read_text().splitlines()[1:]
                      ).split(",")[4])
-    md = (out / "report" / "report.md").read_text()
+    md = run.report_md
     assert md.startswith("# MixedAE report: p\n") and f"| {c10:.1f} |" in md
     assert "| [TopK sampling accuracy (Fig. 6)](#topk-sampling-accuracy-fig-6) | present |" in md
-    assert "report: " + str(out / "report" / "report.html") in printed
+    assert "report: " + str(out / "report" / "report.html") in run.printed
 
     # a rerun skips every finished stage
-    assert pipeline(argv) == 0
-    assert capsys.readouterr().out.count("finished before, skipped") == 4
+    assert pipeline(run.argv) == 0
+    assert capsys.readouterr().out.count("finished before, skipped") == len(run.stages)
     # changed settings of a finished stage are refused before any work ...
-    bad = base_argv(out, "cls11", cls_root=data_dir("cls_tiny"), cls_datasets="cifar10",
-                    cls_args=CLS_ARGS + " --iters 0")
+    bad = [a + " --iters 0" if a == CLS_ARGS else a for a in run.argv]
     assert pipeline(bad) == 2
     assert "stage 'cls11' was finished with other settings (args)" in capsys.readouterr().err
     # ... and with --redo the failing stage is named with its log; the report is still written
@@ -67,22 +101,6 @@ def test_pipeline_cls11_resume_and_failure(tmp_path, capsys):
     assert (out / "cls11.prev-1" / "results.csv").is_file()   # the finished output is kept
     md = (out / "report" / "report.md").read_text()
     assert re.search(r"\| \[11 downstream[^|]*\]\(#[^)]*\) \| missing \|", md)
-
-
-@pytest.fixture(scope="module")
-def mm_run(tmp_path_factory):
-    """One pipeline run through both mm transfers (real mmengine Runners, mmseg IoUMetric,
-    mmdet CocoMetric with pycocotools): pretrain → convert → ade → coco → report. The tests
-    below read its outputs; this is also the project's end-to-end mm test."""
-    why = mm_available()
-    if why:
-        pytest.skip(f"mm stages need mmcv ops / mmseg / mmdet ({why}); tools/setup_env.sh "
-                    f"builds mmcv last")
-    out = tmp_path_factory.mktemp("mm") / "p"
-    argv = base_argv(out, "ade,coco", ade_data=data_dir("ade_tiny"),
-                     coco_data=data_dir("coco_tiny")) + ["--mm-configs", "smoke"]
-    assert pipeline(argv) == 0, sorted(p.name for p in (out / "logs").glob("*"))
-    return out
 
 
 def scalars(work_dir):
@@ -102,12 +120,13 @@ def check_training(records, iters):
     return train
 
 
-def test_pipeline_mm_stages(mm_run):
-    out = mm_run
+def test_pipeline_mm_stages(run):
+    need_mm(run)
+    out = run.out
     seg = json.loads((out / "ade" / "test_metrics.json").read_text())
     det = json.loads((out / "coco" / "test_metrics.json").read_text())
     assert 0 <= seg["mIoU"] <= 100 and 0 <= det["coco/bbox_mAP"] <= 1
-    md = (out / "report" / "report.md").read_text()
+    md = run.report_md
     assert f"| p | this run (measured) | {seg['mIoU']:.1f} |" in md
     assert f"| p | this run (measured) | {100 * det['coco/bbox_mAP']:.1f} |" in md
     assert f"{out / 'ade'}: tools/test.py on the final checkpoint; 6 training" in md
@@ -115,29 +134,31 @@ def test_pipeline_mm_stages(mm_run):
     assert "dropped: decoder" in convert and "projector" in convert
 
 
-def test_upernet_on_ade_tiny(mm_run, capsys):
+def test_upernet_on_ade_tiny(run, capsys):
     """tools/train.py → UperNet from the converted backbone, 6 iterations with validation;
     tools/test.py on the saved checkpoint reproduces the validation mIoU; the Runner
     checkpoint converts back to the project's encoder."""
-    log = (mm_run / "logs" / "ade.log").read_text()
+    need_mm(run)
+    log = (run.out / "logs" / "ade.log").read_text()
     assert "MixedAEViT: loaded" in log and "SyncBN" in log
     assert "warning: no CUDA" not in log   # the tiny configs are fine on CPU
-    recs = scalars(mm_run / "ade")
+    recs = scalars(run.out / "ade")
     check_training(recs, 6)
     val = [r for r in recs if "mIoU" in r]
     assert val and 0.0 <= val[-1]["mIoU"] <= 100.0
-    test = json.loads((mm_run / "ade" / "test_metrics.json").read_text())
+    test = json.loads((run.out / "ade" / "test_metrics.json").read_text())
     assert abs(test["mIoU"] - val[-1]["mIoU"]) < 1e-6
-    ckpt = mm_run / "ade" / "iter_6.pth"
-    assert cli.main(["convert", str(ckpt), str(mm_run / "back.safetensors"), "--to", "vit"]) == 0
+    ckpt, back = run.out / "ade" / "iter_6.pth", run.out.parent / "back.safetensors"
+    assert cli.main(["convert", str(ckpt), str(back), "--to", "vit"]) == 0
     printed = capsys.readouterr().out
     assert "(mm, ViT-micro)" in printed and "task heads / neck" in printed
 
 
-def test_cascade_mask_rcnn_on_coco_tiny(mm_run):
+def test_cascade_mask_rcnn_on_coco_tiny(run):
     """tools/train.py → Cascade Mask R-CNN, 4 iterations, every loss of the three stages and
     the RPN logged; bbox and segm AP from pycocotools in range; tools/test.py on iter_4."""
-    recs = scalars(mm_run / "coco")
+    need_mm(run)
+    recs = scalars(run.out / "coco")
     train = check_training(recs, 4)
     assert all(k in train[-1] for k in ("loss_rpn_cls", "s0.loss_cls", "s2.loss_bbox",
                                         "s0.loss_mask"))
@@ -145,8 +166,8 @@ def test_cascade_mask_rcnn_on_coco_tiny(mm_run):
     assert val, recs[-1]
     for k in ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP", "coco/segm_mAP_50"):
         assert 0.0 <= val[-1][k] <= 1.0, (k, val[-1][k])
-    assert (mm_run / "coco" / "iter_4.pth").is_file()
-    test = json.loads((mm_run / "coco" / "test_metrics.json").read_text())
+    assert (run.out / "coco" / "iter_4.pth").is_file()
+    test = json.loads((run.out / "coco" / "test_metrics.json").read_text())
     assert "coco/segm_mAP" in test and "coco/bbox_mAP" in test
 
 

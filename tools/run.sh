@@ -9,6 +9,10 @@ bash "$ROOT/tools/setup_env.sh"
 cmd="${1:-}"; shift || true
 case "$cmd" in
   demo) cd "$ROOT" && exec "$VENV/bin/mixedae" demo "$@" ;;
-  test) cd "$ROOT" && exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
+  # one pytest-xdist worker per core (MIXEDAE_TEST_WORKERS=0: in this process), whole test
+  # files per worker so that a module's expensive fixture (one pipeline run, one distributed
+  # training) is built once, the longest files first (tests/conftest.py LONGEST_FIRST)
+  test) cd "$ROOT" && exec "$VENV/bin/python" -m pytest -q -n "${MIXEDAE_TEST_WORKERS:-auto}" \
+          --dist loadfile --no-loadscope-reorder tests "$@" ;;
   *) echo "usage: bash tools/run.sh demo|test [options]" >&2; exit 2 ;;
 esac
