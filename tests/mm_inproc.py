@@ -1,4 +1,4 @@
-"""The repository's mm tools run inside the test process: ``tools/{train,test,infer}.py`` and
+"""Helpers of the mm tests. The repository's mm tools run inside the test process: ``tools/{train,test,infer}.py`` and
 ``python -m mixedae.mm.smoke`` through the same ``main`` and ``guarded`` wrapper their
 ``__main__`` blocks use, without paying a new interpreter's OpenMMLab import (~10 s)."""
 import contextlib
@@ -50,3 +50,10 @@ def run_tool(*args) -> Result:
         except SystemExit as e:   # argparse: --help, usage errors
             rc = e.code if isinstance(e.code, int) else int(e.code is not None)
     return Result(rc, out.getvalue(), err.getvalue())
+
+
+def dump_config(tmp_path_factory, name: str, cfg) -> Path:
+    """``cfg`` written as ``<fresh tmp dir>/<name>.py``."""
+    path = tmp_path_factory.mktemp(name) / f"{name}.py"
+    cfg.dump(str(path))
+    return path

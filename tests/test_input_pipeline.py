@@ -20,7 +20,7 @@ from mixedae.pretrain.gpu_augment import GPUAugment, decode_batch
 from mixedae.pretrain.input_pipeline import (DeviceAugment, EncodedSamples, collate_samples,
                                              pretrain_batches)
 from mixedae.runtime.sampler import EpochStreamSampler, SeededSample
-from test_train import MICRO, MICRO_ARGS, losses
+from test_train import MICRO, MICRO_ARGS, killed_at_step, losses
 
 CPU = torch.device("cpu")
 
@@ -67,18 +67,8 @@ def test_gpu_decode_kill_and_resume_is_exact(tmp_path, monkeypatch):
     assert json.loads((full / "config.json").read_text())["decode"] == "gpu"
 
     killed = tmp_path / "killed"  # "kill" during step 3, after the (mid-epoch) checkpoint of 2
-    real_step, calls = train.train_step, {"n": 0}
-
-    def dying_step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("SIGKILL stand-in")
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(train, "train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        gpu_run(kw, data, killed, max_steps=4, resume=None, save_every=2)
-    monkeypatch.setattr(train, "train_step", real_step)
+    killed_at_step(monkeypatch, 3, lambda: gpu_run(kw, data, killed, max_steps=4, resume=None,
+                                                   save_every=2))
     assert torch.load(killed / "checkpoint.pth", weights_only=True)["step"] == 2
 
     torch.manual_seed(1234)  # unrelated global RNG use between runs must not matter

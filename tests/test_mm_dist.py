@@ -11,7 +11,7 @@ import pytest
 
 from mixedae.mm.smoke import tiny_seg_config
 
-from mm_inproc import run_tool
+from mm_inproc import dump_config, run_tool
 from conftest import REPO, data_dir
 
 FAKE_SRUN = r"""#!/usr/bin/env bash
@@ -55,13 +55,10 @@ RECORD_SRUN = """#!/usr/bin/env bash
 echo "$@" > "$SRUN_LOG"
 """
 
+
 @pytest.fixture(scope="module")
 def seg_cfg(tmp_path_factory):
-    ade = data_dir("ade_tiny")
-    d = tmp_path_factory.mktemp("dist")
-    cfg = tiny_seg_config(ade, iters=2)
-    cfg.dump(str(d / "seg.py"))
-    return d / "seg.py"
+    return dump_config(tmp_path_factory, "seg", tiny_seg_config(data_dir("ade_tiny"), iters=2))
 
 
 @pytest.fixture(scope="module")

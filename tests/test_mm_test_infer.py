@@ -2,7 +2,6 @@
 micro models built from the smoke configs (real ade_tiny / coco_tiny images). The tools run
 in-process (their ``main`` behind the same ``guarded`` wrapper as on the command line)."""
 import json
-import uuid
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import mixedae.mm  # noqa: F401
 from mixedae.mm.runner import adapt_to_machine
 from mixedae.mm.smoke import tiny_det_config, tiny_seg_config
 
-from mm_inproc import Result, load_tool
+from mm_inproc import dump_config, run_tool
 from conftest import data_dir
 
 
@@ -39,36 +38,26 @@ def random_checkpoint(cfg, path):
 @pytest.fixture(scope="module")
 def seg(tmp_path_factory):
     ade = data_dir("ade_tiny")
-    d = tmp_path_factory.mktemp("seg")
     cfg = tiny_seg_config(ade)
     cfg.test_dataloader.dataset.indices = 2
-    cfg.dump(str(d / "seg.py"))
-    return d / "seg.py", random_checkpoint(cfg, d / "seg.pth"), ade
+    path = dump_config(tmp_path_factory, "seg", cfg)
+    return path, random_checkpoint(cfg, path.with_suffix(".pth")), ade
 
 
 @pytest.fixture(scope="module")
 def det(tmp_path_factory):
     coco = data_dir("coco_tiny")
-    d = tmp_path_factory.mktemp("det")
     cfg = tiny_det_config(coco, val_images=2)
-    cfg.dump(str(d / "det.py"))
-    return d / "det.py", random_checkpoint(cfg, d / "det.pth"), coco
+    path = dump_config(tmp_path_factory, "det", cfg)
+    return path, random_checkpoint(cfg, path.with_suffix(".pth")), coco
 
 
 @pytest.fixture
-def tool(capsys):
+def tool():
     """tool("tools/test.py", *args) -> (result with returncode/stdout/stderr, stdout+stderr)."""
-    from mixedae.mm.runner import guarded
-
     def run(script, *args):
-        name = script.split("/")[-1][:-3]
-        argv = [str(a) for a in args]
-        if name == "test":   # one Runner per call: a unique experiment name
-            argv += ["--cfg-options", f"experiment_name=t_{uuid.uuid4().hex[:8]}"]
-        capsys.readouterr()
-        rc = guarded(load_tool(name).main, argv)
-        out = capsys.readouterr()
-        return Result(rc, out.out, out.err), out.out + out.err
+        r = run_tool(script, *args)
+        return r, r.stdout + r.stderr
     return run
 
 

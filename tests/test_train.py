@@ -44,6 +44,23 @@ def losses(out):
     return [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
 
 
+def killed_at_step(monkeypatch, n, start):
+    """``start()`` with the engine's ``train_step`` raising KeyboardInterrupt (a SIGKILL
+    stand-in) at its n-th call; the real step is restored afterwards."""
+    real_step, calls = train.train_step, {"n": 0}
+
+    def dying_step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("SIGKILL stand-in")
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(train, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        start()
+    monkeypatch.setattr(train, "train_step", real_step)
+
+
 def test_loss_falls_on_imagenet_tiny(tmp_path):
     data = data_dir("imagenet_tiny")
     res = run(dict(batch_size=16, epochs=1, warmup_epochs=0, lr=2e-3), data, tmp_path,
@@ -69,18 +86,8 @@ def test_kill_and_resume_is_exact(tmp_path, monkeypatch):
 
     # "kill" during step 6, after the checkpoint of step 4 (mid-epoch: epoch 1, step 1 of 3)
     killed = tmp_path / "killed"
-    real_step, calls = train.train_step, {"n": 0}
-
-    def dying_step(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt("SIGKILL stand-in")
-        return real_step(*a, **k)
-
-    monkeypatch.setattr(train, "train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        run(kw, data, killed, max_steps=8, resume=None, save_every=4)
-    monkeypatch.setattr(train, "train_step", real_step)
+    killed_at_step(monkeypatch, 6, lambda: run(kw, data, killed, max_steps=8, resume=None,
+                                               save_every=4))
     assert torch.load(killed / "checkpoint.pth", weights_only=True)["step"] == 4
     assert len(losses(killed)) == 5  # step 5 was logged but not checkpointed
 

@@ -204,7 +204,7 @@ def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
     (``opts.probe_every``) uses ``probe_dataset`` (default ``dataset``)."""
     cfg.validate()
     if cfg.decode == "gpu":
-        file_sources(dataset, cfg.decode)  # in-memory images cannot take the gpu path
+        file_sources(dataset)  # in-memory images cannot take the gpu path (before the model)
     run = _build(cfg, dataset, opts, dist_info or init_distributed(opts.device))
     if opts.probe_every and run.info.is_main:
         run.probe = SourceProbe(cfg, probe_dataset or dataset, run.info.device,

@@ -70,11 +70,9 @@ class DeviceAugment:
         return self.augment(imgs, draws=draws)
 
 
-def file_sources(dataset, decode: str) -> list:
+def file_sources(dataset) -> list:
     """The file paths of ``dataset`` (a ``PretrainImages``) for ``decode='gpu'``; ConfigError
-    when it holds in-memory images (the demo) or when ``decode`` is unknown."""
-    if decode not in DECODES:
-        raise ConfigError(f"decode={decode!r} must be one of {DECODES}")
+    when it holds in-memory images (the demo). (``decode`` itself is checked by the config.)"""
     sources = getattr(dataset, "sources", None)
     if sources is None or not all(isinstance(s, (str, bytes)) or hasattr(s, "__fspath__")
                                   for s in sources):
@@ -90,8 +88,8 @@ def pretrain_batches(dataset, sampler: Sampler, *, decode: str, img_size: int,
     ``(index, seed)`` keys (one DataLoader, persistent workers). ``dataset``: a
     ``PretrainImages`` (its items for ``cpu``, its file paths for ``gpu``)."""
     finish, collate, pin = (lambda b: b.to(device, non_blocking=True)), None, True
-    if decode != "cpu":
-        sources = file_sources(dataset, decode)
+    if decode == "gpu":
+        sources = file_sources(dataset)
         finish = DeviceAugment(sources, img_size, scale, device,
                                getattr(dataset, "_reported", None))  # named once, both paths
         dataset, collate, pin = EncodedSamples(sources), collate_samples, False
