@@ -12,14 +12,15 @@ base lr             5e-4 (B) / 1e-3 (L);  lr = blr × batch / 256
 batch size          1024 (B) / 512 (L)  (global: ranks × per-rank batch × ``--accum-iter``)
 schedule            5 warm-up epochs, then cosine to ``--min-lr`` 1e-6, set every iteration
 epochs              100 (B) / 50 (L)
-layer decay         0.75 (``--layer-decay``); the paper sweeps {0.65, 0.7, 0.75}:
-                    ``--layer-decay-sweep 0.65,0.7,0.75`` runs the three in turn into
+layer decay         0.65 (B) / 0.75 (L) (``--layer-decay``; MAE's FINETUNE.md recipes);
+                    the paper's protocol sweeps {0.65, 0.7, 0.75} (App. B):
+                    ``--layer-decay-sweep paper`` runs the three in turn into
                     OUT/ld0.65, OUT/ld0.7, OUT/ld0.75 and writes OUT/sweep.json
 augmentation        timm ``create_transform``: RandomResizedCrop (bicubic), flip,
                     RandAugment ``rand-m9-mstd0.5-inc1``, random erasing 0.25 (pixel)
 mixup / cutmix      timm ``Mixup``: mixup α 0.8, cutmix α 1.0, switch prob 0.5,
                     label smoothing 0.1 → ``SoftTargetCrossEntropy``
-drop path           0.1
+drop path           0.1 (B) / 0.2 (L) (MAE's ViT-L recipe; Table 5 lists one value, 0.1)
 evaluation          resize the short side to img_size/0.875 (256 for 224), center crop,
                     top-1 / top-5 every epoch (``--eval-every``)
 EMA                 optional (``--model-ema``, timm ``ModelEmaV3``), evaluated too
@@ -36,14 +37,16 @@ Examples::
     torchrun --nproc_per_node 8 -m mixedae.cli finetune --data /data/imagenet \\
         --checkpoint work/mixedae_b1600/model.safetensors --model base --accum-iter 1 \\
         --output-dir work/ft_b1600 --resume auto
-    mixedae finetune ... --layer-decay-sweep 0.65,0.7,0.75       # the paper's sweep
+    mixedae finetune ... --layer-decay-sweep paper       # the paper's sweep 0.65,0.7,0.75
     # a 2-step smoke run on the small real data beside the repo:
     mixedae finetune --data ../shared/data/cls_tiny/cifar10 --val-folder test --model micro \\
         --patch-size 8 --img-size 32 --batch-size 16 --max-steps 2 --output-dir /tmp/ft
 """
 from __future__ import annotations
 
+import filecmp
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -55,17 +58,20 @@ from mixedae.classification import cli_common as C
 from mixedae.classification import engine as E
 from mixedae.classification.augment import (_safe_posterize, build_loss,  # noqa: F401
                                             build_mixup, build_transforms)
-from mixedae.classification.finetune_args import (RECIPE, check_args,  # noqa: F401
-                                                  fill_defaults, get_parser)
+from mixedae.classification.finetune_args import (RECIPE, RECIPE_KEYS,  # noqa: F401
+                                                  check_args, fill_defaults, get_parser,
+                                                  recipe_line)
 from mixedae.model.vit import create_vit
-from mixedae.runtime.checkpoint import (CHECKPOINT_NAME, atomic_torch_save, atomic_write_text,
+from mixedae.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write, atomic_write_text,
                                         load_checkpoint)
 from mixedae.runtime.cli import check_writable_dir, run_main
 from mixedae.runtime.distributed import (barrier, cleanup, init_distributed, is_main_process,
                                          unwrap, wrap_ddp)
+from mixedae.runtime.errors import CheckpointError
 from mixedae.runtime.errors import ConfigError as UsageError
 from mixedae.runtime.layer_decay import layer_decay_param_groups
 from mixedae.runtime.run_logger import RunLogger
+from mixedae.runtime.weights import match_state_dict
 from mixedae.runtime.schedules import cosine_lr
 
 def build_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float):
@@ -93,20 +99,88 @@ def image_folders(args):
     return tr, va
 
 
-def _prepare_resume(args, out_dir: Path) -> Path:
-    """OUT/checkpoint.pth, seeded from ``--resume PATH`` when given; refuse to overwrite."""
+# settings of a fine-tuning run that a resumed run must share (the checkpoint's ``args``)
+RESUME_FINGERPRINT = ("model", "patch_size", "img_size", "batch_size", "accum_iter", "epochs",
+                      "warmup_epochs", "blr", "lr", "min_lr", "weight_decay", "layer_decay",
+                      "drop_path", "seed")
+
+
+def _resume_source(args, out_dir: Path) -> Path | None:
+    """The checkpoint to resume from (None: a fresh run); refuses, before anything in OUT is
+    touched, a missing ``--resume PATH`` and an existing OUT/checkpoint.pth without
+    ``--resume``."""
     ckpt = out_dir / CHECKPOINT_NAME
-    if args.resume and args.resume != "auto":
-        src = Path(args.resume)
-        if not src.is_file():
-            raise UsageError(f"--resume {src}: no such file")
-        if src.resolve() != ckpt.resolve() and is_main_process():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save(load_checkpoint(src), ckpt)
-        barrier()
-    elif args.resume != "auto" and ckpt.exists():
-        raise UsageError(f"{ckpt} exists: pass --resume auto to continue it, or use "
-                         f"another --output-dir")
+    if args.resume == "auto":
+        return ckpt if ckpt.is_file() else None
+    if not args.resume:
+        if ckpt.exists():
+            raise UsageError(f"{ckpt} exists: pass --resume auto to continue it, or use "
+                             f"another --output-dir")
+        return None
+    src = Path(args.resume)
+    src = src / CHECKPOINT_NAME if src.is_dir() else src
+    if not src.is_file():
+        raise UsageError(f"--resume {args.resume}: no such file")
+    return src
+
+
+def _check_resume(args, src: Path) -> dict:
+    """Prove ``src`` a fine-tuning checkpoint of this run before it is used (first part: its
+    kind and settings; :func:`_check_resume_model` checks its tensors). Recipe values not
+    given on the command line are taken from it, so a run keeps the recipe it started with;
+    other differences are refused, naming them. One CheckpointError line; returns the
+    checkpoint (tensors memory-mapped)."""
+    ck = load_checkpoint(src, mmap=True)  # kind: a resumable checkpoint of this project
+    if not isinstance(ck.get("args"), dict) or "config" in ck:
+        kind = "a pretraining checkpoint" if "config" in ck else "not a fine-tuning checkpoint"
+        raise CheckpointError(f"--resume {src}: {kind} (no fine-tuning 'args'); to start "
+                              f"fine-tuning from pretrained weights pass it as --checkpoint")
+    old, given = ck["args"], set(filter(None, args.recipe_given.split(",")))
+    diff = []
+    for k in RESUME_FINGERPRINT:
+        if k not in old or old[k] == getattr(args, k):
+            continue
+        if k in RECIPE_KEYS and k not in given:
+            setattr(args, k, old[k])  # e.g. a run started under an earlier default
+        else:
+            diff.append(f"{k}: checkpoint {old[k]!r} vs now {getattr(args, k)!r}")
+    if diff:
+        raise CheckpointError(f"--resume {src} was made with other settings "
+                              f"({len(diff)}: {'; '.join(diff[:5])}"
+                              f"{' ...' if len(diff) > 5 else ''}); use another --output-dir")
+    args.abs_lr = args.lr if args.lr is not None else args.blr * args.batch_size / 256
+    return ck
+
+
+def _check_resume_model(src: Path, ck: dict, model: nn.Module) -> None:
+    """The checkpoint's model tensors against the classifier built: every key and shape."""
+    sd = unwrap(model).state_dict()
+    try:
+        match_state_dict(sd, ck["model"], what=f"--resume {src}")
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} ({_mismatch_count(sd, ck['model'])} keys differ)") from None
+
+
+def _mismatch_count(model_sd, sd) -> int:
+    return len(set(model_sd) ^ set(sd)) + sum(
+        1 for k in set(model_sd) & set(sd) if tuple(model_sd[k].shape) != tuple(sd[k].shape))
+
+
+def _prepare_resume(src: Path | None, out_dir: Path) -> Path:
+    """OUT/checkpoint.pth, seeded (an atomic byte copy, after :func:`_check_resume`) from a
+    ``--resume PATH`` outside OUT; an existing OUT/checkpoint.pth with other bytes is refused
+    (never overwritten)."""
+    ckpt = out_dir / CHECKPOINT_NAME
+    if src is None or src.resolve() == ckpt.resolve():
+        return ckpt
+    if ckpt.exists() and not filecmp.cmp(src, ckpt, shallow=False):
+        raise UsageError(f"--resume {src}: {ckpt} exists and holds another checkpoint (never "
+                         f"overwritten): --resume auto continues it, or use another "
+                         f"--output-dir")
+    if is_main_process() and not ckpt.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(ckpt, lambda tmp: shutil.copyfile(src, tmp))
+    barrier()
     return ckpt
 
 
@@ -157,6 +231,8 @@ def run(args, out_dir: Path) -> dict:
     world, device = info.world_size, info.device
     E.seed_everything(args.seed + info.rank)
     train_set, val_set = image_folders(args)
+    src = _resume_source(args, out_dir)
+    resume_ck = _check_resume(args, src) if src is not None else None
     per_rank, rem = divmod(args.batch_size, world * args.accum_iter)
     if rem or per_rank == 0:
         raise UsageError(f"--batch-size {args.batch_size} is not divisible by {world} rank(s) "
@@ -164,19 +240,20 @@ def run(args, out_dir: Path) -> dict:
     mixup = build_mixup(args, len(train_set.classes))
     if mixup is not None and per_rank % 2:
         raise UsageError(f"mixup/cutmix need an even per-rank batch, got {per_rank}")
-    spe = (len(train_set) // world // per_rank) // args.accum_iter
-    if spe == 0:
-        raise UsageError(f"{len(train_set)} training images are fewer than one step "
-                         f"({args.batch_size} images)")
+    spe = E.steps_per_epoch(len(train_set), per_rank, args.accum_iter)  # the engine's count
     total, warmup = args.epochs * spe, int(round(args.warmup_epochs * spe))
-    ckpt = _prepare_resume(args, out_dir)
     model, ema, optimizer, loaded = _build(args, train_set, device)
+    if resume_ck is not None:
+        _check_resume_model(src, resume_ck, model)
+        del resume_ck
+    ckpt = _prepare_resume(src, out_dir)
     model = wrap_ddp(model, info)
     logger = RunLogger(out_dir, desc=f"finetune ld{args.layer_decay:g}", total=total,
                        start_step=None, progress=not args.no_progress)
     logger.event(event="start", args=vars(args), world=world, per_rank_batch=per_rank,
                  steps_per_epoch=spe, total_steps=total, pretrained=loaded,
                  n_train=len(train_set), n_val=len(val_set))
+    logger.info(recipe_line(args))
     if loaded:
         logger.info(f"[finetune] {loaded['line']}")
     logger.info(f"[finetune] {args.model}/{args.patch_size} {len(train_set)} train / "
