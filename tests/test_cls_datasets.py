@@ -257,11 +257,21 @@ def test_caltech101_102_classes_seeded_fallback(tmp_path):
     d = load("caltech101", tmp_path)
     assert d.classes == ["BACKGROUND_Google", "accordion", "airplanes"]  # 102 in the real one
     assert d.metric == "mean_per_class"
-    assert [d.train_targets.count(c) for c in range(3)] == [3, 30, 30]
-    assert [d.test_targets.count(c) for c in range(3)] == [0, 3, 2]
-    assert not set(d.train_images) & set(d.test_images)
+    # drawn as ssl-transfer's create_caltech101_splits: ImageFolder order, np.random.seed(0),
+    # np.random.choice(class indices, 30) (with replacement) per class, the rest test
+    from torchvision.datasets import ImageFolder
+    ref = ImageFolder(str(tmp_path / "caltech101" / "101_ObjectCategories"))
+    labels = [y for _, y in ref.imgs]
+    np.random.seed(0)
+    picked = set()
+    for c in range(len(ref.classes)):
+        picked.update(np.random.choice([i for i, y in enumerate(labels) if y == c], 30).tolist())
+    assert sorted(d.train_images) == sorted(ref.imgs[i][0] for i in picked)
+    assert sorted(d.test_images) == sorted(p for i, (p, _) in enumerate(ref.imgs)
+                                           if i not in picked)
+    assert 0 < d.train_targets.count(1) < 30  # with replacement: fewer distinct than draws
     assert all(Path(p).parent.name == d.classes[y] for p, y in zip(d.train_images, d.train_targets))
-    assert "seeded split (fallback)" in d.split_note and d.notes  # labelled as such
+    assert "create_caltech101_splits" in d.split_note and d.notes  # labelled as such
     again = load("caltech101", tmp_path)
     assert again.train_images == d.train_images  # fixed seed
     for split, images in (("train", d.train_images), ("test", d.test_images)):
@@ -272,10 +282,14 @@ def test_caltech101_102_classes_seeded_fallback(tmp_path):
     check_items(d)
 
 
-def test_caltech101_published_split_lists(tmp_path):
+@pytest.mark.parametrize("where", ["caltech101", ".", "caltech101/splits",
+                                   "caltech101/caltech101-splits"])
+def test_caltech101_published_split_lists(tmp_path, where):
+    """Found where Ericsson et al.'s README moves them (the Caltech101 folder: ROOT here, or
+    beside 101_ObjectCategories) and in splits/ or caltech101-splits/."""
     fake_caltech(tmp_path)
-    splits = tmp_path / "caltech101" / "splits"
-    splits.mkdir()
+    splits = tmp_path / where
+    splits.mkdir(parents=True, exist_ok=True)
     (splits / "train.txt").write_text("BACKGROUND_Google/image_0002.jpg 0\n"
                                       "accordion/image_0001.jpg 1\nairplanes/image_0007.jpg 2\n")
     (splits / "test.txt").write_text("accordion/image_0033.jpg\nBACKGROUND_Google/image_0003.jpg\n")
@@ -377,7 +391,11 @@ def test_voc2007_multilabel_targets(tmp_path):
     ci = D.VOC_CLASSES.index
     t = d.train_targets
     assert t[0][ci("chair")] == 1 and t[0][ci("person")] == 1 and t[0].sum() == 2
-    assert t[1][ci("horse")] == 1 and t[1][ci("person")] == D.IGNORE  # difficult only
+    # only a difficult person: a negative, as Ericsson et al. (their label 0 → label == 1 false)
+    assert t[1][ci("horse")] == 1 and t[1][ci("person")] == 0 and t[1].sum() == 1
+    ign = D.load_dataset("voc2007", tmp_path, verify_checksums=False, voc_difficult="ignore")
+    assert ign.train_targets[1][ci("person")] == D.IGNORE and "ignored" in ign.split_note
+    assert "negative" in d.split_note
     assert [Path(p).stem for p in d.test_images] == ["000001", "000002"]
     assert [Path(p).stem for p in d.train_images] == ["000005", "000009", "000007"]  # train+val
     assert d.val_split == ([0, 1], [2]) and d.metric == "map11"
@@ -462,3 +480,16 @@ def test_stratified_split_fixed_and_disjoint():
     assert 15 in tr  # a singleton class stays in train
     assert E.stratified_split(labels, 0.2, seed=3) == (tr, va)
     assert E.stratified_split(labels, 0.2, seed=4) != (tr, va)
+
+
+def test_shuffled_holdout_is_ericssons():
+    """ssl-transfer get_train_valid_loader: indices shuffled after np.random.seed(seed), the
+    first floor(0.2 n) to val."""
+    n = 53
+    idx = list(range(n))
+    np.random.seed(0)
+    np.random.shuffle(idx)
+    tr, va = D.holdout_split("shuffled", [0] * n, 0.2, 0)
+    assert va == sorted(idx[:10]) and tr == sorted(idx[10:])
+    assert D.holdout_split("stratified", [i % 2 for i in range(n)], 0.2, 0) == \
+        D.stratified_split([i % 2 for i in range(n)], 0.2, 0)

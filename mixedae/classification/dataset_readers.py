@@ -45,8 +45,13 @@ def _aircraft(root: Path, **_) -> ClsData:
                    "(official val for the lr search)")
 
 
-def _split_list(base: Path) -> Path | None:
-    for d in (base / "splits", base / "caltech101-splits"):
+def _split_list(root: Path) -> Path | None:
+    """The folder holding the published Caltech-101 ``train.txt`` / ``test.txt``: beside
+    ``101_ObjectCategories`` (ROOT/caltech101/), in ROOT/caltech101/{splits,caltech101-splits}/,
+    or ROOT itself (Ericsson et al.'s README moves the two files into the Caltech101 data
+    folder, the one holding ``caltech101/101_ObjectCategories``: ROOT in this layout)."""
+    base = root / "caltech101"
+    for d in (base, base / "splits", base / "caltech101-splits", root):
         if (d / "train.txt").is_file() and (d / "test.txt").is_file():
             return d
     return None
@@ -76,12 +81,12 @@ def _read_split(path: Path, images: Path, classes: list[str]) -> tuple[list[str]
 
 def _caltech101(root: Path, seed: int = 0, **_) -> ClsData:
     """102 classes (the 101 categories and BACKGROUND_Google), published split lists when
-    present, else a seeded 30-per-class split (torchvision's Caltech101 drops the background
-    class, so the folders are read directly)."""
+    present, else Ericsson et al.'s own draw of them (torchvision's Caltech101 drops the
+    background class, so the folders are read directly)."""
     base = root / "caltech101"
     images = base / "101_ObjectCategories"
     classes = sorted(d.name for d in images.iterdir() if d.is_dir())
-    lists = _split_list(base)
+    lists = _split_list(root)
     if lists is not None:
         (tr, ytr), (te, yte) = (_read_split(lists / f, images, classes)
                                 for f in ("train.txt", "test.txt"))
@@ -91,20 +96,28 @@ def _caltech101(root: Path, seed: int = 0, **_) -> ClsData:
                                        f"and test.txt (e.g. {sorted(overlap)[0]})")
         return ClsData("caltech101", classes, tr, ytr, te, yte,
                        split_note=f"Caltech-101, 102 classes, published split ({lists})")
+    # ssl-transfer datasets/caltech101.py create_caltech101_splits: ImageFolder order, numpy
+    # seed 0, 30 draws per class *with* replacement (so <= 30 distinct images), the rest test
     rng = np.random.RandomState(seed)
-    tr, ytr, te, yte = [], [], [], []
-    for c, name in enumerate(classes):
-        files = sorted(str(p) for p in (images / name).iterdir()
-                       if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        perm = rng.permutation(len(files))
-        for k, i in enumerate(perm):
-            (tr if k < 30 else te).append(files[i])
-            (ytr if k < 30 else yte).append(c)
+    files = [sorted(str(p) for p in (images / name).iterdir()
+                    if p.suffix.lower() in (".jpg", ".jpeg", ".png")) for name in classes]
+    start = np.cumsum([0] + [len(f) for f in files])
+    chosen = set()
+    for c in range(len(classes)):
+        chosen.update(int(i) for i in rng.choice(np.arange(start[c], start[c + 1]), 30))
+    flat = [(f, c) for c, fs in enumerate(files) for f in fs]
+    tr, ytr = [f for i, (f, _) in enumerate(flat) if i in chosen], \
+        [c for i, (_, c) in enumerate(flat) if i in chosen]
+    te, yte = [f for i, (f, _) in enumerate(flat) if i not in chosen], \
+        [c for i, (_, c) in enumerate(flat) if i not in chosen]
     return ClsData("caltech101", classes, tr, ytr, te, yte,
-                   notes=[f"caltech101: no split lists in {base}/splits; using a seeded split "
-                          f"(fallback), not the protocol's published one"],
-                   split_note=f"Caltech-101, 102 classes, seeded split (fallback): 30 per "
-                   f"class train (seed {seed}), rest test")
+                   notes=[f"caltech101: no train.txt/test.txt in {base}, {base}/splits, "
+                          f"{base}/caltech101-splits or {root}; drew the split as Ericsson et "
+                          f"al.'s script does (seed {seed}); their published lists are the "
+                          f"protocol's"],
+                   split_note=f"Caltech-101, 102 classes, split drawn as ssl-transfer's "
+                   f"create_caltech101_splits (30 draws per class with replacement, seed "
+                   f"{seed}), rest test")
 
 
 def _cars(root: Path, **_) -> ClsData:
@@ -220,32 +233,43 @@ def _sun397(root: Path, seed: int = 0, **_) -> ClsData:
                    split_note=note, notes=notes)
 
 
-def voc_targets(xml_path: str | Path) -> np.ndarray:
-    """20-vector: 1 non-difficult object present, IGNORE only difficult ones, 0 absent."""
+VOC_DIFFICULT = ("negative", "ignore")
+
+
+def voc_targets(xml_path: str | Path, difficult: str = "negative") -> np.ndarray:
+    """20-vector: 1 if a non-difficult object of the class is present, else 0; a class with
+    only difficult objects is 0 (``difficult='negative'``, Ericsson et al.: their
+    ``<class>_<split>.txt`` label 0 becomes ``label == 1`` → 0, trained and scored as a
+    negative) or IGNORE (``'ignore'``: neither trained on nor scored, as the VOC devkit's
+    detection evaluation treats difficult objects)."""
+    if difficult not in VOC_DIFFICULT:
+        raise ValueError(f"difficult={difficult!r}: choose from {VOC_DIFFICULT}")
     t = np.zeros(len(VOC_CLASSES), dtype=np.float32)
     for obj in ET.parse(xml_path).getroot().iter("object"):
         name = obj.findtext("name", "").strip()
         if name not in VOC_CLASSES:
             raise ValueError(f"{xml_path}: unknown VOC class {name!r}")
         c = VOC_CLASSES.index(name)
-        difficult = obj.findtext("difficult", "0").strip() == "1"
-        if not difficult:
+        if obj.findtext("difficult", "0").strip() != "1":
             t[c] = 1
-        elif t[c] == 0:
+        elif t[c] == 0 and difficult == "ignore":
             t[c] = IGNORE
     return t
 
 
-def _voc2007(root: Path, **_) -> ClsData:
+def _voc2007(root: Path, voc_difficult: str = "negative", **_) -> ClsData:
     from torchvision.datasets import VOCDetection
     lists = {}
     for split in ("train", "val", "test"):
         ds = VOCDetection(str(root), year="2007", image_set=split)
-        lists[split] = (list(ds.images), [voc_targets(a) for a in ds.annotations])
+        lists[split] = (list(ds.images), [voc_targets(a, voc_difficult)
+                                          for a in ds.annotations])
     images, targets, val = _with_val(lists["train"], lists["val"])
+    how = {"negative": "difficult-only classes negative, as Ericsson et al.",
+           "ignore": "difficult-only classes ignored"}[voc_difficult]
     return ClsData("voc2007", list(VOC_CLASSES), images, targets, *lists["test"],
-                   multilabel=True, val_split=val, split_note="VOC2007 train+val → test "
-                   "(difficult ignored; official val for the lr search)")
+                   multilabel=True, val_split=val, split_note=f"VOC2007 train+val → test "
+                   f"({how}; official val for the lr search)")
 
 
 LOADERS: dict[str, Callable[..., ClsData]] = {

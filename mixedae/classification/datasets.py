@@ -14,8 +14,8 @@ name        torchvision class     train → test (lr search: val)   metric (Eric
 aircraft    FGVCAircraft          train+val → test, 100 variants  mean per-class accuracy
                                   (official val)
 caltech101  (folders)             published split lists if        mean per-class accuracy
-                                  present, else 30 per class
-                                  (seeded); 102 classes with
+                                  present, else drawn as their
+                                  script does; 102 classes with
                                   BACKGROUND_Google (20 % hold-out)
 cars        StanfordCars          train → test (20 % hold-out)    top-1
 cifar10     CIFAR10               train → test (20 % hold-out)    top-1
@@ -33,16 +33,26 @@ voc2007     VOCDetection (2007)   train+val → test (official val) 11-point mAP
 ==========  ====================  ==============================  ===========================
 
 VOC2007 is 20-way multi-label: a class is positive if the image has a non-difficult object of
-it, ignored (neither trained on nor scored) if it only has difficult ones.
+it, negative otherwise -- also when it has only difficult ones, as in Ericsson et al.'s code
+(``datasets/voc2007.py``: the ``<class>_<split>.txt`` labels 1 / 0 (difficult) / -1 become
+``label == 1``), in training and in the test mAP. ``voc_difficult='ignore'`` (``mixedae transfer
+--voc-difficult ignore``) leaves such classes out of the loss and the AP instead.
 
-**Caltech-101 split lists.** The protocol's fixed split is read from
-``ROOT/caltech101/splits/{train,test}.txt`` (also accepted: ``ROOT/caltech101/
-caltech101-splits/``), one image per line as ``<class folder>/<file> [label]`` relative to
-``101_ObjectCategories`` -- the format of the lists published with Ericsson et al.'s code
-(github.com/linusericsson/ssl-transfer, ``caltech101-splits/``). Classes are the 102 folders in
-sorted order (``BACKGROUND_Google`` = 0, ``Faces`` = 1, ...); a label column, when present,
-must agree. Without the lists, 30 images per class are drawn with a fixed seed and the result
-says so ("seeded split (fallback)").
+**Caltech-101 split lists.** The protocol's fixed split (``caltech101-splits/{train,test}.txt``
+published with Ericsson et al.'s code, github.com/linusericsson/ssl-transfer) is read from
+the first folder holding both files of: ``ROOT/caltech101/`` (beside ``101_ObjectCategories``),
+``ROOT/caltech101/splits/``, ``ROOT/caltech101/caltech101-splits/``, ``ROOT/`` (where their
+README puts them: the Caltech101 folder holding ``caltech101/101_ObjectCategories``). One image
+per line as ``<class folder>/<file> [label]`` relative to ``101_ObjectCategories``; classes are
+the 102 folders in sorted order (``BACKGROUND_Google`` = 0, ``Faces`` = 1, ...); a label
+column, when present, must agree. Without the lists, the split is drawn as their
+``create_caltech101_splits`` draws it (ImageFolder order, numpy seed 0, 30 draws per class with
+replacement, the rest test) and the result says so.
+
+**Hold-out for the lr search** (datasets without an official val split): 20 % of the training
+indices after a numpy shuffle with seed 0, as Ericsson et al.'s ``get_train_valid_loader``
+(:func:`shuffled_split`, ``--holdout shuffled``); ``--holdout stratified`` takes 20 % of each
+class instead (:func:`stratified_split`).
 
 Checksums: CIFAR and Flowers102 files are md5-verified by torchvision; ``verify_checksums=
 False`` (used by the tests' fake roots) only checks that the files exist.
@@ -166,7 +176,7 @@ def check_layout(name: str, root: str | Path) -> None:
 
 
 def load_dataset(name: str, root: str | Path, verify_checksums: bool = True,
-                 seed: int = 0) -> ClsData:
+                 seed: int = 0, voc_difficult: str = "negative") -> ClsData:
     """Read dataset ``name`` from ``root`` (see the module docstring for splits)."""
     if name not in SPECS:
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(ORDER)}")
@@ -177,7 +187,8 @@ def load_dataset(name: str, root: str | Path, verify_checksums: bool = True,
         return folder_data(folder, "train", "test", name=name, val_folder=val,
                            metric=SPECS[name].metric)
     from mixedae.classification.dataset_readers import LOADERS
-    return LOADERS[name](Path(root), verify_checksums=verify_checksums, seed=seed)
+    return LOADERS[name](Path(root), verify_checksums=verify_checksums, seed=seed,
+                         voc_difficult=voc_difficult)
 
 
 def _folder(path: Path):
@@ -217,6 +228,28 @@ def folder_data(root: str | Path, train_folder: str = "train", test_folder: str 
                    *lists["test"], source=source, val_split=val_split, metric=metric,
                    split_note=f"ImageFolder {root}/{{{train_folder}"
                    + (f"+{val_folder}" if val_folder else "") + f" → {test_folder}}}")
+
+
+HOLDOUTS = ("shuffled", "stratified")
+
+
+def shuffled_split(n: int, frac: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train_idx, val_idx) as Ericsson et al.'s ``get_train_valid_loader``: the indices
+    0..n-1 shuffled by numpy with ``seed``, the first ``floor(frac·n)`` to val (both sorted)."""
+    idx = list(range(n))
+    np.random.RandomState(seed).shuffle(idx)
+    k = int(np.floor(frac * n))
+    return sorted(idx[k:]), sorted(idx[:k])
+
+
+def holdout_split(kind: str, labels: Sequence, frac: float,
+                  seed: int) -> tuple[list[int], list[int]]:
+    """The lr-search hold-out of ``kind`` (:data:`HOLDOUTS`)."""
+    if kind == "shuffled":
+        return shuffled_split(len(labels), frac, seed)
+    if kind == "stratified":
+        return stratified_split(labels, frac, seed)
+    raise ValueError(f"holdout {kind!r}: choose from {HOLDOUTS}")
 
 
 def stratified_split(labels: Sequence[int], frac: float, seed: int) -> tuple[list[int], list[int]]:

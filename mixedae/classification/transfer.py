@@ -15,13 +15,17 @@ what the paper fixes is marked *paper*, the rest follows Ericsson et al.'s code)
   the ImageNet-style Resize 256 → crop 224 of earlier versions); ImageNet mean/std;
 * learning rate: grid {1e-3, 3e-3, 1e-2, 3e-2} (*paper*, ``--lrs``). Each lr is trained on the
   training part and scored on the validation part of the training data: the dataset's official
-  validation split where it has one (Aircraft, DTD, Flowers, VOC2007), otherwise a stratified
-  20 % hold-out (``--val-frac``, ``--seed``); ``--val-split holdout`` uses the hold-out
-  everywhere. The lr with the best validation score (first in the grid on ties) is retrained
+  validation split where it has one (Aircraft, DTD, Flowers, VOC2007), otherwise a 20 %
+  hold-out (``--val-frac``, ``--seed``): the training indices shuffled by numpy with seed 0,
+  the first 20 % to val, as Ericsson et al.'s ``get_train_valid_loader`` (``--holdout
+  shuffled``; ``--holdout stratified``: 20 % of each class); ``--val-split holdout`` uses the
+  hold-out everywhere. The lr with the best validation score (first in the grid on ties) is retrained
   on the *full* training data (train+val), and only that model is evaluated on the test split,
   which the search never sees;
 * metric (*Ericsson et al.*): mean per-class accuracy for Aircraft, Caltech-101, Flowers, Pets;
-  VOC2007 11-point mAP (devkit semantics) for VOC; top-1 accuracy for the rest. Every metric
+  VOC2007 11-point mAP (devkit semantics) for VOC, where a class with only "difficult"
+  objects in an image is a negative, as in their code (``--voc-difficult ignore``: left out of
+  loss and AP); top-1 accuracy for the rest. Every metric
   (top-1, top-5, mean per-class; standard-AP mAP for VOC) is stored for every dataset.
 
 The splits of every dataset are documented in :mod:`mixedae.classification.datasets`.
@@ -63,6 +67,7 @@ from pathlib import Path
 from mixedae.classification import cli_common as C
 from mixedae.classification import datasets as D
 from mixedae.classification import results as R
+from mixedae.classification.dataset_readers import VOC_DIFFICULT
 from mixedae.classification.transfer_protocol import lr_tag, run_dataset  # noqa: F401
 from mixedae.runtime.checkpoint import atomic_write_text
 from mixedae.runtime.distributed import cleanup, init_distributed, is_main_process
@@ -104,6 +109,12 @@ def get_parser() -> argparse.ArgumentParser:
                    "the --val-frac hold-out for every dataset")
     p.add_argument("--val-frac", type=float, default=0.2,
                    help="fraction of train held out to choose the lr (datasets without val)")
+    p.add_argument("--holdout", choices=D.HOLDOUTS, default="shuffled",
+                   help="the hold-out: 'shuffled' (Ericsson et al.: numpy shuffle, first "
+                   "--val-frac to val) or 'stratified' (--val-frac of each class)")
+    p.add_argument("--voc-difficult", choices=VOC_DIFFICULT, default="negative",
+                   help="VOC2007 classes present only as difficult objects: 'negative' "
+                   "(Ericsson et al.) or 'ignore' (out of loss and AP)")
     p.add_argument("--seed", type=int, default=0)
     C.add_workers_arg(p)
     p.add_argument("--ckpt-every", type=int, default=500)
@@ -153,7 +164,7 @@ def _run_all(args, names: list[str], lrs: list[float], out_dir: Path, device) ->
     done = []
     for n in names:
         data = D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
-                              seed=args.seed)
+                              seed=args.seed, voc_difficult=args.voc_difficult)
         for split in ("train", "test"):  # an all-unreadable split is refused before training
             require_readable(getattr(data, f"{split}_images"), f"{n}/{split}")
         print0(f"[transfer] {n}: {len(data.train_targets)} train / "

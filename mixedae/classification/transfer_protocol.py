@@ -26,7 +26,10 @@ from mixedae.runtime.weights import resolve_checkpoint_path
 # settings that must match for a finished run to be reused
 FINGERPRINT = ("checkpoint", "model", "patch_size", "img_size", "iters", "batch_size",
                "momentum", "nesterov", "weight_decay", "warmup_iters", "drop_path", "val_frac",
-               "val_split", "eval_crop_pct", "seed")
+               "val_split", "eval_crop_pct", "seed", "holdout", "voc_difficult")
+# what runs recorded before a setting existed ran with (so their results compare as what they
+# ran: rerunning an old OUT under today's defaults names the difference)
+LEGACY = {"holdout": "stratified", "voc_difficult": "ignore"}
 
 
 def lr_tag(lr: float) -> str:
@@ -53,7 +56,8 @@ def _reuse(args, res_path: Path, data: D.ClsData, phase: str, lr: float) -> dict
         return None
     res = json.loads(res_path.read_text())
     old = res.get("settings", {})
-    diff = [f"{k}: {old.get(k)!r} vs {v!r}" for k, v in settings(args).items() if old.get(k) != v]
+    diff = [f"{k}: {old.get(k, LEGACY.get(k))!r} vs {v!r}" for k, v in settings(args).items()
+            if old.get(k, LEGACY.get(k)) != v]
     if diff:
         raise ConfigError(f"{res_path} was produced with other settings ({'; '.join(diff)}); "
                           f"use another --output-dir")
@@ -141,19 +145,23 @@ def _finish(args, run_dir: Path, res: dict, data: D.ClsData, ev: dict | None) ->
 
 def val_split(args, data: D.ClsData, ds_dir: Path) -> tuple[list[int], list[int], str]:
     """(train, val) indices of the lr search and how they were made: the dataset's official
-    validation split (``--val-split official`` and one exists), else a stratified hold-out of
-    ``--val-frac``. Stored in split.json and reused."""
+    validation split (``--val-split official`` and one exists), else the ``--holdout`` hold-out
+    of ``--val-frac`` (shuffled, as Ericsson et al.; or stratified). Stored in split.json and
+    reused."""
     official = args.val_split == "official" and data.val_split is not None
-    kind = "official" if official else f"hold-out {args.val_frac:g} (seed {args.seed})"
+    kind = "official" if official else \
+        f"{args.holdout} hold-out {args.val_frac:g} (seed {args.seed})"
     path = ds_dir / "split.json"
     if path.is_file():
         s = json.loads(path.read_text())
-        if s["n_train_total"] == len(data.train_targets) and s.get("kind") == kind:
+        stored = s.get("kind", "")
+        stored = "stratified " + stored if stored.startswith("hold-out") else stored  # legacy
+        if s["n_train_total"] == len(data.train_targets) and stored == kind:
             return s["train"], s["val"], kind
-        raise ConfigError(f"{path} does not match this data/settings; use another "
-                          f"--output-dir")
+        raise ConfigError(f"{path} does not match this data/settings ({stored!r} vs {kind!r}); "
+                          f"use another --output-dir")
     tr, va = (list(data.val_split[0]), list(data.val_split[1])) if official else \
-        E.stratified_split(data.train_targets, args.val_frac, args.seed)
+        D.holdout_split(args.holdout, data.train_targets, args.val_frac, args.seed)
     if not va:
         raise ConfigError(f"{data.name}: --val-frac {args.val_frac} leaves no validation data")
     if is_main_process():
