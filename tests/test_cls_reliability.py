@@ -91,17 +91,58 @@ def test_transfer_resume_is_exact_with_workers(tmp_path):
 
 
 # ---- 4. unreadable images ---------------------------------------------------------------------
-def test_finetune_skips_and_names_unreadable_images(tmp_path, caplog):
+def test_finetune_skips_bad_training_images_and_never_alters_the_val_set(tmp_path, caplog,
+                                                                          capsys):
+    """Issue 16 §4: a training image is replaced and named; the evaluation folder is refused,
+    naming every unreadable file and the count, or evaluated without them on request (the
+    count in result.json) -- never with another image in their place."""
     data = small_cifar(tmp_path / "root", n_train=2, n_test=1)
-    bad = damage(data / "train") + damage(data / "test")
-    rc = F.main(["--data", str(data), "--val-folder", "test", *MICRO, "--batch-size", "8",
-                 "--workers", "0", "--output-dir", str(tmp_path / "o"), "--max-steps", "3"])
-    assert rc == 0
+    bad_train, bad_test = damage(data / "train"), damage(data / "test")
+    run = ["--data", str(data), "--val-folder", "test", *MICRO, "--batch-size", "8",
+           "--workers", "0", "--max-steps", "3"]
+    assert F.main([*run, "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 of 12 evaluation images cannot be read" in err[0]
+    assert all(str(f) in err[0] for f in bad_test) and "--skip-unreadable-eval" in err[0]
+    assert not (tmp_path / "o").exists()
+    caplog.clear()
+    assert F.main([*run, "--output-dir", str(tmp_path / "o"), "--skip-unreadable-eval"]) == 0
     msgs = " ".join(r.getMessage() for r in caplog.records)
-    for f in bad:
+    for f in bad_train:
         assert f"unreadable image {f}" in msgs, f
     res = json.loads((tmp_path / "o" / "result.json").read_text())
-    assert res["step"] == 3 and res["last"]["top1"] >= 0
+    assert res["step"] == 3 and res["val_skipped"] == 2
+    assert sorted(res["val_skipped_files"]) == sorted(map(str, bad_test))
+    ev = events(tmp_path / "o" / "log.jsonl", "start")[0]
+    assert ev["n_val"] == 10  # the 10 readable ones, none twice
+
+
+def test_transfer_eval_sets_never_altered(tmp_path, capsys):
+    """The test split and the lr-search validation part: refused naming the files, or
+    evaluated without them (count in result.json, named in results.md)."""
+    data = small_cifar(tmp_path / "root", n_train=5, n_test=1)
+    bad = damage(data / "test")
+    run = ["--datasets", "cifar10", "--root", str(tmp_path / "root"), *MICRO, "--iters", "2",
+           "--batch-size", "4", "--lrs", "0.01", "--workers", "0", "--no-progress"]
+    assert T.main([*run, "--output-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cifar10/test: 2 of 12 evaluation images" in err[0]
+    assert all(str(f) in err[0] for f in bad)
+    assert T.main([*run, "--output-dir", str(tmp_path / "a"), "--skip-unreadable-eval"]) == 0
+    res = json.loads((tmp_path / "a" / "runs" / "cifar10" / "result.json").read_text())
+    assert res["eval_skipped"] == {"test": 2} and res["test_eval"]["n"] == 10
+    assert "2 unreadable evaluation images left out" in (tmp_path / "a" / "results.md").read_text()
+    # an unreadable image that the hold-out puts into the lr-search validation part
+    for f in bad:
+        f.unlink()
+    split = json.loads((tmp_path / "a" / "runs" / "cifar10" / "split.json").read_text())
+    victim = Path(split["val_images"][0])
+    victim.unlink()
+    victim.write_bytes(b"garbage")
+    assert T.main([*run, "--output-dir", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cifar10/val: 1 of {len(split['val'])}" in err[0]
+    assert str(victim) in err[0]
 
 
 def test_image_list_skips_bad_files_with_their_targets(tmp_path, caplog):

@@ -72,7 +72,9 @@ from torch.utils.data import Dataset
 from mixedae.classification.metrics import IGNORE  # noqa: F401 (re-exported)
 from mixedae.classification.specs import (ORDER, SPECS, DatasetSpec,  # noqa: F401 (re-exported)
                                           resolve_names)
-from mixedae.runtime.images import load_readable, load_rgb, require_readable  # noqa: F401
+from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.images import (check_eval_set, load_eval, load_readable,  # noqa: F401
+                                    load_rgb, require_readable)
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -104,6 +106,7 @@ class ClsData:
     notes: list[str] = field(default_factory=list)
     val_split: tuple[list[int], list[int]] | None = None
     metric: str = ""
+    skipped: dict = field(default_factory=dict)  # evaluation split → unreadable files left out
 
     def __post_init__(self):
         if not self.metric:
@@ -115,26 +118,56 @@ class ClsData:
         return len(self.classes)
 
     def dataset(self, split: str, transform: Callable | None = None,
-                indices: Sequence[int] | None = None) -> "ImageListDataset":
+                indices: Sequence[int] | None = None,
+                strict: bool | None = None) -> "ImageListDataset":
+        """``strict`` (default: the test split): an evaluation set, loaded without
+        substitutes (check it first: :meth:`check_eval`)."""
         images, targets = ((self.train_images, self.train_targets) if split == "train"
                            else (self.test_images, self.test_targets))
         if indices is not None:
             images = [images[i] for i in indices]
             targets = [targets[i] for i in indices]
-        return ImageListDataset(images, targets, transform, name=f"{self.name}/{split}")
+        return ImageListDataset(images, targets, transform, name=f"{self.name}/{split}",
+                                strict=split == "test" if strict is None else strict)
+
+    def check_eval(self, what: str, indices: Sequence[int] | None = None, skip: bool = False,
+                   flag: str = "", workers: int | None = None) -> list[int]:
+        """Every image of an evaluation set (the test split, or ``indices`` of the train
+        split: the lr-search validation part) decodes, or ConfigError naming the bad ones
+        (:func:`mixedae.runtime.images.check_eval_set`); with ``skip`` they are left out: of
+        the test lists (in place), or of the returned ``indices``, and recorded in
+        ``skipped[what]`` and ``notes``."""
+        src = self.test_images if indices is None else [self.train_images[i] for i in indices]
+        keep = check_eval_set(src, f"{self.name}/{what}", skip, flag, workers=workers)
+        if len(keep) == len(src):
+            return list(range(len(src))) if indices is None else list(indices)
+        kept = set(keep)
+        self.skipped[what] = [str(x) for i, x in enumerate(src) if i not in kept]
+        self.notes.append(f"{self.name}/{what}: {len(src) - len(keep)} unreadable evaluation "
+                          f"images left out ({flag}): {', '.join(self.skipped[what][:5])}"
+                          + (" ..." if len(self.skipped[what]) > 5 else ""))
+        if not keep:
+            raise ConfigError(f"{self.name}/{what}: none of its {len(src)} images can be read")
+        if indices is None:
+            self.test_images = [self.test_images[i] for i in keep]
+            self.test_targets = [self.test_targets[i] for i in keep]
+            return keep
+        return [indices[i] for i in keep]
 
 
 class ImageListDataset(Dataset):
-    """(image, target) from a list of paths/arrays; every image converted to RGB. An
-    unreadable file is named once and replaced by the next readable example (with its own
-    target), as in pretraining; :meth:`require_readable` refuses an all-bad list."""
+    """(image, target) from a list of paths/arrays; every image converted to RGB. In a
+    training set an unreadable file is named once and replaced by the next readable example
+    (with its own target), as in pretraining; :meth:`require_readable` refuses an all-bad
+    list. An evaluation set (``strict``) is never altered: an unreadable file raises
+    :class:`~mixedae.runtime.images.UnreadableImage` naming it."""
 
     def __init__(self, images: Sequence[Any], targets: Sequence[Any],
-                 transform: Callable | None = None, name: str = ""):
+                 transform: Callable | None = None, name: str = "", strict: bool = False):
         if len(images) != len(targets):
             raise ValueError(f"{name}: {len(images)} images but {len(targets)} targets")
         self.images, self.targets, self.transform, self.name = images, targets, transform, name
-        self._reported: set = set()
+        self.strict, self._reported = strict, set()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -143,7 +176,10 @@ class ImageListDataset(Dataset):
         require_readable(self.images, self.name or "dataset", reported=self._reported)
 
     def __getitem__(self, i: int):
-        i, img = load_readable(self.images, i, self._reported)
+        if self.strict:
+            img = load_eval(self.images[i])
+        else:
+            i, img = load_readable(self.images, i, self._reported)
         if self.transform is not None:
             img = self.transform(img)
         t = self.targets[i]

@@ -92,7 +92,9 @@ def image_folders(args):
                                f"<class>/* and {root}/{args.val_folder}/<class>/*)")
     train_tf, eval_tf = build_transforms(args)
     tr = ReadableImageFolder(root / "train", transform=train_tf)
-    va = ReadableImageFolder(root / args.val_folder, transform=eval_tf)
+    va = ReadableImageFolder(root / args.val_folder, transform=eval_tf,  # never altered
+                             eval_flag="--skip-unreadable-eval",
+                             skip_unreadable=args.skip_unreadable_eval, workers=args.workers)
     if va.classes != tr.classes:
         raise UsageError(f"{root}/{args.val_folder} classes differ from {root}/train "
                          f"({len(va.classes)} vs {len(tr.classes)})")
@@ -279,7 +281,8 @@ def run(args, out_dir: Path) -> dict:
         logger.close()
     result = {"step": out["step"], "finished": out["finished"], "resumed_from":
               out["resumed_from"], "best_top1": best["top1"], "last": last,
-              "layer_decay": args.layer_decay, "seconds": round(time.time() - t0, 2)}
+              "layer_decay": args.layer_decay, "seconds": round(time.time() - t0, 2),
+              "val_skipped": len(val_set.skipped), "val_skipped_files": val_set.skipped[:20]}
     if is_main_process():
         atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1))
     return result

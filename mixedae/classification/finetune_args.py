@@ -60,6 +60,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-ema", action="store_true")
     p.add_argument("--model-ema-decay", type=float, default=0.9999)
     C.add_workers_arg(p)
+    p.add_argument("--skip-unreadable-eval", action="store_true",
+                   help="evaluate without the unreadable images of the val folder (count in "
+                   "result.json); default: refuse it, naming them")
     p.add_argument("--eval-batch-size", type=int, default=256)
     p.add_argument("--eval-every", type=int, default=1, help="epochs")
     p.add_argument("--seed", type=int, default=0)

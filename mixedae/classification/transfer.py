@@ -68,7 +68,8 @@ from mixedae.classification import cli_common as C
 from mixedae.classification import datasets as D
 from mixedae.classification import results as R
 from mixedae.classification.dataset_readers import VOC_DIFFICULT
-from mixedae.classification.transfer_protocol import lr_tag, run_dataset  # noqa: F401
+from mixedae.classification.transfer_protocol import (SKIP_FLAG, lr_tag,  # noqa: F401
+                                                      run_dataset)
 from mixedae.runtime.checkpoint import atomic_write_text
 from mixedae.runtime.distributed import cleanup, init_distributed, is_main_process
 from mixedae.runtime.errors import CheckpointError, ConfigError
@@ -124,6 +125,10 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify-checksums", action="store_true",
                    help="only check that CIFAR/Flowers files exist (no md5)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--skip-unreadable-eval", action="store_true",
+                   help="evaluate without the unreadable images of a test / lr-search "
+                   "validation set (their count and names go into result.json and "
+                   "results.md); default: refuse the set, naming them")
     p.add_argument("--stop-after", type=int, default=None,
                    help="stop every run after this many iterations, leaving it resumable")
     add_debug_flag(p)
@@ -165,8 +170,10 @@ def _run_all(args, names: list[str], lrs: list[float], out_dir: Path, device) ->
     for n in names:
         data = D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
                               seed=args.seed, voc_difficult=args.voc_difficult)
-        for split in ("train", "test"):  # an all-unreadable split is refused before training
-            require_readable(getattr(data, f"{split}_images"), f"{n}/{split}")
+        # training data: all-unreadable refused; the test set: every image, never altered
+        require_readable(data.train_images, f"{n}/train")
+        data.check_eval("test", skip=args.skip_unreadable_eval, flag=SKIP_FLAG,
+                        workers=args.workers)
         print0(f"[transfer] {n}: {len(data.train_targets)} train / "
                f"{len(data.test_targets)} test, {data.num_classes} classes "
                f"({data.split_note}); metric: {R.SHORT[data.metric]}")

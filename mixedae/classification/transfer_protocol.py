@@ -30,6 +30,7 @@ FINGERPRINT = ("checkpoint", "model", "patch_size", "img_size", "iters", "batch_
 # what runs recorded before a setting existed ran with (so their results compare as what they
 # ran: rerunning an old OUT under today's defaults names the difference)
 LEGACY = {"holdout": "stratified", "voc_difficult": "ignore"}
+SKIP_FLAG = "--skip-unreadable-eval"
 
 
 def lr_tag(lr: float) -> str:
@@ -99,7 +100,8 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
     model = wrap_ddp(model, init_distributed())
     train_set = data.dataset("train", D.train_transform(args.img_size), train_idx)
     eval_set = data.dataset("train" if phase == "search" else "test",
-                            D.eval_transform(args.img_size, args.eval_crop_pct), eval_idx)
+                            D.eval_transform(args.img_size, args.eval_crop_pct), eval_idx,
+                            strict=True)  # checked before: D.ClsData.check_eval
     logger = RunLogger(run_dir, desc=f"{data.name} {phase} {lr_tag(lr)}", total=args.iters,
                        start_step=None, progress=not args.no_progress)
     logger.event(event="start", dataset=data.name, phase=phase, lr=lr, n_train=len(train_set),
@@ -179,6 +181,8 @@ def run_dataset(args, data: D.ClsData, lrs: list[float], out_dir: Path,
     """The lr search on the validation split, then the final run; the dataset summary."""
     ds_dir = out_dir / "runs" / data.name
     tr_idx, va_idx, kind = val_split(args, data, ds_dir)
+    va_idx = data.check_eval("val", va_idx, skip=args.skip_unreadable_eval, flag=SKIP_FLAG,
+                             workers=args.workers)
     val_scores = {}
     for lr in lrs:
         r = train_and_eval(args, data, tr_idx, va_idx, lr, ds_dir / lr_tag(lr), "search",
@@ -198,7 +202,8 @@ def run_dataset(args, data: D.ClsData, lrs: list[float], out_dir: Path,
                "val_split": kind, "test_score": final["score"], "test_eval": final["eval"],
                "n_train": len(data.train_targets), "n_test": len(data.test_targets),
                "split_note": data.split_note, "notes": data.notes, "source": data.source,
-               "settings": settings(args), "name": args.name}
+               "settings": settings(args), "name": args.name,
+               "eval_skipped": {k: len(v) for k, v in data.skipped.items()}}
     if is_main_process():
         atomic_write_text(ds_dir / "result.json", json.dumps(summary, indent=1))
     barrier()

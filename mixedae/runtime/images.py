@@ -6,13 +6,20 @@
   image white); float images (``F``) are taken as [0, 1] when their maximum is <= 1, else
   as 8-bit values;
 * an image that cannot be decoded raises :class:`UnreadableImage` naming the file;
-* datasets use :func:`load_readable`: an unreadable file is named once (a warning) and
+* training sets use :func:`load_readable`: an unreadable file is named once (a warning) and
   replaced by the next readable one, so a run never dies of one bad file; an all-bad dataset
-  is refused up front by :func:`require_readable` (before any model is built).
+  is refused up front by :func:`require_readable` (before any model is built), which also
+  names every listed file that does not exist;
+* evaluation sets are never altered: :func:`check_eval_set` decodes every image up front and
+  refuses the set naming the unreadable ones (first few and the count), or, when the caller's
+  explicit flag asks for it, drops them and says how many (the caller records the count);
+  an evaluation dataset then loads strictly (:func:`load_eval`: no substitute, ever).
 """
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -78,29 +85,104 @@ def load_readable(sources: Sequence, index: int, reported: set | None = None,
     raise ConfigError(f"none of the {n} images can be read (first: {sources[0]})")
 
 
+def _names(items: Sequence[str], limit: int = 5) -> str:
+    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
 def require_readable(sources: Sequence, what: str, loader: Callable = load_rgb,
                      reported: set | None = None) -> None:
     """Refuse (ConfigError naming ``what``) a dataset none of whose images decodes; stops at
-    the first readable image (usually the first one). Pass the dataset's ``reported`` set so
-    that a bad file is not named twice."""
+    the first readable image (usually the first one). Listed files that do not exist are
+    named (first few and the count) in one warning: a training set substitutes them. Pass
+    the dataset's ``reported`` set so that a bad file is not named twice."""
     if len(sources) == 0:
         raise ConfigError(f"{what}: no images")
+    absent = [str(x) for x in sources if isinstance(x, (str, os.PathLike))
+              and not os.path.isfile(x)]
+    if absent:
+        log.warning("%s: %d of %d listed files do not exist (replaced by readable ones in "
+                    "training): %s", what, len(absent), len(sources), _names(absent))
     try:
         load_readable(sources, 0, set() if reported is None else reported, loader)
     except ConfigError as e:
         raise ConfigError(f"{what}: {e}") from None
 
 
-class ReadableImageFolder(ImageFolder):
-    """torchvision ``ImageFolder`` through the one image loader, skipping (and naming)
-    unreadable files like every other dataset; a folder none of whose images can be read is
-    refused at construction (ConfigError naming it)."""
+def load_eval(src: Any, loader: Callable = load_rgb) -> Image.Image:
+    """An evaluation image: decoded or :class:`UnreadableImage`, never a substitute."""
+    return loader(src)
 
-    def __init__(self, root, transform: Callable | None = None):
+
+def unreadable(sources: Sequence, loader: Callable = load_rgb,
+               workers: int | None = None) -> list[tuple[int, str]]:
+    """``[(index, reason)]`` of every source that does not decode (every image fully
+    decoded, files in threads: PIL decodes without the GIL); arrays are always readable."""
+    idx = [i for i, x in enumerate(sources) if not isinstance(x, np.ndarray)]
+
+    def why(i: int) -> str | None:
+        try:
+            loader(sources[i])
+            return None
+        except OSError as e:  # UnreadableImage, or a missing file
+            return str(e)
+    with ThreadPoolExecutor(max(1, workers or min(8, os.cpu_count() or 1))) as pool:
+        reasons = list(pool.map(why, idx))
+    return [(i, r) for i, r in zip(idx, reasons) if r is not None]
+
+
+def check_eval_set(sources: Sequence, what: str, skip: bool = False, flag: str = "",
+                   loader: Callable = load_rgb, workers: int | None = None) -> list[int]:
+    """Evaluation sets are never altered. Every image of ``sources`` decodes: all indices.
+    Otherwise ConfigError naming the unreadable files (first few and the count) and ``flag``
+    (the caller's option to skip them), or, with ``skip``, the indices of the readable ones
+    (the caller records how many were left out)."""
+    bad = unreadable(sources, loader, workers)
+    if not bad:
+        return list(range(len(sources)))
+    files = [str(sources[i]) for i, _ in bad]
+    if not skip:
+        raise ConfigError(f"{what}: {len(bad)} of {len(sources)} evaluation images cannot be "
+                          f"read ({_names(files)}); an evaluation set is never altered: fix or "
+                          f"remove them" + (f", or pass {flag} to evaluate without them "
+                                            f"(recorded in the results)" if flag else ""))
+    log.warning("%s: %d unreadable evaluation images left out (%s): %s", what, len(bad), flag,
+                _names(files))
+    drop = {i for i, _ in bad}
+    return [i for i in range(len(sources)) if i not in drop]
+
+
+class ReadableImageFolder(ImageFolder):
+    """torchvision ``ImageFolder`` through the one image loader. A training folder skips (and
+    names) unreadable files like every other dataset; a folder none of whose images can be
+    read is refused at construction (ConfigError naming it). An evaluation folder
+    (``eval_flag``: the option that skips unreadable images) is checked image by image
+    (:func:`check_eval_set`); ``skipped`` lists the files it left out."""
+
+    def __init__(self, root, transform: Callable | None = None, eval_flag: str | None = None,
+                 skip_unreadable: bool = False, workers: int | None = None):
         super().__init__(str(root), transform=transform, loader=load_rgb)
-        self.paths, self._reported = [p for p, _ in self.samples], set()
-        require_readable(self.paths, f"image folder {root}", reported=self._reported)
+        self.paths, self._reported, self.skipped = [p for p, _ in self.samples], set(), []
+        self.strict = eval_flag is not None
+        if not self.strict:
+            require_readable(self.paths, f"image folder {root}", reported=self._reported)
+            return
+        if not self.paths:
+            raise ConfigError(f"image folder {root}: no images")
+        keep = check_eval_set(self.paths, f"image folder {root}", skip_unreadable, eval_flag,
+                              workers=workers)
+        if len(keep) < len(self.paths):
+            kept = set(keep)
+            self.skipped = [p for i, p in enumerate(self.paths) if i not in kept]
+            self.samples = [self.samples[i] for i in keep]
+            self.imgs, self.targets = self.samples, [self.targets[i] for i in keep]
+            self.paths = [self.paths[i] for i in keep]
+            if not self.paths:
+                raise ConfigError(f"image folder {root}: none of its images can be read")
 
     def __getitem__(self, i: int):
-        i, img = load_readable(self.paths, i, self._reported)
+        if self.strict:
+            img = load_eval(self.paths[i])
+        else:
+            i, img = load_readable(self.paths, i, self._reported)
         return (img if self.transform is None else self.transform(img)), self.targets[i]
