@@ -204,3 +204,27 @@ def test_train_loop_stops_on_nan_and_keeps_checkpoint(tmp_path):
     calls["n"] = 0
     out = E.train_loop(**{**kw, "ckpt_path": tmp_path / "skip.pth"}, max_bad_steps=1)
     assert out["finished"] and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_transfer_grid_records_a_diverging_lr_and_goes_on(tmp_path, capsys):
+    """Issue 16 §4: lr 1e30 diverges; it is recorded as diverged (result.json, the table),
+    the grid goes on and chooses among the finite lrs; a rerun skips it; all diverging is
+    one clear error."""
+    small_cifar(tmp_path / "root", n_train=4, n_test=1)
+    run = ["--datasets", "cifar10", "--root", str(tmp_path / "root"), *MICRO, "--iters", "3",
+           "--batch-size", "4", "--workers", "0", "--no-progress"]
+    out = tmp_path / "a"
+    assert T.main([*run, "--lrs", "0.01,1e30", "--output-dir", str(out)]) == 0
+    res = json.loads((out / "runs" / "cifar10" / "result.json").read_text())
+    assert res["chosen_lr"] == 0.01 and res["diverged"] == ["lr1e+30"]
+    assert res["val_scores"]["lr1e+30"] is None
+    run_res = json.loads((out / "runs" / "cifar10" / "lr1e+30" / "result.json").read_text())
+    assert run_res["diverged"] and "non-finite" in run_res["reason"]
+    md = (out / "results.md").read_text()
+    assert "| cifar10 | 0.01 | " in md and "| diverged |" in md
+    capsys.readouterr()
+    assert T.main([*run, "--lrs", "0.01,1e30", "--output-dir", str(out)]) == 0  # rerun
+    assert "lr1e+30: done before (diverged), skipped" in capsys.readouterr().out
+    assert T.main([*run, "--lrs", "1e30,1e31", "--output-dir", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cifar10: every lr of the search diverged" in err[0]

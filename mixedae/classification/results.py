@@ -210,8 +210,9 @@ def _details_md(res: dict[str, dict]) -> list[str]:
         test = f"{fmt(r['test_score'], 2)} ({SHORT[r['metric']]})"
         if lrs:
             vs = [r.get("val_scores", {}).get(f"lr{x:g}") for x in lrs]
-            out.append(f"| {n} | {r.get('chosen_lr', 0):g} | "
-                       + " | ".join(fmt(v, 2) for v in vs) + f" | {test} | {r['split_note']}; "
+            cells = ["diverged" if f"lr{x:g}" in r.get("diverged", ()) else fmt(v, 2)
+                     for x, v in zip(lrs, vs)]
+            out.append(f"| {n} | {r.get('chosen_lr', 0):g} | " + " | ".join(cells) + f" | {test} | {r['split_note']}; "
                        f"lr search on: {r.get('val_split', '?')} |")
         else:
             out.append(f"| {n} | {test} | {r.get('split_note', '')} |")

@@ -3,6 +3,7 @@ protocol). Every run is resumable (its own checkpoint) and skipped once finished
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from mixedae.model.vit import create_vit
 from mixedae.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text
 from mixedae.runtime.distributed import barrier, get_world_size, init_distributed, \
     is_main_process, wrap_ddp
-from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.errors import ConfigError, TrainingDiverged
 from mixedae.runtime.run_logger import RunLogger, print0
 from mixedae.runtime.schedules import cosine_lr
 from mixedae.runtime.weights import resolve_checkpoint_path
@@ -62,9 +63,15 @@ def _reuse(args, res_path: Path, data: D.ClsData, phase: str, lr: float) -> dict
     if diff:
         raise ConfigError(f"{res_path} was produced with other settings ({'; '.join(diff)}); "
                           f"use another --output-dir")
-    print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: done before "
-           f"({R.SHORT[res['metric']]} {res['score']:.2f}), skipped")
+    what = "diverged" if res.get("diverged") else f"{R.SHORT[res['metric']]} {res['score']:.2f}"
+    print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: done before ({what}), skipped")
     return {**res, "skipped": True}
+
+
+def finite_score(res: dict) -> bool:
+    """A search run that counts for the lr choice: not diverged, a finite score."""
+    return not res.get("diverged") and res.get("score") is not None and \
+        math.isfinite(res["score"])
 
 
 def _train(args, data, model, train_set, lr, run_dir, logger, device) -> dict:
@@ -109,27 +116,45 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
     if loaded:
         logger.info(f"[transfer] {loaded['line']}")
     t0 = time.time()
+    ev = None
     try:
-        out = _train(args, data, model, train_set, lr, run_dir, logger, device)
-        if not out["finished"]:
+        try:
+            out = _train(args, data, model, train_set, lr, run_dir, logger, device)
+        except TrainingDiverged as e:  # a search run: recorded, the grid goes on
+            if phase != "search":
+                raise
+            out = {"diverged": str(e)}
+        if "diverged" in out:
+            res = {"dataset": data.name, "phase": phase, "lr": lr, "metric": data.metric,
+                   "score": None, "diverged": True, "reason": out["diverged"],
+                   "eval_split": eval_split, "n_train": len(train_set), "iters": args.iters,
+                   "seconds": round(time.time() - t0, 2), "settings": settings(args),
+                   "finished": True}
+            logger.event(event="diverged", lr=lr, reason=out["diverged"])
+            print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: diverged "
+                   f"({out['diverged']}); recorded, the search goes on")
+        elif not out["finished"]:
             print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: stopped at iteration "
                    f"{out['step']} (resumable)")
             return {"finished": False, "step": out["step"]}
-        ev = E.evaluate(model, eval_set, args.eval_batch_size, device,
-                        multilabel=data.multilabel, workers=args.workers, amp=not args.no_amp)
-        res = {"dataset": data.name, "phase": phase, "lr": lr, "metric": data.metric,
-               "score": ev[data.metric], "eval": R.public_eval(ev), "eval_split": eval_split,
-               "n_train": len(train_set), "n_eval": len(eval_set), "iters": args.iters,
-               "resumed_from": out["resumed_from"], "seconds": round(time.time() - t0, 2),
-               "split_note": data.split_note, "settings": settings(args), "finished": True}
-        logger.log({"event": "eval", "step": out["step"],
-                    **{k: v for k, v in res.items() if k != "settings"}},
-                   {f"{eval_split}/{k}": v for k, v in res["eval"].items() if k != "n"})
+        else:
+            ev = E.evaluate(model, eval_set, args.eval_batch_size, device,
+                            multilabel=data.multilabel, workers=args.workers,
+                            amp=not args.no_amp)
+            res = {"dataset": data.name, "phase": phase, "lr": lr, "metric": data.metric,
+                   "score": ev[data.metric], "eval": R.public_eval(ev), "eval_split": eval_split,
+                   "n_train": len(train_set), "n_eval": len(eval_set), "iters": args.iters,
+                   "resumed_from": out["resumed_from"], "seconds": round(time.time() - t0, 2),
+                   "split_note": data.split_note, "settings": settings(args), "finished": True}
+            logger.log({"event": "eval", "step": out["step"],
+                        **{k: v for k, v in res.items() if k != "settings"}},
+                       {f"{eval_split}/{k}": v for k, v in res["eval"].items() if k != "n"})
     finally:
         logger.close()
     _finish(args, run_dir, res, data, ev if phase == "final" else None)
-    print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: {eval_split} "
-           f"{R.SHORT[data.metric]} {res['score']:.2f} ({res['seconds']:.0f}s)")
+    if not res.get("diverged"):
+        print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: {eval_split} "
+               f"{R.SHORT[data.metric]} {res['score']:.2f} ({res['seconds']:.0f}s)")
     return res
 
 
@@ -183,14 +208,22 @@ def run_dataset(args, data: D.ClsData, lrs: list[float], out_dir: Path,
     tr_idx, va_idx, kind = val_split(args, data, ds_dir)
     va_idx = data.check_eval("val", va_idx, skip=args.skip_unreadable_eval, flag=SKIP_FLAG,
                              workers=args.workers)
-    val_scores = {}
-    for lr in lrs:
+    val_scores, diverged = {}, {}
+    for lr in lrs:  # a diverging lr is recorded (its result.json) and the grid goes on
         r = train_and_eval(args, data, tr_idx, va_idx, lr, ds_dir / lr_tag(lr), "search",
                            device)
         if not r.get("finished"):
             return None
-        val_scores[lr_tag(lr)] = r["score"]
-    best_lr = lrs[int(np.argmax([val_scores[lr_tag(lr)] for lr in lrs]))]
+        val_scores[lr_tag(lr)] = r["score"] if finite_score(r) else None
+        if not finite_score(r):
+            diverged[lr_tag(lr)] = r.get("reason", f"non-finite score {r.get('score')}")
+    finite = [lr for lr in lrs if val_scores[lr_tag(lr)] is not None]
+    if not finite:
+        raise TrainingDiverged(
+            f"{data.name}: every lr of the search diverged ("
+            + "; ".join(f"{k}: {v}" for k, v in diverged.items())[:600]
+            + f"); try smaller --lrs (results in {ds_dir})")
+    best_lr = max(finite, key=lambda lr: val_scores[lr_tag(lr)])  # first in the grid on ties
     final = train_and_eval(args, data, None, None, best_lr, ds_dir / "final", "final", device)
     if not final.get("finished"):
         return None
@@ -202,8 +235,11 @@ def run_dataset(args, data: D.ClsData, lrs: list[float], out_dir: Path,
                "val_split": kind, "test_score": final["score"], "test_eval": final["eval"],
                "n_train": len(data.train_targets), "n_test": len(data.test_targets),
                "split_note": data.split_note, "notes": data.notes, "source": data.source,
-               "settings": settings(args), "name": args.name,
+               "settings": settings(args), "name": args.name, "diverged": sorted(diverged),
                "eval_skipped": {k: len(v) for k, v in data.skipped.items()}}
+    summary["notes"] = summary["notes"] + [
+        f"{data.name} {k}: diverged in the lr search, not chosen ({v})"
+        for k, v in diverged.items()]
     if is_main_process():
         atomic_write_text(ds_dir / "result.json", json.dumps(summary, indent=1))
     barrier()
