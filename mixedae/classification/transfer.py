@@ -46,7 +46,9 @@ A finished run (``result.json`` present) is skipped when the command is rerun, s
 interrupted sweep resumes per dataset and lr; an unfinished run resumes from its own
 ``checkpoint.pth`` (written every ``--ckpt-every`` iterations, removed when the run finishes
 unless ``--keep-checkpoints``). Rerunning into an OUT made with other settings is refused.
-Datasets run in the order of ``--datasets``.
+Datasets run in the order of ``--datasets``. ``--seeds 0,1,2`` runs the whole protocol once
+per seed into ``OUT/seed<S>/`` (the layout above in each) and writes ``OUT/results.md`` /
+``results.csv`` with the mean ± std of each dataset's test score over the seeds.
 
 Examples::
 
@@ -117,6 +119,9 @@ def get_parser() -> argparse.ArgumentParser:
                    help="VOC2007 classes present only as difficult objects: 'negative' "
                    "(Ericsson et al.) or 'ignore' (out of loss and AP)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None,
+                   help="comma list, e.g. 0,1,2: the whole protocol once per seed (as --seed "
+                   "S) into OUT/seed<S>/, and OUT/results.md with mean ± std per dataset")
     C.add_workers_arg(p)
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--keep-checkpoints", action="store_true")
@@ -145,6 +150,22 @@ def parse_lrs(text: str) -> list[float]:
     return lrs
 
 
+def parse_seeds(args) -> list[int] | None:
+    """``--seeds`` → the seeds (None without it); refuses a bad list and a --seed beside it."""
+    if args.seeds is None:
+        return None
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds must be a comma list of integers, got "
+                          f"{args.seeds!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {args.seeds!r}: give distinct integers >= 0")
+    if args.seed != 0:
+        raise ConfigError("give --seed or --seeds, not both")
+    return seeds
+
+
 def check_args(args) -> tuple[list[str], list[float]]:
     """Every flag, before any work: (dataset names, lrs) or ConfigError."""
     C.check_flags(args, {"iters": ">0", "batch_size": ">0", "eval_batch_size": ">0",
@@ -157,6 +178,7 @@ def check_args(args) -> tuple[list[str], list[float]]:
     if args.nesterov and args.momentum == 0:
         raise ConfigError("--nesterov needs --momentum > 0 (or pass --no-nesterov)")
     lrs = parse_lrs(args.lrs)
+    args.seed_list = parse_seeds(args)
     C.resolve_model_args(args)
     C.resolve_workers(args, "transfer")
     args.name = C.run_name(args)
@@ -209,11 +231,60 @@ def _main(argv: list[str]) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     if is_main_process():
         atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
-    done = _run_all(args, names, lrs, out_dir, device)
-    if is_main_process() and done:
-        print(write_outputs(out_dir, args.name).read_text())
+    if args.seed_list is None:
+        done = _run_all(args, names, lrs, out_dir, device)
+        if is_main_process() and done:
+            print(write_outputs(out_dir, args.name).read_text())
+    else:
+        for seed in args.seed_list:
+            args.seed = seed
+            print0(f"[transfer] seed {seed} ({args.seed_list.index(seed) + 1}/"
+                   f"{len(args.seed_list)}) into {out_dir / f'seed{seed}'}")
+            if len(_run_all(args, names, lrs, out_dir / f"seed{seed}", device)) < len(names):
+                break  # stopped early (--stop-after): resumable
+        if is_main_process():
+            print(write_seed_table(out_dir, args.name, args.seed_list).read_text())
     cleanup()
     return 0
+
+
+def write_seed_table(out_dir: Path, name: str, seeds: list[int]) -> Path:
+    """OUT/results.md + results.csv: per dataset the mean ± sample std (ddof 1) of the test
+    score over the seeds that finished it (n given), from OUT/seed<S>/runs/*/result.json."""
+    import numpy as np
+    per = {s: R.collect(out_dir / f"seed{s}" / "runs" / n / "result.json" for n in D.ORDER)
+           for s in seeds}
+    cols = [n for n in D.ORDER if any(n in r for r in per.values())]
+    stats = {}
+    for n in cols:
+        v = [per[s][n]["test_score"] for s in seeds if n in per[s]]
+        stats[n] = (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else None, len(v))
+    full = [s for s in seeds if all(n in per[s] for n in cols)]
+    avgs = [float(np.mean([per[s][n]["test_score"] for n in cols])) for s in full]
+
+    def cell(m, sd, k):
+        return f"{m:.1f} ± {sd:.1f}" + ("" if k == len(seeds) else f" (n={k})") \
+            if sd is not None else f"{m:.1f} (n={k})"
+    head = ["Method"] + [D.SPECS[n].column for n in cols] + ["Avg."]
+    avg = cell(float(np.mean(avgs)), float(np.std(avgs, ddof=1)) if len(avgs) > 1 else None,
+               len(avgs)) if avgs else "–"
+    row = [name] + [cell(*stats[n]) for n in cols] + [avg]
+    lines = [f"# Classification transfer (Table 2 protocol), seeds {', '.join(map(str, seeds))}:"
+             f" {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             "| metric | " + " | ".join(R.SHORT[D.SPECS[n].metric] for n in cols) + " | |",
+             "| " + " | ".join(row) + " |", "",
+             f"Mean ± sample standard deviation (ddof 1) of the protocol metric over "
+             f"{len(seeds)} seeds (n = seeds finished, where fewer); Avg.: over the seeds that "
+             f"finished every column. Each seed's own tables: seed<S>/results.md.", ""]
+    csv_lines = ["dataset,metric,mean,std,n," + ",".join(f"seed{s}" for s in seeds)]
+    for n in cols:
+        m, sd, k = stats[n]
+        csv_lines.append(f"{n},{D.SPECS[n].metric},{m:.4f},{'' if sd is None else f'{sd:.4f}'},"
+                         f"{k}," + ",".join(f"{per[s][n]['test_score']:.4f}" if n in per[s]
+                                           else "" for s in seeds))
+    atomic_write_text(out_dir / "results.csv", "\n".join(csv_lines) + "\n")
+    atomic_write_text(out_dir / "results.md", "\n".join(lines))
+    return out_dir / "results.md"
 
 
 if __name__ == "__main__":
