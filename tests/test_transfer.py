@@ -127,10 +127,10 @@ def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, c
     calls = []
     orig = D.ClsData.dataset
 
-    def spy(self, split, transform=None, indices=None):
+    def spy(self, split, transform=None, indices=None, strict=None):
         done = [(out / "runs" / "cifar10" / T.lr_tag(lr) / "result.json").is_file() for lr in lrs]
         calls.append((split, indices is None, all(done)))
-        return orig(self, split, transform, indices)
+        return orig(self, split, transform, indices, strict)
     monkeypatch.setattr(D.ClsData, "dataset", spy)
     assert T.main(argv) == 0
 
