@@ -60,3 +60,23 @@ def test_an_older_run_compares_as_what_it_ran(tmp_path, capsys):
     assert "holdout: 'stratified' vs 'shuffled'" in err or "'stratified hold-out" in err
     assert T.main([*run, *old]) == 0
     assert "done before" in capsys.readouterr().out
+
+
+def test_an_unfinished_run_resumes_only_under_its_settings(tmp_path, capsys):
+    """Issue 17 item 1, audit of transfer: an interrupted run's checkpoint is never resumed
+    under other settings (here --iters, which would silently change its schedule)."""
+    small_cifar(tmp_path / "root", n_train=4, n_test=1)
+    out = tmp_path / "o"
+    run = ["--datasets", "cifar10", "--root", str(tmp_path / "root"), *MICRO, "--batch-size",
+           "4", "--lrs", "0.01", "--workers", "0", "--no-progress", "--output-dir", str(out)]
+    assert T.main([*run, "--iters", "6", "--stop-after", "2"]) == 0
+    ck = out / "runs" / "cifar10" / "lr0.01" / "checkpoint.pth"
+    good = ck.read_bytes()
+    capsys.readouterr()
+    assert T.main([*run, "--iters", "4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "iters: 6 vs 4" in err[0]
+    assert ck.read_bytes() == good
+    assert T.main([*run, "--iters", "6"]) == 0  # the same settings: resumed and finished
+    res = json.loads((out / "runs" / "cifar10" / "lr0.01" / "result.json").read_text())
+    assert res["resumed_from"] == 2

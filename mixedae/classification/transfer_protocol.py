@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from mixedae.classification import cli_common as C
 from mixedae.classification import datasets as D
 from mixedae.classification import engine as E
 from mixedae.classification import results as R
@@ -99,6 +100,8 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
     done = _reuse(args, run_dir / "result.json", data, phase, lr)
     if done is not None:
         return done
+    # an unfinished run resumes from its checkpoint only under the settings it started with
+    C.check_settings(run_dir, {**settings(args), "lr": lr, "phase": phase})
     if args.batch_size % get_world_size():
         raise ConfigError(f"--batch-size {args.batch_size} is not divisible by "
                           f"{get_world_size()} ranks")
