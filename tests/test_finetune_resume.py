@@ -84,9 +84,13 @@ def test_resume_checks_tensors_and_keeps_the_recipe_it_ran(tmp_path, capsys):
     a = tmp_path / "a"
     assert F.main(["--data", str(data), *RUN, "--output-dir", str(a), "--max-steps", "1",
                    "--layer-decay", "0.75"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]  # the run's first log line: its recipe
+    assert first.startswith("[finetune] recipe for micro (ViT-B recipe, used for micro")
+    assert "layer decay 0.75 (given)" in first and "drop path 0.1;" in first
     # a run started under another layer decay keeps it when the flag is not given
     assert F.main(["--data", str(data), *RUN, "--output-dir", str(a), "--max-steps", "2",
                    "--resume", "auto"]) == 0
+    assert "layer decay 0.75 (the resumed run's)" in capsys.readouterr().out
     ck = E.load_checkpoint(a / "checkpoint.pth")
     assert ck["step"] == 2 and ck["args"]["layer_decay"] == 0.75
     assert min(g["lr_scale"] for g in ck["optimizer"]["param_groups"]) == pytest.approx(0.75 ** 5)

@@ -138,12 +138,13 @@ def _check_resume(args, src: Path) -> dict:
         raise CheckpointError(f"--resume {src}: {kind} (no fine-tuning 'args'); to start "
                               f"fine-tuning from pretrained weights pass it as --checkpoint")
     old, given = ck["args"], set(filter(None, args.recipe_given.split(",")))
-    diff = []
+    diff, kept = [], []
     for k in RESUME_FINGERPRINT:
         if k not in old or old[k] == getattr(args, k):
             continue
         if k in RECIPE_KEYS and k not in given:
             setattr(args, k, old[k])  # e.g. a run started under an earlier default
+            kept.append(k)
         else:
             diff.append(f"{k}: checkpoint {old[k]!r} vs now {getattr(args, k)!r}")
     if diff:
@@ -151,6 +152,7 @@ def _check_resume(args, src: Path) -> dict:
                               f"({len(diff)}: {'; '.join(diff[:5])}"
                               f"{' ...' if len(diff) > 5 else ''}); use another --output-dir")
     args.abs_lr = args.lr if args.lr is not None else args.blr * args.batch_size / 256
+    args.recipe_resumed = ",".join(kept)
     return ck
 
 

@@ -91,10 +91,12 @@ def fill_defaults(args) -> None:
 def recipe_line(args) -> str:
     """The run's first log line: the per-size recipe in force, flags that changed it named."""
     given = set(filter(None, getattr(args, "recipe_given", "").split(",")))
+    kept = set(filter(None, getattr(args, "recipe_resumed", "").split(",")))
     src = "ViT-L recipe" if args.model == "large" else (
         "ViT-B recipe" + ("" if args.model == "base" else f", used for {args.model}"))
     vals = ", ".join(f"{k.replace('_', ' ')} {getattr(args, k):g}"
-                     + (" (given)" if k in given else "") for k in RECIPE_KEYS)
+                     + (" (given)" if k in given else " (the resumed run's)" if k in kept
+                        else "") for k in RECIPE_KEYS)
     return (f"[finetune] recipe for {args.model} ({src}: Table 5 + MAE FINETUNE.md): {vals}; "
             f"lr {args.abs_lr:.3g}")
 
