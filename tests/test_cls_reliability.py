@@ -228,3 +228,23 @@ def test_transfer_grid_records_a_diverging_lr_and_goes_on(tmp_path, capsys):
     assert T.main([*run, "--lrs", "1e30,1e31", "--output-dir", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cifar10: every lr of the search diverged" in err[0]
+
+
+def test_training_list_names_every_missing_file(tmp_path, caplog):
+    """Issue 16 §4: require_readable looked at one image; listed files that do not exist are
+    now named up front (first few and the count); a training set still substitutes them."""
+    data = small_cifar(tmp_path / "root", n_train=1, n_test=1)
+    cd = D.load_dataset("cifar10", tmp_path / "root")
+    gone = [Path(cd.train_images[i]) for i in (3, 5)]
+    for g in gone:
+        g.unlink()
+    ds = cd.dataset("train", D.eval_transform(32))
+    ds.require_readable()
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "2 of 10 listed files do not exist" in msg and all(str(g) in msg for g in gone)
+    assert ds[3][1] == cd.train_targets[4]  # substituted, with the substitute's label
+    test = cd.dataset("test", D.eval_transform(32))  # an evaluation set: never substituted
+    Path(cd.test_images[0]).unlink()
+    with pytest.raises(OSError, match="unreadable image"):
+        test[0]
+    assert data.is_dir()
