@@ -248,3 +248,19 @@ def test_training_list_names_every_missing_file(tmp_path, caplog):
     with pytest.raises(OSError, match="unreadable image"):
         test[0]
     assert data.is_dir()
+
+
+def test_linprobe_and_knn_refuse_an_unreadable_test_image_before_training(tmp_path, capsys):
+    from mixedae.classification import knn as K
+    from mixedae.classification import linprobe as LP
+    data = small_cifar(tmp_path / "root", n_train=2, n_test=1)
+    bad = damage(data / "test")
+    for main, extra in ((LP.main, ["--epochs", "1", "--warmup-epochs", "0", "--batch-size", "4"]),
+                        (K.main, [])):
+        out = tmp_path / main.__module__
+        rc = main(["--data", str(data), "--val-folder", "test", *MICRO[:6], "--workers", "0",
+                   "--output-dir", str(out), "--no-progress", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "2 of 12 evaluation images" in err[0], err
+        assert all(str(f) in err[0] for f in bad)
+        assert not (out / "data" / "checkpoint.pth").exists()

@@ -190,13 +190,16 @@ def save_result(ds_dir: Path, data, ev: dict, name: str, **info) -> dict:
 
 
 def iter_data(args, names: list[str] | None, seed: int = 0):
-    """The ClsData to evaluate on, one at a time (loaded lazily, in the order given)."""
+    """The ClsData to evaluate on, one at a time (loaded lazily, in the order given); each
+    test set checked image by image first (never altered: refused naming unreadable files)."""
     if names is None:
-        yield D.folder_data(args.data, args.train_folder, args.val_folder, source="data-dir")
-        return
-    for n in names:
-        yield D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
-                             seed=seed)
+        data = [D.folder_data(args.data, args.train_folder, args.val_folder, source="data-dir")]
+    else:
+        data = (D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
+                               seed=seed) for n in names)
+    for d in data:
+        d.check_eval("test", workers=args.workers)
+        yield d
 
 
 # ---- per-dataset output directories -----------------------------------------------------------
