@@ -30,7 +30,11 @@ Data: ``--data DIR`` with ``DIR/train/<class>/*`` and ``DIR/val/<class>/*`` (Ima
 ``--val-folder`` to name the evaluation folder differently). Multi-GPU with torchrun (env://,
 NCCL on GPU, gloo on CPU); bf16 autocast on CUDA. Checkpoints (model, optimizer, EMA, step,
 every RNG) are written atomically to OUT/checkpoint.pth at each epoch end (and every
-``--save-every-steps``); ``--resume auto`` continues from it, ``--resume PATH`` from a file.
+``--save-every-steps``); ``--resume auto`` continues from it, ``--resume PATH`` from a file,
+which is first proven a fine-tuning checkpoint of this run (kind, settings, every key and
+shape) and never copied over another OUT/checkpoint.pth. An unreadable training image is
+replaced and named; the val folder is never altered (refused naming its unreadable files, or
+``--skip-unreadable-eval``: evaluated without them, the count in result.json).
 
 Examples::
 

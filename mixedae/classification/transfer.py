@@ -42,10 +42,17 @@ Outputs in ``--output-dir OUT``::
                                         per_class_ap.png)
     OUT/runs/<dataset>/result.json      dataset summary (val scores, chosen lr, test metrics)
 
+A diverging lr of the search is recorded (``diverged`` in its result.json and in the runs
+table) and the lr is chosen among the finite scores; only all of them diverging stops the
+dataset. Test and lr-search validation images are never altered: a set with unreadable images
+is refused naming them, or ``--skip-unreadable-eval`` evaluates without them (their count in
+the dataset's result.json, their names in results.md).
+
 A finished run (``result.json`` present) is skipped when the command is rerun, so an
 interrupted sweep resumes per dataset and lr; an unfinished run resumes from its own
 ``checkpoint.pth`` (written every ``--ckpt-every`` iterations, removed when the run finishes
-unless ``--keep-checkpoints``). Rerunning into an OUT made with other settings is refused.
+unless ``--keep-checkpoints``), only under the settings it started with. Rerunning into an
+OUT made with other settings is refused.
 Datasets run in the order of ``--datasets``. ``--seeds 0,1,2`` runs the whole protocol once
 per seed into ``OUT/seed<S>/`` (the layout above in each) and writes ``OUT/results.md`` /
 ``results.csv`` with the mean ± std of each dataset's test score over the seeds.
