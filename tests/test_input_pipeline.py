@@ -153,13 +153,18 @@ def test_benchmark_loader_times_the_engine_stream_on_cpu(tmp_path, capsys):
     import benchmark_loader
     data = data_dir("imagenet_tiny")
     js = tmp_path / "loader.jsonl"
-    benchmark_loader.main(["--data", str(data), "--paths", "cpu,gpu", "--workers", "0",
+    benchmark_loader.main(["--data", str(data), "--paths", "cpu-pil,cpu,gpu", "--workers", "0",
                            "--seconds", "0.5", "--batch-size", "4", "--img-size", "32",
-                           "--max-batches", "2", "--device", "cpu", "--json", str(js)])
+                           "--max-batches", "2", "--device", "cpu", "--json", str(js),
+                           "--pixels", "3"])
     rows = [json.loads(line) for line in js.read_text().splitlines()]
-    assert [r["path"] for r in rows] == ["cpu", "gpu"]
-    assert all(r["img_per_s"] > 0 and r["images"] >= 4 for r in rows)
-    assert "gpu" in capsys.readouterr().out
+    assert [r["path"] for r in rows] == ["cpu-pil", "cpu", "gpu", "cpu vs cpu-pil pixels"]
+    assert all(r["img_per_s_per_core"] > 0 and r["images"] >= 4 for r in rows[:3])
+    lib = jpeg_library()
+    assert [r["decoder"] for r in rows[:3]] == ["PIL", f"{lib} on cpu", f"{lib} on cpu"]
+    assert rows[1]["per_core_vs_cpu_pil"] > 0
+    assert 0 <= rows[3]["mean_abs_diff"] < 1 and rows[3]["images"] == 3
+    assert "x cpu-pil per core" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])
