@@ -123,3 +123,27 @@ def test_gpu_suite_plan_lists_the_pieces_with_expected_seconds_and_runs_nothing(
     assert all(float(ln[-5]) > 0 for ln in lines)  # expected seconds of each piece
     assert " ".join(lines[4][1:3]) == "MAE eager"
     assert not list(tmp_path.glob("*.jsonl"))
+
+
+def test_a_crashing_child_check_keeps_its_rows_and_fails_without_stopping_the_suite(
+        tmp_path, monkeypatch):
+    """A Triton check that dies (as an illegal address would) in its child process: the rows
+    it made are kept, the crash is a FAIL row naming the exit status, the suite goes on."""
+    import argparse
+    sys.path.insert(0, str(REPO / "tools"))
+    import gpu_suite
+    row = json.dumps(dict(name="fused float32 cls=always_visible", summary="max err 0",
+                          ok=True, impl="fused"))
+    monkeypatch.setattr(gpu_suite, "child_cmd", lambda a, impl: [
+        sys.executable, "-c", f"print('ROW ' + {row!r}, flush=True); import os; os.abort()"])
+    args = argparse.Namespace(device="cpu", quick=True, out_dir=str(tmp_path), limit_s=60.0,
+                              grace_s=2.0)
+    s = gpu_suite.Suite(args)
+    s.checked, s.mae = {}, {}
+    gpu_suite.run_child(s, "headline", "fused")
+    s.add("headline", "next piece", "still running")
+    assert [r["name"] for r in s.rows] == ["fused float32 cls=always_visible",
+                                           "check fused child process", "next piece"]
+    assert s.rows[1]["ok"] is False and s.rows[1]["rc"] != 0
+    assert s.finish([], "") == 1  # FAIL
+    assert [r["name"] for r in jsonl(tmp_path)][:3] == [r["name"] for r in s.rows[:3]]

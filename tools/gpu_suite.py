@@ -219,10 +219,14 @@ def check_impl(s: Suite, part: str, impl: str):
     s.checked[impl] = not any(r["ok"] is False for r in s.rows if r.get("impl") == impl)
 
 
+def child_cmd(a, impl: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child", impl, "--device",
+            a.device] + (["--quick"] if a.quick else [])
+
+
 def run_child(s: Suite, part: str, impl: str):
     a = s.args
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", impl, "--device",
-           a.device] + (["--quick"] if a.quick else [])
+    cmd = child_cmd(a, impl)
     env = {**os.environ, "CUDA_LAUNCH_BLOCKING": "1", "PYTHONUNBUFFERED": "1"}
     left = a.limit_s - a.grace_s - s.elapsed()
     p = s.child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -371,6 +371,16 @@ def loader_row(s, path: str):
         s.loader_data = data
         s.add("loader", "images", f"{kind}: {data}", data=data, synthetic=kind != "real JPEGs")
     workers = a.workers if path != "gpu" else min(8, a.workers)
+    if path == "cpu-pil" and workers:  # float batches: 4x the shared memory of uint8
+        need = shm_need_gib(a)[1]
+        try:
+            free = shutil.disk_usage("/dev/shm").free / 2**30
+        except OSError:
+            free = 0.0
+        if free < need:
+            s.skip("loader", f"loader {path}", f"/dev/shm has {free:.1f} GiB free, its float "
+                   f"batches need {need:.1f} GiB", path=path)
+            return
     if path == "gpu" and a.device == "cuda":
         problem = device_decode_problem(a.device)
         if problem:
