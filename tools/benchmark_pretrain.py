@@ -64,6 +64,8 @@ def step_flops(cfg, batch_size: int, device: torch.device) -> float:
 
 def bench(preset: str, args, compiled: bool, attn: dict | None = None) -> dict:
     dev = torch.device(args.device)
+    if compiled:  # a fresh cache per model: recompiles of the shared forward code object
+        torch._dynamo.reset()  # would otherwise hit dynamo's limit and fall back to eager
     torch.manual_seed(0)
     cfg = get_preset(preset, model=args.model, batch_size=args.batch_size,
                      mixing=args.mixing if preset.startswith("mixedae") else "none",

@@ -327,6 +327,7 @@ def compiled_vs_eager(s, impl):
     dev = torch.device(s.args.device)
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     old, ind.fallback_random = ind.fallback_random, True  # inductor's RNG made to match eager
+    torch._dynamo.reset()  # a fresh compile cache (see benchmark_pretrain.bench)
     try:
         torch.manual_seed(0)
         m = build_model(get_preset("mixedae_base", model="small", batch_size=16,

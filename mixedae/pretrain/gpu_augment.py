@@ -5,9 +5,10 @@ Same semantics as ``data.pretrain_transform`` (Sec. 4.1): RandomResizedCrop with
 with the ratio clamped —, bicubic resize (antialiased, as PIL does when it shrinks), horizontal
 flip with p = 0.5, ImageNet normalisation. Workers only read file bytes (``EncodedImages``);
 ``decode.decode_jpegs`` (TorchCodec or torchvision.io, nvJPEG on CUDA) decodes a whole batch on
-the GPU and ``GPUAugment`` crops, resizes, flips and normalises it there. Every step runs on CPU tensors too
-(that is how it is tested); only the speed needs a GPU (``tools/benchmark_loader.py``). The
-engine uses it through ``input_pipeline`` (``--decode gpu``).
+the GPU and ``GPUAugment`` crops, resizes, flips and normalises it there. Every step runs on
+CPU tensors too (that is how it is tested); only the speed needs a GPU
+(``tools/benchmark_loader.py``). The engine uses it through ``input_pipeline``
+(``--decode gpu``).
 """
 from __future__ import annotations
 
