@@ -17,9 +17,11 @@ EXIT_INCOMPLETE = 3
 HEAD = ["preflight", "headline", "loader"]
 
 
-def suite(tmp_path, *extra):
+def suite(tmp_path, *extra, out=None):
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     env.pop("OUT", None)
+    if out:
+        env["OUT"] = str(out)
     cmd = ["bash", str(REPO / "tools" / "gpu_suite.sh"), "--device", "cpu", "--quick",
            "--out-dir", str(tmp_path), *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -64,8 +66,8 @@ def test_gpu_suite_quick_cpu_path_in_order_every_row_on_disk_before_it_is_printe
     assert all({"n_regs", "n_spills", "BLOCK_M", "BLOCK_N", "num_warps"} <= set(r)
                for r in kern)
     bench = [r for r in rows if r.get("img_per_s") and "step_ms" in r and "preset" in r]
-    assert len(bench) == 4 and all("tflop_per_s" in r and "mfu" in r and "peak_mem_gib" in r
-                                   for r in bench)
+    assert len(bench) == 4 and all(r["gflop_per_step"] > 0 and r["tflop_per_s"] > 0 and
+                                   "mfu" in r and "peak_mem_gib" in r for r in bench)
     loader = {r["path"]: r for r in rows if r["part"] == "loader" and "path" in r}
     assert list(loader) == ["cpu-pil", "cpu", "gpu"]
     assert all(r["img_per_s_per_core"] > 0 and r["decoder"] for r in loader.values())
@@ -75,7 +77,8 @@ def test_gpu_suite_quick_cpu_path_in_order_every_row_on_disk_before_it_is_printe
 
 
 def test_gpu_suite_killed_mid_run_keeps_every_row_it_printed(tmp_path):
-    p = suite(tmp_path, "--impls", "sdpa")
+    (tmp_path / "OUT").mkdir()
+    p = suite(tmp_path, "--impls", "sdpa", out=tmp_path / "OUT")
     printed = []
     for line in p.stdout:
         if line.startswith("["):
@@ -87,6 +90,7 @@ def test_gpu_suite_killed_mid_run_keeps_every_row_it_printed(tmp_path):
     rows = jsonl(tmp_path)
     assert len(rows) >= 6 and [r["part"] for r in rows[:4]] == ["preflight"] * 4
     assert rows[5]["part"] == "headline"
+    assert jsonl(tmp_path / "OUT")[:6] == rows[:6]  # the copy in $OUT, row by row too
 
 
 def test_gpu_suite_incomplete_when_the_budget_is_forced_small(tmp_path):

@@ -1,7 +1,8 @@
-"""``decode='gpu'`` (``--decode gpu``): the batched decode + augmentation input pipeline wired into
-the pretraining engine, run on CPU tensors — exact kill-and-resume, crops fixed by the sample
-seeds, a corrupt JPEG named once and substituted, the flag validated and recorded, and
-tools/benchmark_loader.py timing the engine's own stream."""
+"""The pretraining input pipelines: ``decode='gpu'`` (``--decode gpu``, batched decode +
+augmentation, run on CPU tensors) — exact kill-and-resume, crops fixed by the sample seeds, a
+corrupt JPEG named once and substituted, the flag validated and recorded —; ``decode='cpu'``
+with uint8 crops normalised after the transfer; one JPEG decoder behind both; a zero-byte file
+on both paths; tools/benchmark_loader.py timing the engine's own stream."""
 import itertools
 import json
 import logging
