@@ -98,7 +98,8 @@ def pretrain_batches(dataset, sampler: Sampler, *, decode: str, img_size: int,
                      device: torch.device, seed: int) -> Iterator[torch.Tensor]:
     """The engine's stream of augmented micro-batches on ``device`` over ``sampler``'s
     ``(index, seed)`` keys (one DataLoader, persistent workers). ``dataset``: a
-    ``PretrainImages`` (its items for ``cpu``, its file paths for ``gpu``)."""
+    ``PretrainImages`` (for ``cpu`` its uint8 ``crops()``, or its items as they are when its
+    transform is not a ``PretrainTransform``; for ``gpu`` its file paths)."""
     finish, collate, pin = (lambda b: b.to(device, non_blocking=True)), None, True
     crops = dataset.crops() if decode == "cpu" and hasattr(dataset, "crops") else None
     if crops is not None:  # uint8 out of the workers, normalised on the device
