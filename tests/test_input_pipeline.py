@@ -165,7 +165,8 @@ def test_benchmark_loader_times_the_engine_stream_on_cpu(tmp_path, capsys):
     assert [r["decoder"] for r in rows[:3]] == ["PIL", f"{lib} on cpu", f"{lib} on cpu"]
     assert rows[1]["per_core_vs_cpu_pil"] > 0
     assert 0 <= rows[3]["mean_abs_diff"] < 1 and rows[3]["images"] == 3
-    assert "x cpu-pil per core" in capsys.readouterr().out
+    assert "x cpu-pil per worker core" in capsys.readouterr().out
+    assert all(r["img_per_cpu_s"] > 0 for r in rows[:3])
 
 
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])

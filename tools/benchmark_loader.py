@@ -14,8 +14,9 @@ processes, images delivered on the device), for each path:
   gpu      --decode gpu: workers read bytes only; decode_jpegs(device) + ``GPUAugment`` on the
            batch (with --device cpu the same code runs on CPU tensors: a correctness path)
 
-Each row names the library that decoded, img/s and img/s per worker core (workers 0: the main
-process, one core). ``--pixels N`` also compares the cpu and cpu-pil crops of N images under
+Each row names the library that decoded, img/s, img/s per worker core (workers 0: the main
+process, one core) and images per CPU-second of the main process and its workers together
+(from /proc: the per-core rate whatever else the machine runs). ``--pixels N`` also compares the cpu and cpu-pil crops of N images under
 the same per-sample seeds (mean / max absolute difference in grey levels).
 
     python tools/benchmark_loader.py --paths cpu-pil,cpu --workers 1 --seconds 20 --pixels 100
@@ -62,6 +63,27 @@ def dataset(path: str, files: list, img_size: int) -> PretrainImages:
     return PretrainImages(files, pretrain_transform(img_size))
 
 
+def cpu_seconds() -> float | None:
+    """CPU seconds used so far by this process and its live children (the DataLoader
+    workers), from /proc (None where there is none): images per CPU-second is the per-core
+    rate whatever else the machine runs, the main process's share included."""
+    try:
+        tick, me = os.sysconf("SC_CLK_TCK"), os.getpid()
+        total = time.process_time()
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        st = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(st[1]) == me:  # fields after the name: state, ppid, ..., utime, stime
+                    total += (int(st[11]) + int(st[12])) / tick
+        return total
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def decoder(path: str, device: str) -> str:
     return "PIL" if path == "cpu-pil" else f"{jpeg_library()} on " \
         f"{'cpu' if path == 'cpu' else torch.device(device).type}"
@@ -95,19 +117,21 @@ def run_loader(path: str, data: str | Path, workers: int, seconds: float, batch_
     for i, out in enumerate(batches):
         if i == 0:  # workers started, first batch through: start the clock
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), cpu_seconds()
             continue
         n += out.shape[0]
         if time.perf_counter() - t0 > seconds or (max_batches and i >= max_batches):
             break
     sync()
-    dt = time.perf_counter() - t0
+    dt, cpu = time.perf_counter() - t0, cpu_seconds()
+    cpu = cpu - c0 if cpu is not None and c0 is not None else None
     del batches  # stops the workers
     assert out.shape[1:] == (3, img_size, img_size) and out.device.type == dev.type, out.shape
     ips = n / dt if dt > 0 else float("nan")
     return dict(part="loader", path=path, decoder=decoder(path, device), workers=workers,
                 cpus=os.cpu_count(), device=dev.type, batch=batch_size, images=n,
                 seconds=round(dt, 2), img_per_s=ips, img_per_s_per_core=ips / max(1, workers),
+                cpu_s=cpu, img_per_cpu_s=n / cpu if cpu else None,
                 files=len(files))
 
 
@@ -135,13 +159,19 @@ def main(argv=None):
         r = rows[p] = run_loader(p, args.data, args.workers, args.seconds, args.batch_size,
                                  args.img_size, args.device, args.max_batches)
         if p == "cpu" and "cpu-pil" in rows:
-            r["per_core_vs_cpu_pil"] = r["img_per_s_per_core"] / \
-                rows["cpu-pil"]["img_per_s_per_core"]
+            base = rows["cpu-pil"]
+            r["per_core_vs_cpu_pil"] = r["img_per_s_per_core"] / base["img_per_s_per_core"]
+            if r["img_per_cpu_s"] and base["img_per_cpu_s"]:
+                r["per_cpu_s_vs_cpu_pil"] = r["img_per_cpu_s"] / base["img_per_cpu_s"]
         print(f"loader {p:7s} [{r['decoder']}] ({r['device']}) {r['workers']} workers / "
               f"{r['cpus']} cpus: {r['img_per_s']:8.1f} img/s, {r['img_per_s_per_core']:7.1f} "
-              f"per core ({r['images']} images in {r['seconds']} s)" +
-              (f"; {r['per_core_vs_cpu_pil']:.2f}x cpu-pil per core"
-               if "per_core_vs_cpu_pil" in r else ""), flush=True)
+              f"per worker core, " + (f"{r['img_per_cpu_s']:6.1f} per CPU-second "
+                                      if r["img_per_cpu_s"] else "") +
+              f"({r['images']} images in {r['seconds']} s)" +
+              (f"; {r['per_core_vs_cpu_pil']:.2f}x cpu-pil per worker core"
+               if "per_core_vs_cpu_pil" in r else "") +
+              (f", {r['per_cpu_s_vs_cpu_pil']:.2f}x per CPU-second"
+               if "per_cpu_s_vs_cpu_pil" in r else ""), flush=True)
         _append(args.json, r)
     if args.pixels:
         r = pixel_difference(args.data, args.pixels, args.img_size)

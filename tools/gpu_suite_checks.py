@@ -394,11 +394,14 @@ def loader_row(s, path: str):
     base = getattr(s, "loader_rows", {}).get("cpu-pil")
     if path == "cpu" and base:
         r["per_core_vs_cpu_pil"] = r["img_per_s_per_core"] / base["img_per_s_per_core"]
+        if r["img_per_cpu_s"] and base["img_per_cpu_s"]:
+            r["per_cpu_s_vs_cpu_pil"] = r["img_per_cpu_s"] / base["img_per_cpu_s"]
     s.loader_rows = {**getattr(s, "loader_rows", {}), path: r}
     s.add("loader", f"loader {path}, {workers} workers / {r['cpus']} cpus",
-          f"{r['img_per_s']:8.1f} img/s, {r['img_per_s_per_core']:7.1f} per core "
-          f"[{r['decoder']}]" + (f"; {r['per_core_vs_cpu_pil']:.2f}x cpu-pil per core"
-                                  if "per_core_vs_cpu_pil" in r else ""), **r)
+          f"{r['img_per_s']:8.1f} img/s, {r['img_per_s_per_core']:7.1f} per worker core"
+          + (f", {r['img_per_cpu_s']:.1f} per CPU-s" if r["img_per_cpu_s"] else "")
+          + f" [{r['decoder']}]" + (f"; {r['per_cpu_s_vs_cpu_pil']:.2f}x cpu-pil per CPU-s"
+                                    if "per_cpu_s_vs_cpu_pil" in r else ""), **r)
 
 
 def _data_candidates():
