@@ -118,7 +118,7 @@ def test_gpu_suite_incomplete_when_the_budget_is_forced_small(tmp_path):
 
 
 def test_gpu_suite_plan_lists_the_pieces_with_expected_seconds_and_runs_nothing(tmp_path):
-    p = suite(tmp_path, "--plan", "--impls", "sdpa,fused")
+    p = suite(tmp_path, "--plan", "--impls", "sdpa,fused,flex")
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err[-2000:]
     lines = [ln.split() for ln in out.splitlines() if ln.startswith("  ") and " s   (by" in ln]
@@ -127,6 +127,8 @@ def test_gpu_suite_plan_lists_the_pieces_with_expected_seconds_and_runs_nothing(
     assert all(float(ln[-5]) > 0 for ln in lines)  # expected seconds of each piece
     assert " ".join(lines[4][1:3]) == "MAE eager"
     assert not list(tmp_path.glob("*.jsonl"))
+    # what this CPU cannot run at all is named, not planned (on CUDA it would be a skip)
+    assert "not planned on this device: MixedAE flex eager (FlexAttention has no backward" in out
 
 
 def test_a_crashing_child_check_keeps_its_rows_and_fails_without_stopping_the_suite(

@@ -154,8 +154,13 @@ def plan(args) -> list[Piece]:
     q, dev, impls = args.quick, args.device, args.impls
     e = {k: v[1 if q else 0] for k, v in EXPECT.items()}
     P: list[Piece] = []
+    args.not_planned = []  # what this CPU cannot run at all (on CUDA every miss is a skip)
 
-    def add(part, name, kind, run, scale=1.0):
+    def add(part, name, kind, run, scale=1.0, impl=None):
+        reason = impl and dev == "cpu" and checks.impl_unavailable(impl, dev)
+        if reason:
+            args.not_planned.append(f"{name} ({reason})")
+            return
         P.append(Piece(part, name, e[kind] * scale * args.expect_scale, run))
 
     add("preflight", "gpu", "preflight", lambda s: checks.preflight_gpu(s), 0.3)
@@ -189,14 +194,14 @@ def plan(args) -> list[Piece]:
         add("eager", "MAE eager", "eager", lambda s: bench(s, "eager", "mae", False))
     for impl in (i for i in impls if compiled or i not in head):
         add("eager", f"MixedAE {impl} eager", "eager",
-            lambda s, i=impl: bench(s, "eager", i, False, needs_check=True))
+            lambda s, i=impl: bench(s, "eager", i, False, needs_check=True), impl=impl)
     if not q:
         for impl in (i for i in checks.COMPILED_ORDER if i in impls and i not in head):
             add("compiled", f"MixedAE {impl} compiled", "compiled",
                 lambda s, i=impl: bench(s, "compiled", i, True, needs_check=True))
     for preset, impl in checks.preset_runs(q, impls):
         add("presets", f"{preset} {impl} fwd/bwd", "preset",
-            lambda s, p=preset, i=impl: checks.preset_row(s, p, i))
+            lambda s, p=preset, i=impl: checks.preset_row(s, p, i), impl=impl)
     if not q:
         for impl in (i for i in ("sdpa", "fused") if i in impls):
             add("presets", f"compiled == eager ({impl})", "compiled_check",
@@ -372,6 +377,8 @@ def main(argv=None):
             total += p.expect_s
             print(f"  {p.part:11s} {p.name:44s} {p.expect_s:6.1f} s   (by {total:6.1f} s)")
         print(f"  {len(pieces)} pieces, {total:.0f} s expected")
+        for n in args.not_planned:
+            print(f"  not planned on this device: {n}")
         if total > args.limit_s - args.grace_s:
             late = [p for p in pieces if sum(x.expect_s for x in pieces[:pieces.index(p) + 1])
                     > args.limit_s - args.grace_s]
@@ -383,6 +390,9 @@ def main(argv=None):
     print(f"GPU SUITE on {s.meta['device']}, torch {torch.__version__}, commit "
           f"{s.meta['commit']}{' (quick)' if args.quick else ''}; {len(pieces)} pieces, "
           f"--limit-s {args.limit_s:g}", flush=True)
+    if args.not_planned:
+        s.add("preflight", "not planned on this device", "; ".join(args.not_planned),
+              not_planned=args.not_planned)
     return run(s, pieces)
 
 
