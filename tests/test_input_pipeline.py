@@ -1,7 +1,8 @@
-"""``decode='gpu'`` (``--decode gpu``): the batched decode + augmentation input pipeline wired into
-the pretraining engine, run on CPU tensors — exact kill-and-resume, crops fixed by the sample
-seeds, a corrupt JPEG named once and substituted, the flag validated and recorded, and
-tools/benchmark_loader.py timing the engine's own stream."""
+"""The pretraining input pipelines: ``decode='gpu'`` (``--decode gpu``, batched decode +
+augmentation, run on CPU tensors) — exact kill-and-resume, crops fixed by the sample seeds, a
+corrupt JPEG named once and substituted, the flag validated and recorded —; ``decode='cpu'``
+with uint8 crops normalised after the transfer; one JPEG decoder behind both; a zero-byte file
+on both paths; tools/benchmark_loader.py timing the engine's own stream."""
 import itertools
 import json
 import logging
@@ -15,7 +16,9 @@ from PIL import Image
 from conftest import REPO, data_dir
 from mixedae.pretrain import command, engine as train
 from mixedae.pretrain.config import ConfigError, get_preset
-from mixedae.pretrain.data import PretrainImages, build_pretrain_dataset, pretrain_transform
+from mixedae.pretrain.data import (PretrainImages, build_pretrain_dataset, normalize,
+                                   pretrain_transform)
+from mixedae.pretrain.decode import decode_file, device_decode_problem, jpeg_library
 from mixedae.pretrain.gpu_augment import GPUAugment, decode_batch
 from mixedae.pretrain.input_pipeline import (DeviceAugment, EncodedSamples, collate_samples,
                                              pretrain_batches)
@@ -25,9 +28,9 @@ from test_train import MICRO, MICRO_ARGS, killed_at_step, losses
 CPU = torch.device("cpu")
 
 
-def jpeg_folder(root, n=24, size=40, bad=()):
+def jpeg_folder(root, n=24, size=40, bad=(), empty=()):
     """An ImageFolder of smooth random colour JPEGs (two classes); indices in ``bad`` hold
-    bytes that are not an image."""
+    bytes that are not an image, indices in ``empty`` are zero-byte files."""
     rng = np.random.default_rng(0)
     for i in range(n):
         d = root / f"class{i % 2}"
@@ -35,6 +38,8 @@ def jpeg_folder(root, n=24, size=40, bad=()):
         small = rng.integers(0, 255, (5, 5, 3), dtype=np.uint8)
         if i in bad:
             (d / f"img{i:02d}.jpg").write_bytes(b"\xff\xd8 truncated, not a JPEG" * 4)
+        elif i in empty:
+            (d / f"img{i:02d}.jpg").write_bytes(b"")
         else:
             Image.fromarray(small).resize((size + i % 3 * 4, size), Image.BICUBIC).save(
                 d / f"img{i:02d}.jpg", quality=90)
@@ -49,9 +54,9 @@ def gpu_run(cfg_kw, data, out, **opts):
     return train.pretrain(cfg, ds, o)
 
 
-def stream(ds, n_batches, start_offset=0, workers=0):
+def stream(ds, n_batches, start_offset=0, workers=0, decode="gpu"):
     sampler = EpochStreamSampler(len(ds), seed=3, start_offset=start_offset)
-    it = pretrain_batches(ds, sampler, decode="gpu", img_size=32, scale=(0.2, 1.0),
+    it = pretrain_batches(ds, sampler, decode=decode, img_size=32, scale=(0.2, 1.0),
                           batch_size=4, num_workers=workers, device=CPU, seed=3)
     return [next(it) for _ in range(n_batches)]
 
@@ -149,10 +154,66 @@ def test_benchmark_loader_times_the_engine_stream_on_cpu(tmp_path, capsys):
     import benchmark_loader
     data = data_dir("imagenet_tiny")
     js = tmp_path / "loader.jsonl"
-    benchmark_loader.main(["--data", str(data), "--paths", "cpu,gpu", "--workers", "0",
+    benchmark_loader.main(["--data", str(data), "--paths", "cpu-pil,cpu,gpu", "--workers", "0",
                            "--seconds", "0.5", "--batch-size", "4", "--img-size", "32",
-                           "--max-batches", "2", "--device", "cpu", "--json", str(js)])
+                           "--max-batches", "2", "--device", "cpu", "--json", str(js),
+                           "--pixels", "3"])
     rows = [json.loads(line) for line in js.read_text().splitlines()]
-    assert [r["path"] for r in rows] == ["cpu", "gpu"]
-    assert all(r["img_per_s"] > 0 and r["images"] >= 4 for r in rows)
-    assert "gpu" in capsys.readouterr().out
+    assert [r["path"] for r in rows] == ["cpu-pil", "cpu", "gpu", "cpu vs cpu-pil pixels"]
+    assert all(r["img_per_s_per_core"] > 0 and r["images"] >= 4 for r in rows[:3])
+    lib = jpeg_library()
+    assert [r["decoder"] for r in rows[:3]] == ["PIL", f"{lib} on cpu", f"{lib} on cpu"]
+    assert rows[1]["per_core_vs_cpu_pil"] > 0
+    assert 0 <= rows[3]["mean_abs_diff"] < 1 and rows[3]["images"] == 3
+    assert "x cpu-pil per worker core" in capsys.readouterr().out
+    assert all(r["img_per_cpu_s"] > 0 for r in rows[:3])
+
+
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_zero_byte_file_is_named_once_and_substituted_on_both_paths(tmp_path, caplog, decode):
+    """issue 17 item 3: a zero-byte file killed --decode gpu (torch.frombuffer's ValueError)."""
+    files = sorted(str(p) for p in jpeg_folder(tmp_path / "d", n=6, empty={1}).rglob("*.jpg"))
+    empty = next(f for f in files if f.endswith("img01.jpg"))
+    ds = PretrainImages(files, pretrain_transform(32))
+    with caplog.at_level(logging.WARNING):
+        batches = stream(ds, 3, decode=decode)  # 12 samples over 6 files: the empty one twice
+    assert all(b.shape == (4, 3, 32, 32) and torch.isfinite(b).all() for b in batches)
+    named = [r.getMessage() for r in caplog.records if empty in r.getMessage()]
+    assert len(named) == 1 and "skipping unreadable image" in named[0]
+
+
+def test_cpu_path_workers_return_uint8_crops_normalised_on_the_device(tmp_path):
+    """--decode cpu: uint8 crops out of the workers (collated uint8), normalised after the
+    transfer; the values are those of the dataset's own items (same seeds, same pixels), any
+    worker count, and a stream started mid-epoch continues the same batches (exact resume)."""
+    files = sorted(str(p) for p in jpeg_folder(tmp_path / "d", n=12).rglob("*.jpg"))
+    ds = PretrainImages(files, pretrain_transform(32))
+    keys = list(itertools.islice(iter(EpochStreamSampler(len(ds), seed=3)), 12))
+    crops = [SeededSample(ds.crops())[k] for k in keys[:4]]
+    assert all(c.dtype == torch.uint8 and c.shape == (3, 32, 32) for c in crops)
+    a = stream(ds, 3, decode="cpu")
+    assert all(b.dtype == torch.float32 and b.shape == (4, 3, 32, 32) for b in a)
+    want = torch.stack([SeededSample(ds)[k] for k in keys[:4]])  # float items, one by one
+    assert torch.equal(a[0], want)
+    assert torch.equal(a[0], normalize(torch.stack(crops)))
+    assert all(torch.equal(x, y) for x, y in zip(a, stream(ds, 3, decode="cpu", workers=1)))
+    assert all(torch.equal(x, y) for x, y in zip(a[1:], stream(ds, 2, 4, decode="cpu")))
+
+
+def test_one_jpeg_decoder_behind_both_paths_and_never_a_silent_cpu_decode(tmp_path):
+    """decode_file (cpu path) and decode_batch (gpu path) both decode through decode_jpegs
+    (TorchCodec or torchvision.io, named by jpeg_library); a non-JPEG goes through PIL; a
+    device the decoder does not decode on is refused, not decoded on the CPU under its name."""
+    files = sorted(str(p) for p in jpeg_folder(tmp_path / "d", n=3).rglob("*.jpg"))
+    png = tmp_path / "x.png"
+    Image.new("RGB", (20, 10), (1, 2, 3)).save(png)
+    assert jpeg_library() in ("torchcodec", "torchvision.io")
+    raw = [EncodedSamples(files)[i][0] for i in range(3)]
+    for f, img in zip(files, decode_batch(raw, "cpu")):
+        assert torch.equal(decode_file(f), img) and img.dtype == torch.uint8
+    assert decode_file(str(png)).shape == (3, 10, 20)
+    assert device_decode_problem("cpu") is None
+    problem = device_decode_problem("meta")  # decodes on the CPU (old code: silently used)
+    assert problem and "meta" in problem
+    with pytest.raises(ConfigError, match="decode='gpu'.*meta"):
+        DeviceAugment(files, 32, (0.2, 1.0), torch.device("meta"))

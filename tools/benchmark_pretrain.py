@@ -3,7 +3,10 @@
 
 One full training step = forward + backward + AdamW step, bf16 autocast on CUDA. Runs eager
 and (``--compile``) torch.compile'd models in the same process, so the ratio compares like with
-like on the same device.
+like on the same device. Each row also gives the step's analytic FLOPs (torch's FlopCounterMode
+over one forward + backward of the same config with attn_impl=sdpa, scaled to the batch: the
+same model FLOPs for every impl, attention counted dense) and the MFU against the device's
+dense bf16 peak (H100 SXM / H200 989 TFLOP/s, H100 PCIe 756, A100 312; None elsewhere).
 
     python tools/benchmark_pretrain.py                         # GPU: ViT-B/16, batch 256
     python tools/benchmark_pretrain.py --device cpu --model tiny --batch-size 16 --steps 3
@@ -11,6 +14,7 @@ like on the same device.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -32,8 +36,36 @@ def mode_attn(opts: set) -> dict:
                 topk_select_fp32="lowp" not in opts)
 
 
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("H20", 148.0),
+                    ("A100", 312.0), ("L40S", 362.0))
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    """Dense bf16 tensor-core peak of ``device`` by its name (None when not listed / CPU)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_TFLOPS if k in name), None)
+
+
+def step_flops(cfg, batch_size: int, device: torch.device) -> float:
+    """Analytic FLOPs of one forward + backward at ``batch_size`` (see module docstring)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    g = cfg.group_size
+    cfg = dataclasses.replace(cfg, attn_impl="sdpa", batch_size=g)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    x = torch.randn(g, 3, cfg.img_size, cfg.img_size, device=device)
+    with FlopCounterMode(display=False) as fc:
+        model(x)["loss"].backward()
+    del model
+    return fc.get_total_flops() * batch_size / g
+
+
 def bench(preset: str, args, compiled: bool, attn: dict | None = None) -> dict:
     dev = torch.device(args.device)
+    if compiled:  # a fresh cache per model: recompiles of the shared forward code object
+        torch._dynamo.reset()  # would otherwise hit dynamo's limit and fall back to eager
     torch.manual_seed(0)
     cfg = get_preset(preset, model=args.model, batch_size=args.batch_size,
                      mixing=args.mixing if preset.startswith("mixedae") else "none",
@@ -70,7 +102,11 @@ def bench(preset: str, args, compiled: bool, attn: dict | None = None) -> dict:
                img_per_s=args.batch_size / dt, warmup_s=warm_s, loss=float(out["loss"].detach()),
                peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda"
                else None)
-    del model, opt, fwd
+    del model, opt, fwd, out
+    flops = step_flops(cfg, args.batch_size, dev)
+    peak = peak_tflops(dev)
+    res.update(gflop_per_step=flops / 1e9, tflop_per_s=flops / dt / 1e12,
+               peak_tflop_per_s=peak, mfu=flops / dt / 1e12 / peak if peak else None)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return res
@@ -118,6 +154,8 @@ def main(argv=None):
             mem = f"{r['peak_mem_gib']:.1f} GiB" if r["peak_mem_gib"] is not None else "n/a"
             print(f"{mode:9s} {preset:13s} ViT-{args.model} bs{args.batch_size}: "
                   f"{r['img_per_s']:8.1f} img/s  {r['step_ms']:7.1f} ms/step  peak {mem}  "
+                  f"{r['tflop_per_s']:.1f} TFLOP/s" + (f" MFU {r['mfu']:.3f}  " if r['mfu']
+                                                         else "  ") +
                   f"(warmup {r['warmup_s']:.1f}s, loss {r['loss']:.3f})", flush=True)
             if args.json:
                 with open(args.json, "a") as f:

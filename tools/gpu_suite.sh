@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Every GPU check in ONE call (<= 8 min on one H100/H200): attention correctness, the
-# pretraining benchmark (MAE vs MixedAE, eager + compiled, every attention impl), the dense
-# backbone at 512² bf16 vs fp32 and the input pipeline. Needs python3 with torch, timm, numpy
-# (no OpenMMLab, no network); runs from the source tree. Prints one table and writes
-# bench/results/<date>_<gpu>.jsonl (copied to $OUT when that folder exists).
+# Every GPU check in ONE call, ordered by value (pre-flight, the compiled MAE vs MixedAE
+# headline, the loader, then correctness, benchmarks, presets, dense backbone), ended cleanly
+# before --limit-s (default 480 s). Needs python3 with torch, triton, timm, torchvision,
+# pillow, numpy (no venv, no OpenMMLab, no network); runs from the source tree. Every row is
+# appended to bench/results/<date>_<gpu>.jsonl (and to $OUT when that folder exists) as it
+# is made. Last line: PASS (exit 0) / INCOMPLETE (exit 3) / FAIL (exit 1).
 #
+#   bash tools/gpu_suite.sh --plan                 # the planned pieces, expected seconds
 #   bash tools/gpu_suite.sh                        # on the GPU machine
-#   bash tools/gpu_suite.sh --device cpu --quick   # every part at toy size, here (~1 min)
-# Extra flags go to tools/gpu_suite.py (--parts, --impls, --budget-scale, --data).
+#   bash tools/gpu_suite.sh --parts eager,compiled,presets,dense   # a second call
+#   bash tools/gpu_suite.sh --device cpu --quick   # every part at toy size, here (~30 s)
+# Extra flags go to tools/gpu_suite.py (--parts, --impls, --limit-s, --expect-scale, --data).
 #
 # Real JPEGs for the loader part: a GPU machine that receives only the source tree needs them
 # copied into the ignored folder .bench_data/ first (and carried), e.g. ~27 MB:

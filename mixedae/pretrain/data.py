@@ -4,8 +4,14 @@
   into augmented tensors through the one image-loading path (:mod:`mixedae.runtime.images`:
   any mode to 8-bit RGB); an unreadable or corrupt file is reported once with its path and
   replaced by the next readable index, so batches stay full.
-* Augmentation is RandomResizedCrop(scale=(0.2, 1), bicubic) + horizontal flip + ImageNet
-  normalisation only (Sec. 4.1). The engine draws samples from the runtime's
+* Augmentation is RandomResizedCrop(scale=(0.2, 1), bicubic, antialiased) + horizontal flip +
+  ImageNet normalisation only (Sec. 4.1), in two stages (``PretrainTransform``): ``crop`` on
+  uint8 (3, H, W) tensors (torchvision's uint8 resize, in the loader workers) and ``normalize``
+  (a uint8 batch → float, on the run's device, as timm's prefetch loader does). JPEG files are
+  decoded by ``decode.decode_file`` (TorchCodec or torchvision.io, PIL for everything else).
+  Until this change the crop ran on PIL images (PIL decode, PIL bicubic, float out of the
+  workers); the pixels differ by 0.03 grey levels on average (``tools/benchmark_loader.py``
+  measures it; README "Input pipeline"). The engine draws samples from the runtime's
   ``EpochStreamSampler`` through ``SeededSample``, so the crops of a sample depend only on
   (seed, epoch, index): reproducible for any worker count, and exact across a resume.
 """
@@ -20,21 +26,40 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch.utils.data import Dataset
-from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.transforms import v2
+from torchvision.transforms.functional import pil_to_tensor
 
+from mixedae.pretrain.decode import decode_file
 from mixedae.runtime.errors import ConfigError
-from mixedae.runtime.images import load_readable, load_rgb, require_readable
+from mixedae.runtime.images import load_readable, load_rgb, require_readable  # noqa: F401 (demo)
 
-def pretrain_transform(img_size: int, scale: Sequence[float] = (0.2, 1.0)) -> Callable:
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., 3, H, W), any device → float32 ImageNet-normalised; the same
+    operations as ``ToTensor`` + ``Normalize`` (bit-identical values)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(3, 1, 1)
+    return x.float().div_(255).sub_(mean).div_(std)
+
+
+class PretrainTransform:
+    """MAE pretraining augmentation: ``crop`` (RandomResizedCrop, bicubic, + flip: uint8 →
+    uint8) then ``normalize``; called on a PIL image or a uint8 (3, H, W) tensor."""
+
+    def __init__(self, img_size: int, scale: Sequence[float] = (0.2, 1.0)):
+        self.crop = v2.Compose([
+            v2.RandomResizedCrop(img_size, scale=tuple(scale), antialias=True,
+                                 interpolation=v2.InterpolationMode.BICUBIC),
+            v2.RandomHorizontalFlip()])
+
+    def __call__(self, img) -> torch.Tensor:
+        return normalize(self.crop(img if isinstance(img, torch.Tensor) else pil_to_tensor(img)))
+
+
+def pretrain_transform(img_size: int, scale: Sequence[float] = (0.2, 1.0)) -> PretrainTransform:
     """MAE pretraining augmentation: random resized crop + flip, ImageNet normalisation."""
-    return transforms.Compose([
-        transforms.RandomResizedCrop(img_size, scale=tuple(scale),
-                                     interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    return PretrainTransform(img_size, scale)
 
 
 def list_images(root: str | os.PathLike) -> list[str]:
@@ -54,9 +79,10 @@ def list_images(root: str | os.PathLike) -> list[str]:
 
 
 class PretrainImages(Dataset):
-    """Augmented images from ``sources`` (paths or PIL images); no labels."""
+    """Augmented images from ``sources`` (paths or PIL images); no labels. ``crops()``: the
+    same samples as uint8 crops, not normalised (what ``--decode cpu`` workers return)."""
 
-    def __init__(self, sources: Sequence, transform: Callable, loader: Callable = load_rgb):
+    def __init__(self, sources: Sequence, transform: Callable, loader: Callable = decode_file):
         self.sources = list(sources)
         self.transform = transform
         self.loader = loader
@@ -65,7 +91,7 @@ class PretrainImages(Dataset):
     def __len__(self) -> int:
         return len(self.sources)
 
-    def _load(self, index: int) -> Image.Image:
+    def _load(self, index: int) -> Image.Image | torch.Tensor:
         """The image at ``index``, or the next readable one (unreadable files named once)."""
         return load_readable(self.sources, index, self._reported, self.loader)[1]
 
@@ -75,6 +101,25 @@ class PretrainImages(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.transform(self._load(index))
+
+    def crops(self) -> "UInt8Crops | None":
+        """The uint8 view (None when the transform is not a ``PretrainTransform``)."""
+        return UInt8Crops(self) if isinstance(self.transform, PretrainTransform) else None
+
+
+class UInt8Crops(Dataset):
+    """``PretrainImages`` items before ``normalize``: uint8 (3, S, S) crops, same RNG draws."""
+
+    def __init__(self, images: PretrainImages):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        img = self.images._load(index)
+        return self.images.transform.crop(img if isinstance(img, torch.Tensor)
+                                          else pil_to_tensor(img))
 
 
 def build_pretrain_dataset(root: str | os.PathLike, img_size: int,

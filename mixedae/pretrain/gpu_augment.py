@@ -4,10 +4,11 @@ Same semantics as ``data.pretrain_transform`` (Sec. 4.1): RandomResizedCrop with
 (0.2, 1) and ratio (3/4, 4/3) — torchvision's sampling rule, 10 tries then the central crop
 with the ratio clamped —, bicubic resize (antialiased, as PIL does when it shrinks), horizontal
 flip with p = 0.5, ImageNet normalisation. Workers only read file bytes (``EncodedImages``);
-``torchvision.io.decode_jpeg(device='cuda')`` decodes a whole batch on the GPU and
-``GPUAugment`` crops, resizes, flips and normalises it there. Every step runs on CPU tensors too
-(that is how it is tested); only the speed needs a GPU (``tools/benchmark_loader.py``). The
-engine uses it through ``input_pipeline`` (``--decode gpu``).
+``decode.decode_jpegs`` (TorchCodec or torchvision.io, nvJPEG on CUDA) decodes a whole batch on
+the GPU and ``GPUAugment`` crops, resizes, flips and normalises it there. Every step runs on
+CPU tensors too (that is how it is tested); only the speed needs a GPU
+(``tools/benchmark_loader.py``). The engine uses it through ``input_pipeline``
+(``--decode gpu``).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+
+from mixedae.pretrain.decode import decode_jpegs, read_bytes
 
 
 class EncodedImages(Dataset):
@@ -33,8 +35,7 @@ class EncodedImages(Dataset):
 
     def __getitem__(self, key) -> torch.Tensor:
         index = key[0] if isinstance(key, tuple) else key
-        with open(self.paths[index], "rb") as f:
-            return torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+        return read_bytes(self.paths[index])
 
 
 def decode_batch(data: list, device: str | torch.device = "cuda",
@@ -42,23 +43,31 @@ def decode_batch(data: list, device: str | torch.device = "cuda",
     """JPEG bytes → list of (3, H, W) uint8 RGB images on ``device`` (grayscale/CMYK → RGB).
 
     A batch the batched decoder rejects (a PNG among the JPEGs, a JPEG flavour nvJPEG does not
-    take, a corrupt file) is decoded image by image on the CPU and moved to ``device``; an image
-    torchvision cannot decode to 8-bit RGB comes from ``fallback(i)`` (default: the error)."""
+    take, a corrupt or empty file) is decoded image by image on ``device``; an image that fails
+    there, whatever the error, comes from ``fallback(i)`` (moved to ``device``; default: the
+    error)."""
     try:
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
-        return [_decode_one(d, i, fallback).to(device) for i, d in enumerate(data)]
+        if all(d.numel() for d in data):
+            return decode_jpegs(data, device)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception:  # every decode failure alike: image by image below
+        pass
+    return [_decode_one(d, i, device, fallback) for i, d in enumerate(data)]
 
 
-def _decode_one(data: torch.Tensor, i: int, fallback) -> torch.Tensor:
+def _decode_one(data: torch.Tensor, i: int, device, fallback) -> torch.Tensor:
     try:
-        img = decode_image(data, mode=ImageReadMode.RGB)
-        if img.dtype == torch.uint8 or fallback is None:
-            return img
-    except RuntimeError:
-        if fallback is None:
-            raise
-    return fallback(i)
+        if data.numel():
+            return decode_jpegs([data], device)[0]
+        error: Exception = ValueError("empty file")
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as e:
+        error = e
+    if fallback is None:
+        raise error
+    return fallback(i).to(device)
 
 
 def num_draws(tries: int = 10) -> int:

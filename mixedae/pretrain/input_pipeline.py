@@ -1,18 +1,23 @@
 """The pretraining input pipeline, chosen by ``PretrainConfig.decode`` (``--decode``):
 
-* ``cpu`` — DataLoader workers decode with PIL and augment with torchvision
-  (``data.PretrainImages``);
+* ``cpu`` — DataLoader workers decode (``decode.decode_file``) and crop + flip
+  (``data.PretrainImages.crops()``: uint8 crops); batches are collated as uint8 (4× less
+  shared and pinned memory and host→device traffic than float) and normalised on the run's
+  device (``data.normalize``), as timm's prefetch loader does. A dataset with another transform
+  (float items) is delivered as it is;
 * ``gpu`` — workers only read the file bytes (``EncodedSamples``); the main process decodes the
-  micro-batch with ``decode_batch`` on the run's device (``torchvision.io.decode_jpeg`` /
-  nvJPEG on CUDA, libjpeg on CPU tensors) and ``GPUAugment`` crops, resizes, flips and
-  normalises it there, just before the step (:mod:`.gpu_augment`). Same augmentation
-  semantics; not bit-identical pixels to ``cpu``.
+  micro-batch with ``decode_batch`` on the run's device (``decode.decode_jpegs``: nvJPEG on
+  CUDA, libjpeg-turbo on CPU tensors) and ``GPUAugment`` crops, resizes, flips and normalises
+  it there, just before the step (:mod:`.gpu_augment`). Same augmentation semantics; not
+  bit-identical pixels to ``cpu``. On CUDA the decoder must prove that it decodes on the GPU
+  (``decode.device_decode_problem``), else ConfigError: never a silent CPU decode.
 
 Both paths draw keys ``(index, seed)`` from the runtime's ``EpochStreamSampler`` through
 ``SeededSample``. On the gpu path a worker draws each sample's crop/flip uniforms under that
 sample's seed, so crops depend only on (seed, epoch, index) — any worker count, exact across a
 resume — exactly like the cpu path. A file that cannot be decoded is named once and replaced by
-the next readable one (``runtime.images.load_readable``), as on the cpu path.
+the next readable one (``runtime.images.load_readable``), as on the cpu path: every failure
+alike (an empty file, a corrupt one, a format the decoder does not take, an unreadable path).
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torchvision.transforms.functional import pil_to_tensor
 
+from mixedae.pretrain.data import normalize
+from mixedae.pretrain.decode import device_decode_problem, jpeg_library
 from mixedae.pretrain.gpu_augment import EncodedImages, GPUAugment, decode_batch, num_draws
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.images import load_readable
@@ -38,7 +45,7 @@ class EncodedSamples(EncodedImages):
     def __getitem__(self, index: int):
         try:
             data = super().__getitem__(index)
-        except OSError:
+        except Exception:  # any read failure: empty bytes, named once by the decode side
             data = torch.empty(0, dtype=torch.uint8)
         return data, index, torch.rand(num_draws(), dtype=torch.float64)
 
@@ -59,6 +66,11 @@ class DeviceAugment:
         self.sources, self.device = list(sources), device
         self.reported = set() if reported is None else reported
         self.augment = GPUAugment(img_size, scale)
+        if device.type != "cpu":
+            problem = device_decode_problem(device)
+            if problem:
+                raise ConfigError(f"decode='gpu': {problem}; use decode='cpu'")
+        self.decoder = f"{jpeg_library()} on {device.type}"
 
     def _fallback(self, index: int) -> torch.Tensor:
         return pil_to_tensor(load_readable(self.sources, index, self.reported)[1])
@@ -86,8 +98,12 @@ def pretrain_batches(dataset, sampler: Sampler, *, decode: str, img_size: int,
                      device: torch.device, seed: int) -> Iterator[torch.Tensor]:
     """The engine's stream of augmented micro-batches on ``device`` over ``sampler``'s
     ``(index, seed)`` keys (one DataLoader, persistent workers). ``dataset``: a
-    ``PretrainImages`` (its items for ``cpu``, its file paths for ``gpu``)."""
+    ``PretrainImages`` (for ``cpu`` its uint8 ``crops()``, or its items as they are when its
+    transform is not a ``PretrainTransform``; for ``gpu`` its file paths)."""
     finish, collate, pin = (lambda b: b.to(device, non_blocking=True)), None, True
+    crops = dataset.crops() if decode == "cpu" and hasattr(dataset, "crops") else None
+    if crops is not None:  # uint8 out of the workers, normalised on the device
+        dataset, finish = crops, (lambda b: normalize(b.to(device, non_blocking=True)))
     if decode == "gpu":
         sources = file_sources(dataset)
         finish = DeviceAugment(sources, img_size, scale, device,
