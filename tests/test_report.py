@@ -73,6 +73,28 @@ def test_attention_maps_are_the_models_own(demo_run):
     assert nb["same"][:, 5].all() and 0 <= float(nb["precision"].min()) <= 1
 
 
+@pytest.mark.parametrize("homo_cls,seg", [("topk", "attention"), ("always_visible", "residual")])
+def test_drawn_selection_is_the_models_own(homo_cls, seg):
+    """The drawn TopK selection and weights are what the last block used, for both cls modes
+    and with the segment code in q/k (``seg_embed_mode='attention'``): probs @ v equals the
+    block's real attention output; with literal Eq. 6 the cls row keeps K keys too."""
+    from mixedae.model.mixed_autoencoder import build_model
+    cfg = get_preset("mixedae_tiny", model="micro", img_size=32, patch_size=8,
+                     mask_patch_size=16, batch_size=8, homo_cls=homo_cls, seg_embed_mode=seg)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    imgs = torch.randn(2 * cfg.group_size, 3, 32, 32)
+    got = []
+    h = model.encoder.blocks[-1].attn.proj.register_forward_hook(lambda m, i, o: got.append(i[0]))
+    att = A.last_block_attention(model, imgs, mixed=True, seed=1)
+    h.remove()
+    S, H, N, d = att["v"].shape
+    out = (att["probs"] @ att["v"]).transpose(1, 2).reshape(S, N, H * d)
+    torch.testing.assert_close(out, got[-1].float(), atol=1e-5, rtol=1e-4)
+    kept_cls = att["kept"][:, :, 0].sum(-1)
+    assert (kept_cls == (cfg.topk if homo_cls == "topk" else N)).all()
+
+
 @pytest.mark.parametrize("img,patch,mask", [(64, 8, 16), (224, 16, 32)])
 def test_homocon_floor_is_the_minimum_of_eq7(img, patch, mask):
     cfg = get_preset("mixedae_tiny", img_size=img, patch_size=patch, mask_patch_size=mask)
