@@ -3,6 +3,7 @@ attention maps are the model's own; the HomoCon floor is the minimum of Eq. 7 as
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from mixedae.model.mixing import mixing_masks  # noqa: E402
 from mixedae.pretrain.config import get_preset  # noqa: E402
 from mixedae.report import attention as A  # noqa: E402
 from mixedae.report import curves as C  # noqa: E402
-from mixedae.report.collect import find_transfers, load_run  # noqa: E402
+from mixedae.report.collect import PretrainRun, find_transfers, load_run  # noqa: E402
 from mixedae.report.main import main as report_main  # noqa: E402
 
 
@@ -98,7 +99,8 @@ def test_drawn_selection_is_the_models_own(homo_cls, seg):
 @pytest.mark.parametrize("img,patch,mask", [(64, 8, 16), (224, 16, 32)])
 def test_homocon_floor_is_the_minimum_of_eq7(img, patch, mask):
     cfg = get_preset("mixedae_tiny", img_size=img, patch_size=patch, mask_patch_size=mask)
-    floor = C.homocon_floor(json.loads(cfg.to_json()))
+    run = PretrainRun(Path("."), json.loads(cfg.to_json()), [], None, None)
+    floor = C.homocon_floor(run)  # what the report draws, from the run's config.json
     grid = (img // patch, img // patch)
     src = mixing_masks(3, 1, cfg.group_size, grid, mask // patch)[:, 0]
     ideal = torch.nn.functional.one_hot(src, cfg.group_size).float()  # perfect recognition
@@ -161,13 +163,58 @@ def test_transfer_results_beside_the_paper(tmp_path):
     (run / "config.json").write_text(get_preset("mixedae_base").to_json())
     assert report_main([str(run), str(tmp_path / "t"), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "| run | this run (measured) | 2.5 |" in md
+    # the run has no weights and no result records a fingerprint: nothing is credited to it
+    assert "| ade | checkpoint unknown (measured) | not recorded | 2.5 |" in md
+    assert "this run (measured)" not in md
     assert f"{tmp_path / 't' / 'ade'}: last validation of tools/train.py; 2 training" in md
-    assert "| MixedAE (1600 ep) | paper, Table 1 (ViT-B/16) | 49.8 |" in md
+    assert "| MixedAE (1600 ep) | paper, Table 1 (ViT-B/16) | ADE20K | 49.8 |" in md
     assert "| 12.3 | 20.0 | 10.0 | 5.0 | 10.0 | – |" in md
-    assert "| MixedAE (300 ep) | paper, Table 1 (ViT-B/16) | 47.8† |" in md
+    assert "| MixedAE (300 ep) | paper, Table 1 (ViT-B/16) | COCO | 47.8† |" in md
     assert "2/11 datasets" in md and "not comparable" in md
     assert "ViT-micro" not in md and "for orientation only" not in md
+
+
+def test_results_credited_only_to_their_checkpoint_and_labelled_by_dataset(tmp_path):
+    """A result is "this run" only when its recorded checkpoint (path, size, sha256) is the
+    run's weights; one from other weights or without a fingerprint is shown as such; a
+    CIFAR-10 fine-tune is labelled CIFAR-10, not ImageNet-1K."""
+    from safetensors.torch import save_file
+    from mixedae.runtime.provenance import checkpoint_record
+    run, other, t = tmp_path / "run", tmp_path / "other", tmp_path / "t"
+    for d, v in ((run, 1.0), (other, 2.0)):
+        d.mkdir()
+        (d / "config.json").write_text(get_preset("mixedae_base").to_json())
+        save_file({"w": torch.full((4,), v)}, str(d / "model.safetensors"))
+
+    def finetune(name, record, data, n_val):
+        (t / name).mkdir(parents=True)
+        (t / name / "result.json").write_text(json.dumps(
+            {"step": 10, "finished": True, "best_top1": 12.5, **record}))
+        (t / name / "log.jsonl").write_text(json.dumps(
+            {"event": "start", "step": 0, "args": {"data": data}, "n_val": n_val}) + "\n")
+    finetune("mine", {"pretrained": checkpoint_record(run)}, "/d/imagenet", 50000)
+    finetune("theirs", {"pretrained": checkpoint_record(other)}, "/d/imagenet", 50000)
+    finetune("c10", {}, "/d/cifar10", 10000)
+    # a pipeline stage: the marker records the checkpoint the stage was handed
+    (t / "ade").mkdir()
+    (t / "ade" / "test_metrics.json").write_text(json.dumps({"mIoU": 3.5}))
+    (t / "stages").mkdir()
+    (t / "stages" / "ade.json").write_text(json.dumps(
+        {"stage": "ade", "signature": {"data": "/d/ade_tiny"},
+         "pretrained": checkpoint_record(run)}))
+    assert report_main([str(run), str(t), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| run | this run (measured) | imagenet | 12.5 |" in md
+    assert "| theirs | another checkpoint (measured) | imagenet | 12.5 |" in md
+    assert f"not this run's weights: {other / 'model.safetensors'}" in md
+    assert "| c10 | checkpoint unknown (measured) | cifar10 (not ImageNet-1K) | 12.5 |" in md
+    assert "measured on cifar10, not ImageNet-1K: not comparable" in md
+    assert "| run | this run (measured) | ade_tiny | 3.5 |" in md
+    assert "ImageNet fine-tuning" not in md and "| method | source | data | top-1 |" in md
+    # the run's weights change (training went on): the old results are no longer its own
+    save_file({"w": torch.full((4,), 3.0)}, str(run / "model.safetensors"))
+    assert report_main([str(run), str(t), "--out", str(tmp_path / "r")]) == 0
+    assert "this run (measured)" not in (tmp_path / "r" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -17,16 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from mixedae.classification.specs import ORDER, SPECS
+from mixedae.paper_numbers import CLS11
 from mixedae.runtime.checkpoint import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# Table 2 of the paper, row "MixedAE" (ViT-B/16, 1600 epochs), copied by hand from the paper
-# text: /work/shared/paper/mixedae_paper.txt, Table 2. Not measured here.
-PAPER_MIXEDAE_VITB = {"aircraft": 82.1, "caltech101": 91.5, "cars": 88.8, "cifar10": 97.9,
-                      "cifar100": 85.9, "dtd": 78.7, "flowers102": 97.1, "food101": 87.4,
-                      "pets": 93.6, "sun397": 66.2, "voc2007": 86.4}
-PAPER_MIXEDAE_VITB_AVG = 86.9
+# Table 2 of the paper, row "MixedAE" (ViT-B/16, 1600 epochs): mixedae.paper_numbers
+_TABLE2 = next(r for r in CLS11["base"] if r.method == "MixedAE" and r.epochs == 1600)
+PAPER_MIXEDAE_VITB = {n: _TABLE2.values[SPECS[n].column] for n in ORDER}
+PAPER_MIXEDAE_VITB_AVG = _TABLE2.values["Avg."]
 PAPER_LABEL = "MixedAE ViT-B/16 1600ep (paper Table 2, copied)"
 
 SHORT = {"top1": "top-1", "top5": "top-5", "mean_per_class": "mean per-class",

@@ -3,7 +3,9 @@ marker when it finishes; a finished stage whose definition is unchanged is skipp
 
 Layout inside the pipeline folder ``OUT``::
 
-    OUT/stages/<stage>.json   marker of a finished stage (its signature, seconds, log path)
+    OUT/stages/<stage>.json   marker of a finished stage (its signature, seconds, log path and,
+                              for a transfer, ``pretrained``: the runtime.provenance record of
+                              the weights it started from, which the report checks)
     OUT/logs/<stage>.log      stdout + stderr of every attempt (appended)
 
 A stage is re-run when asked (``--redo``) or when a stage it needs ran in this invocation; its
@@ -39,6 +41,7 @@ class Stage:
     output: Path | None = None      # folder the stage writes (set aside on a re-run)
     partial_ok: bool = False        # runs even when a needed stage failed (the report)
     env: dict = field(default_factory=dict)
+    pretrained: Path | None = None  # the pretraining weights its result derives from
 
 
 def subprocess_env(extra: dict | None = None) -> dict:
@@ -121,6 +124,10 @@ class Runner:
             stage.output.mkdir(parents=True, exist_ok=True)
         self.echo(f"[pipeline] {stage.name}: running (log: {log})")
         t0 = time.time()
+        extra = {}
+        if stage.pretrained is not None:  # read before the stage runs: what it was handed
+            from mixedae.runtime.provenance import checkpoint_record
+            extra["pretrained"] = checkpoint_record(stage.pretrained)
         with open(log, "a") as f:
             for step in stage.steps:
                 cmd = [str(c) for c in step()]
@@ -138,7 +145,8 @@ class Runner:
         from mixedae.runtime.checkpoint import atomic_write_text
         atomic_write_text(self.marker(stage), json.dumps({
             "stage": stage.name, "signature": _jsonable(stage.signature), "seconds": seconds,
-            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "log": str(log)}, indent=1))
+            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "log": str(log), **extra},
+            indent=1))
         self.ran.add(stage.name)
         self.echo(f"[pipeline] {stage.name}: done in {seconds:.0f}s")
         return True

@@ -130,9 +130,9 @@ def load_images(cfg, folder: str | Path | None, count: int) -> tuple[torch.Tenso
     From ``folder`` (evenly spaced over its sorted images) or, by default, the photos that
     ship with scikit-image / scikit-learn (those the demo trains on)."""
     from torchvision import transforms
-    from mixedae.pretrain.data import IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb
+    from mixedae.pretrain.data import (IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb,
+                                       packaged_photos)
     if folder is None:
-        from mixedae.pretrain.demo import packaged_photos
         photos = packaged_photos()
         names = list(photos)[:count]
         pils = [photos[k] for k in names]

@@ -7,7 +7,6 @@ tensorboard's ``topk_acc/layer_{i}``); the figures number layers from 1 like the
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +24,12 @@ def plt():
     return pyplot
 
 
-def homocon_floor(cfg: dict | None) -> float | None:
-    """Lower bound of Eq. 7 as implemented (SupCon mean over positives, self excluded):
-    mean over anchors of ln(#positives). None when the run has no HomoCon."""
-    if not cfg or not cfg.get("homo_con"):
-        return None
-    g, img, p = round(1 / cfg["mix_ratio"]), cfg["img_size"], cfg["patch_size"]
-    L = (img // p) ** 2
-    if cfg.get("mixing") == "none":  # MAE + HomoCon: the visible patches of each image
-        keep = int(L * cfg["mix_ratio"])
-        return math.log(keep - 1) if keep > 1 else None
-    blocks = (img // cfg["mask_patch_size"]) ** 2
-    per_block = (cfg["mask_patch_size"] // p) ** 2
-    q, rem = divmod(blocks, g)  # blocks are dealt in turn: rem sources get one more
-    sizes = [(q + (i < rem)) * per_block for i in range(g)]
-    return sum(s * math.log(s - 1) for s in sizes if s > 1) / L
+def homocon_floor(run: PretrainRun) -> float | None:
+    """Eq. 7's floor for the run's config (``mixedae.pretrain.probe.homocon_floor``, the value
+    the engine logs); None without HomoCon or a readable config."""
+    from mixedae.pretrain.probe import homocon_floor as floor
+    cfg = run.pretrain_config()
+    return floor(cfg) if cfg is not None else None
 
 
 def topk_chance(cfg: dict | None) -> float | None:
@@ -91,7 +81,7 @@ def plot_curves(run: PretrainRun, path: Path, baseline: PretrainRun | None = Non
         if (r.config or {}).get("homo_con") and xs:
             axes[1].plot(xs, ys, ls, color="C2", lw=1.2, label=f"HomoCon ({name})")
             fx, fy = series(r.records, "homocon_floor")
-            floor = homocon_floor(r.config)
+            floor = homocon_floor(r)
             if fx:
                 axes[1].plot(fx, fy, ":", color="k", label="floor (logged)")
             elif floor is not None:

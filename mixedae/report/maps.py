@@ -31,9 +31,27 @@ def _bare(ax) -> None:
 
 
 def plot_reconstructions(vis: dict, path: Path, names: list[str]) -> None:
-    """The demo's figure (original / mixed input / reconstruction per source)."""
-    from mixedae.pretrain.demo import plot_reconstructions as draw
-    draw(vis, path, names)
+    """The demo's figure. Columns: the sources of each shown group; rows: original / mixed
+    input / reconstruction."""
+    pyplot = plt()
+    orig, rec, mixed, g = vis["original"], vis["reconstruction"], vis["mixed"], vis["group_size"]
+    n = orig.shape[0]
+    mix_of = (lambda i: i) if mixed.shape[0] == n else (lambda i: i // g)
+    rows = [("original", lambda i: orig[i]), ("mixed input", lambda i: mixed[mix_of(i)]),
+            ("reconstruction", lambda i: rec[i])]
+    fig, axes = pyplot.subplots(3, n, figsize=(1.6 * n, 5.2), squeeze=False)
+    for r, (label, get) in enumerate(rows):
+        for i in range(n):
+            ax = axes[r, i]
+            ax.imshow(get(i).permute(1, 2, 0).cpu().numpy())
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_ylabel(label)
+            if r == 0:
+                ax.set_title(f"{names[i]}\n(group {i // g})", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    pyplot.close(fig)
 
 
 def plot_cls_attention(images: torch.Tensor, names: list[str], maps: list[tuple[str, torch.Tensor]],
