@@ -300,3 +300,38 @@ def test_report_renders_in_chromium(demo_run, tmp_path):
     assert img.size == (1280, 2400)
     hist = img.histogram()
     assert max(hist) < 0.95 * sum(hist)  # not a blank page: text, tables and figures painted
+
+
+def _colorbars(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def test_figures_carry_their_scales_and_caveats(tmp_path):
+    """Attention maps have colour bars; the throughput curve marks its dips; the transfer
+    bars say "not comparable" on the figure when the run is not the paper's ViT-B/16 224."""
+    import matplotlib.pyplot as plt
+    from mixedae.classification.results import _bars_fig
+    from mixedae.report import maps
+    imgs = torch.randn(2, 3, 32, 32)
+    fig = maps.plot_cls_attention(imgs, ["a", "b"], [("run", torch.rand(2, 4, 4)),
+                                                     ("base", torch.rand(2, 4, 4))],
+                                  tmp_path / "cls.png")
+    assert len(_colorbars(fig)) == 2 and (tmp_path / "cls.png").is_file()
+    nb = dict(image=imgs, attn=torch.rand(2, 16), selected=torch.rand(2, 16),
+              same=torch.rand(2, 16) > 0.5, precision=torch.rand(2), grid=(4, 4), patch=8,
+              query=5)
+    fig = maps.plot_neighbourhoods([("run", nb)], tmp_path / "nb.png")
+    assert len(_colorbars(fig)) == 2 * 3  # same source, TopK kept, attention; per sample
+    recs = [dict(step=s, loss=1.0, img_per_s=2.0 if s == 4 else 100.0 + s) for s in range(1, 9)]
+    run = PretrainRun(tmp_path, None, recs, None, 8)
+    assert C.throughput_dips(recs) == ([4], [2.0])
+    fig = C.plot_curves(run, tmp_path / "curves.png")
+    assert any("below half the median" in t for t in fig.axes[3].get_legend_handles_labels()[1])
+    res = {"cifar10": {"test_score": 50.0, "settings": {"model": "micro", "patch_size": 16,
+                                                        "img_size": 64}}}
+    texts = [t.get_text() for t in _bars_fig(plt, "r", res).axes[0].texts]
+    assert any(t.startswith("NOT COMPARABLE: this run is ViT-micro/16 at 64 px") for t in texts)
+    res["cifar10"]["settings"].update(model="base", img_size=224)
+    texts = [t.get_text() for t in _bars_fig(plt, "r", res).axes[0].texts]
+    assert not any("NOT COMPARABLE" in t for t in texts)
+    plt.close("all")

@@ -241,6 +241,15 @@ def _bars_fig(plt, name: str, res: dict[str, dict]):
            title="Table 2 datasets, protocol metric per dataset (paper numbers copied from the "
                  "paper; missing bars: not run)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
+    st = next((r["settings"] for r in res.values() if r.get("settings")), {})
+    shape = (st.get("model"), st.get("patch_size"), st.get("img_size"))
+    if shape != ("base", 16, 224):  # on the figure itself, not only in results.md
+        what = (f"this run is ViT-{shape[0]}/{shape[1]} at {shape[2]} px" if st else
+                "this run's model is not recorded")
+        ax.text(0.5, 0.93, f"NOT COMPARABLE: {what}; the paper's row is ViT-B/16 at 224 px "
+                f"after 1600 epochs", transform=ax.transAxes, ha="center", va="top",
+                fontsize=10, color="tab:red", weight="bold",
+                bbox=dict(facecolor="white", edgecolor="tab:red"))
     return fig
 
 

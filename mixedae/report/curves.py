@@ -64,8 +64,9 @@ def extra_keys(records: list[dict]) -> list[str]:
     return keys
 
 
-def plot_curves(run: PretrainRun, path: Path, baseline: PretrainRun | None = None) -> None:
-    """Loss / reconstruction, HomoCon vs floor, lr, img/s (+ other scalars); baseline dashed."""
+def plot_curves(run: PretrainRun, path: Path, baseline: PretrainRun | None = None) :
+    """Loss / reconstruction, HomoCon vs floor, lr, img/s with its dips marked (+ other
+    scalars); baseline dashed. Returns the (closed) figure."""
     pyplot = plt()
     extras = extra_keys(run.records)
     n = 4 + (1 if extras else 0)
@@ -87,6 +88,10 @@ def plot_curves(run: PretrainRun, path: Path, baseline: PretrainRun | None = Non
             elif floor is not None:
                 axes[1].axhline(floor, ls=":", color="k",
                                 label=f"floor ln(#pos) = {floor:.2f}")
+    slow = throughput_dips(run.records)
+    if slow[0]:
+        axes[3].plot(*slow, "x", color="C3", ms=6, label=f"{len(slow[0])} step(s) below half "
+                     f"the median (machine load, evaluation or I/O: not the model)")
     for k in extras:
         axes[4].plot(*series(run.records, k), lw=1.2, label=k)
     titles = ["loss and L_recon (Eq. 4, 8)", "L_HomoCon (Eq. 7) vs its floor", "learning rate",
@@ -102,6 +107,18 @@ def plot_curves(run: PretrainRun, path: Path, baseline: PretrainRun | None = Non
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     pyplot.close(fig)
+    return fig
+
+
+def throughput_dips(records: list[dict], frac: float = 0.5) -> tuple[list, list]:
+    """Logged steps whose img/s is below ``frac`` × the run's median: a shared machine's load,
+    an evaluation or a data stall rather than the model's speed."""
+    xs, ys = series(records, "img_per_s")
+    if len(ys) < 3:
+        return [], []
+    med = float(np.median(ys))
+    low = [(x, y) for x, y in zip(xs, ys) if y < frac * med]
+    return [x for x, _ in low], [y for _, y in low]
 
 
 def topk_matrix(run: PretrainRun) -> tuple[np.ndarray, np.ndarray] | None:
