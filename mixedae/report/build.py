@@ -44,10 +44,10 @@ def curves_section(run: PretrainRun, base: PretrainRun | None, out: Path) -> Sec
     rows = [[k, f"{v:.4g}"] for k, v in ((k, _last(run, k)) for k in keys) if v is not None]
     if floor is not None and homo is not None:
         rows.insert(3, ["HomoCon / floor", f"{homo / floor:.3f} (floor {floor:.3f})"])
-    sec.add(Figure("curves.png", "losses, HomoCon against its floor ln(#positives), learning "
-                   "rate and throughput per logged step (× marks steps below half the median img/s: "
-                   "machine load, evaluation or I/O)" + (f"; dashed: baseline {base.name}"
-                                                            if base else "")),
+    caption = ("losses, HomoCon against its floor ln(#positives), learning rate and throughput "
+               "per logged step (× marks steps below half the median img/s: machine load, "
+               "evaluation or I/O)" + (f"; dashed: baseline {base.name}" if base else ""))
+    sec.add(Figure("curves.png", caption),
             Table(["value at the last logged step", f"step {run.records[-1]['step']}"], rows))
     return sec
 
