@@ -74,6 +74,18 @@ def test_attention_maps_are_the_models_own(demo_run):
     assert nb["same"][:, 5].all() and 0 <= float(nb["precision"].min()) <= 1
 
 
+def test_a_triton_run_is_drawn_on_the_cpu(demo_run, tmp_path):
+    """A run trained with the Triton kernels (GPU only) is rebuilt with the SDPA path."""
+    import shutil
+    cfg = json.loads((demo_run / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "attn_impl": "triton"}))
+    shutil.copy(demo_run / "model.safetensors", tmp_path / "model.safetensors")
+    model, got = A.load_model(load_run(tmp_path))
+    assert got.attn_impl == "sdpa"
+    imgs, _ = A.load_images(got, None, 2 * got.group_size)
+    assert A.last_block_attention(model, imgs, mixed=True)["topk"]
+
+
 @pytest.mark.parametrize("homo_cls,seg", [("topk", "attention"), ("always_visible", "residual")])
 def test_drawn_selection_is_the_models_own(homo_cls, seg):
     """The drawn TopK selection and weights are what the last block used, for both cls modes

@@ -33,6 +33,7 @@ class ModelUnavailable(Exception):
 
 def load_model(run: PretrainRun):
     """The run's pretraining model in eval mode on the CPU, and its config."""
+    from mixedae.model.homologous_attention import impl_unavailable
     from mixedae.model.mixed_autoencoder import build_model
     from mixedae.pretrain.config import PretrainConfig
     from mixedae.runtime.checkpoint import load_model_state, load_safetensors
@@ -42,6 +43,8 @@ def load_model(run: PretrainRun):
     try:
         state, meta = load_safetensors(run.weights)
         cfg = PretrainConfig.from_dict(run.config or json.loads(meta.get("config", "{}")))
+        if impl_unavailable(cfg.attn_impl, torch.device("cpu")):  # a GPU run's Triton kernels:
+            cfg = cfg.replace(attn_impl="sdpa")  # the same Eq. 6 (selection up to ties)
         model = build_model(cfg)
         load_model_state(model, state, source=str(run.weights))
     except (MixedAEError, ValueError, OSError, TypeError) as e:
