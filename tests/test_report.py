@@ -3,6 +3,7 @@ attention maps are the model's own; the HomoCon floor is the minimum of Eq. 7 as
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from mixedae.model.mixing import mixing_masks  # noqa: E402
 from mixedae.pretrain.config import get_preset  # noqa: E402
 from mixedae.report import attention as A  # noqa: E402
 from mixedae.report import curves as C  # noqa: E402
-from mixedae.report.collect import find_transfers, load_run  # noqa: E402
+from mixedae.report.collect import PretrainRun, find_transfers, load_run  # noqa: E402
 from mixedae.report.main import main as report_main  # noqa: E402
 
 
@@ -73,10 +74,45 @@ def test_attention_maps_are_the_models_own(demo_run):
     assert nb["same"][:, 5].all() and 0 <= float(nb["precision"].min()) <= 1
 
 
+def test_a_triton_run_is_drawn_on_the_cpu(demo_run, tmp_path):
+    """A run trained with the Triton kernels (GPU only) is rebuilt with the SDPA path."""
+    import shutil
+    cfg = json.loads((demo_run / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "attn_impl": "triton"}))
+    shutil.copy(demo_run / "model.safetensors", tmp_path / "model.safetensors")
+    model, got = A.load_model(load_run(tmp_path))
+    assert got.attn_impl == "sdpa"
+    imgs, _ = A.load_images(got, None, 2 * got.group_size)
+    assert A.last_block_attention(model, imgs, mixed=True)["topk"]
+
+
+@pytest.mark.parametrize("homo_cls,seg", [("topk", "attention"), ("always_visible", "residual")])
+def test_drawn_selection_is_the_models_own(homo_cls, seg):
+    """The drawn TopK selection and weights are what the last block used, for both cls modes
+    and with the segment code in q/k (``seg_embed_mode='attention'``): probs @ v equals the
+    block's real attention output; with literal Eq. 6 the cls row keeps K keys too."""
+    from mixedae.model.mixed_autoencoder import build_model
+    cfg = get_preset("mixedae_tiny", model="micro", img_size=32, patch_size=8,
+                     mask_patch_size=16, batch_size=8, homo_cls=homo_cls, seg_embed_mode=seg)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    imgs = torch.randn(2 * cfg.group_size, 3, 32, 32)
+    got = []
+    h = model.encoder.blocks[-1].attn.proj.register_forward_hook(lambda m, i, o: got.append(i[0]))
+    att = A.last_block_attention(model, imgs, mixed=True, seed=1)
+    h.remove()
+    S, H, N, d = att["v"].shape
+    out = (att["probs"] @ att["v"]).transpose(1, 2).reshape(S, N, H * d)
+    torch.testing.assert_close(out, got[-1].float(), atol=1e-5, rtol=1e-4)
+    kept_cls = att["kept"][:, :, 0].sum(-1)
+    assert (kept_cls == (cfg.topk if homo_cls == "topk" else N)).all()
+
+
 @pytest.mark.parametrize("img,patch,mask", [(64, 8, 16), (224, 16, 32)])
 def test_homocon_floor_is_the_minimum_of_eq7(img, patch, mask):
     cfg = get_preset("mixedae_tiny", img_size=img, patch_size=patch, mask_patch_size=mask)
-    floor = C.homocon_floor(json.loads(cfg.to_json()))
+    run = PretrainRun(Path("."), json.loads(cfg.to_json()), [], None, None)
+    floor = C.homocon_floor(run)  # what the report draws, from the run's config.json
     grid = (img // patch, img // patch)
     src = mixing_masks(3, 1, cfg.group_size, grid, mask // patch)[:, 0]
     ideal = torch.nn.functional.one_hot(src, cfg.group_size).float()  # perfect recognition
@@ -139,13 +175,58 @@ def test_transfer_results_beside_the_paper(tmp_path):
     (run / "config.json").write_text(get_preset("mixedae_base").to_json())
     assert report_main([str(run), str(tmp_path / "t"), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "| run | this run (measured) | 2.5 |" in md
+    # the run has no weights and no result records a fingerprint: nothing is credited to it
+    assert "| ade | checkpoint unknown (measured) | not recorded | 2.5 |" in md
+    assert "this run (measured)" not in md
     assert f"{tmp_path / 't' / 'ade'}: last validation of tools/train.py; 2 training" in md
-    assert "| MixedAE (1600 ep) | paper, Table 1 (ViT-B/16) | 49.8 |" in md
+    assert "| MixedAE (1600 ep) | paper, Table 1 (ViT-B/16) | ADE20K | 49.8 |" in md
     assert "| 12.3 | 20.0 | 10.0 | 5.0 | 10.0 | – |" in md
-    assert "| MixedAE (300 ep) | paper, Table 1 (ViT-B/16) | 47.8† |" in md
+    assert "| MixedAE (300 ep) | paper, Table 1 (ViT-B/16) | COCO | 47.8† |" in md
     assert "2/11 datasets" in md and "not comparable" in md
     assert "ViT-micro" not in md and "for orientation only" not in md
+
+
+def test_results_credited_only_to_their_checkpoint_and_labelled_by_dataset(tmp_path):
+    """A result is "this run" only when its recorded checkpoint (path, size, sha256) is the
+    run's weights; one from other weights or without a fingerprint is shown as such; a
+    CIFAR-10 fine-tune is labelled CIFAR-10, not ImageNet-1K."""
+    from safetensors.torch import save_file
+    from mixedae.runtime.provenance import checkpoint_record
+    run, other, t = tmp_path / "run", tmp_path / "other", tmp_path / "t"
+    for d, v in ((run, 1.0), (other, 2.0)):
+        d.mkdir()
+        (d / "config.json").write_text(get_preset("mixedae_base").to_json())
+        save_file({"w": torch.full((4,), v)}, str(d / "model.safetensors"))
+
+    def finetune(name, record, data, n_val):
+        (t / name).mkdir(parents=True)
+        (t / name / "result.json").write_text(json.dumps(
+            {"step": 10, "finished": True, "best_top1": 12.5, **record}))
+        (t / name / "log.jsonl").write_text(json.dumps(
+            {"event": "start", "step": 0, "args": {"data": data}, "n_val": n_val}) + "\n")
+    finetune("mine", {"pretrained": checkpoint_record(run)}, "/d/imagenet", 50000)
+    finetune("theirs", {"pretrained": checkpoint_record(other)}, "/d/imagenet", 50000)
+    finetune("c10", {}, "/d/cifar10", 10000)
+    # a pipeline stage: the marker records the checkpoint the stage was handed
+    (t / "ade").mkdir()
+    (t / "ade" / "test_metrics.json").write_text(json.dumps({"mIoU": 3.5}))
+    (t / "stages").mkdir()
+    (t / "stages" / "ade.json").write_text(json.dumps(
+        {"stage": "ade", "signature": {"data": "/d/ade_tiny"},
+         "pretrained": checkpoint_record(run)}))
+    assert report_main([str(run), str(t), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "| run | this run (measured) | imagenet | 12.5 |" in md
+    assert "| theirs | another checkpoint (measured) | imagenet | 12.5 |" in md
+    assert f"not this run's weights: {other / 'model.safetensors'}" in md
+    assert "| c10 | checkpoint unknown (measured) | cifar10 (not ImageNet-1K) | 12.5 |" in md
+    assert "measured on cifar10, not ImageNet-1K: not comparable" in md
+    assert "| run | this run (measured) | ade_tiny | 3.5 |" in md
+    assert "ImageNet fine-tuning" not in md and "| method | source | data | top-1 |" in md
+    # the run's weights change (training went on): the old results are no longer its own
+    save_file({"w": torch.full((4,), 3.0)}, str(run / "model.safetensors"))
+    assert report_main([str(run), str(t), "--out", str(tmp_path / "r")]) == 0
+    assert "this run (measured)" not in (tmp_path / "r" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -231,3 +312,38 @@ def test_report_renders_in_chromium(demo_run, tmp_path):
     assert img.size == (1280, 2400)
     hist = img.histogram()
     assert max(hist) < 0.95 * sum(hist)  # not a blank page: text, tables and figures painted
+
+
+def _colorbars(fig) -> list:
+    return [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+
+
+def test_figures_carry_their_scales_and_caveats(tmp_path):
+    """Attention maps have colour bars; the throughput curve marks its dips; the transfer
+    bars say "not comparable" on the figure when the run is not the paper's ViT-B/16 224."""
+    import matplotlib.pyplot as plt
+    from mixedae.classification.results import _bars_fig
+    from mixedae.report import maps
+    imgs = torch.randn(2, 3, 32, 32)
+    fig = maps.plot_cls_attention(imgs, ["a", "b"], [("run", torch.rand(2, 4, 4)),
+                                                     ("base", torch.rand(2, 4, 4))],
+                                  tmp_path / "cls.png")
+    assert len(_colorbars(fig)) == 2 and (tmp_path / "cls.png").is_file()
+    nb = dict(image=imgs, attn=torch.rand(2, 16), selected=torch.rand(2, 16),
+              same=torch.rand(2, 16) > 0.5, precision=torch.rand(2), grid=(4, 4), patch=8,
+              query=5)
+    fig = maps.plot_neighbourhoods([("run", nb)], tmp_path / "nb.png")
+    assert len(_colorbars(fig)) == 2 * 3  # same source, TopK kept, attention; per sample
+    recs = [dict(step=s, loss=1.0, img_per_s=2.0 if s == 4 else 100.0 + s) for s in range(1, 9)]
+    run = PretrainRun(tmp_path, None, recs, None, 8)
+    assert C.throughput_dips(recs) == ([4], [2.0])
+    fig = C.plot_curves(run, tmp_path / "curves.png")
+    assert any("below half the median" in t for t in fig.axes[3].get_legend_handles_labels()[1])
+    res = {"cifar10": {"test_score": 50.0, "settings": {"model": "micro", "patch_size": 16,
+                                                        "img_size": 64}}}
+    texts = [t.get_text() for t in _bars_fig(plt, "r", res).axes[0].texts]
+    assert any(t.startswith("NOT COMPARABLE: this run is ViT-micro/16 at 64 px") for t in texts)
+    res["cifar10"]["settings"].update(model="base", img_size=224)
+    texts = [t.get_text() for t in _bars_fig(plt, "r", res).axes[0].texts]
+    assert not any("NOT COMPARABLE" in t for t in texts)
+    plt.close("all")

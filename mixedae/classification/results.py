@@ -17,16 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from mixedae.classification.specs import ORDER, SPECS
+from mixedae.paper_numbers import CLS11
 from mixedae.runtime.checkpoint import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-# Table 2 of the paper, row "MixedAE" (ViT-B/16, 1600 epochs), copied by hand from the paper
-# text: /work/shared/paper/mixedae_paper.txt, Table 2. Not measured here.
-PAPER_MIXEDAE_VITB = {"aircraft": 82.1, "caltech101": 91.5, "cars": 88.8, "cifar10": 97.9,
-                      "cifar100": 85.9, "dtd": 78.7, "flowers102": 97.1, "food101": 87.4,
-                      "pets": 93.6, "sun397": 66.2, "voc2007": 86.4}
-PAPER_MIXEDAE_VITB_AVG = 86.9
+# Table 2 of the paper, row "MixedAE" (ViT-B/16, 1600 epochs): mixedae.paper_numbers
+_TABLE2 = next(r for r in CLS11["base"] if r.method == "MixedAE" and r.epochs == 1600)
+PAPER_MIXEDAE_VITB = {n: _TABLE2.values[SPECS[n].column] for n in ORDER}
+PAPER_MIXEDAE_VITB_AVG = _TABLE2.values["Avg."]
 PAPER_LABEL = "MixedAE ViT-B/16 1600ep (paper Table 2, copied)"
 
 SHORT = {"top1": "top-1", "top5": "top-5", "mean_per_class": "mean per-class",
@@ -243,6 +242,15 @@ def _bars_fig(plt, name: str, res: dict[str, dict]):
            title="Table 2 datasets, protocol metric per dataset (paper numbers copied from the "
                  "paper; missing bars: not run)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8)
+    st = next((r["settings"] for r in res.values() if r.get("settings")), {})
+    shape = (st.get("model"), st.get("patch_size"), st.get("img_size"))
+    if shape != ("base", 16, 224):  # on the figure itself, not only in results.md
+        what = (f"this run is ViT-{shape[0]}/{shape[1]} at {shape[2]} px" if st else
+                "this run's model is not recorded")
+        ax.text(0.5, 0.93, f"NOT COMPARABLE: {what}; the paper's row is ViT-B/16 at 224 px "
+                f"after 1600 epochs", transform=ax.transAxes, ha="center", va="top",
+                fontsize=10, color="tab:red", weight="bold",
+                bbox=dict(facecolor="white", edgecolor="tab:red"))
     return fig
 
 

@@ -75,6 +75,13 @@ class HomologousContext:
         if self.cls_mode not in CLS_MODES:
             raise ValueError(f"cls_mode={self.cls_mode!r}; choose from {CLS_MODES}")
 
+    def attn_bias(self, q: torch.Tensor, k: torch.Tensor):
+        """The (B, H, N, N) 0/−inf bias and selected indices of Eq. 6 for q, k under this
+        context's choices (``topk_attn_bias``; the Triton impls select the same K keys up to
+        ties)."""
+        return topk_attn_bias(q, k, self.k, self.num_prefix_tokens, self.select,
+                              self.select_fp32, self.cls_mode)
+
 
 @torch.no_grad()
 def topk_attn_bias(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_tokens: int = 1,
@@ -140,8 +147,7 @@ def homologous_attention(q, k, v, ctx: HomologousContext, dropout_p: float = 0.0
     if ctx.impl in TRITON_IMPLS:  # imported on use: Triton is optional
         from mixedae.model.homologous_attention_triton import homologous_attention_triton
         return homologous_attention_triton(q, k, v, ctx, dropout_p)
-    bias, idx = topk_attn_bias(q, k, ctx.k, ctx.num_prefix_tokens, ctx.select, ctx.select_fp32,
-                               ctx.cls_mode)
+    bias, idx = ctx.attn_bias(q, k)
     if ctx.src is not None:
         ctx.accuracies.append(topk_accuracy(idx, ctx.src))
     if ctx.impl == "explicit":

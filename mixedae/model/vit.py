@@ -50,15 +50,20 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
+    def heads(self, x: torch.Tensor, qk_embed: torch.Tensor | None = None):
+        """q, k, v (B, H, N, d) of ``x`` as ``forward`` computes them (``qk_embed``: below)."""
+        B, N, C = x.shape
+        qkv = self.qkv(x)
+        if qk_embed is not None:  # W_q·e and W_k·e; the values see x alone
+            qkv = qkv + F.pad(F.linear(qk_embed, self.qkv.weight[:2 * C]), (0, C))
+        return qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 homo: HomologousContext | None = None,
                 qk_embed: torch.Tensor | None = None) -> torch.Tensor:
         """``qk_embed`` (B or 1, N, C), if given, is added to x for the queries and keys only."""
         B, N, C = x.shape
-        qkv = self.qkv(x)
-        if qk_embed is not None:  # W_q·e and W_k·e; the values see x alone
-            qkv = qkv + F.pad(F.linear(qk_embed, self.qkv.weight[:2 * C]), (0, C))
-        q, k, v = qkv.view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = self.heads(x, qk_embed)
         drop = self.attn_drop if self.training else 0.0
         if homo is not None:
             x = homologous_attention(q, k, v, homo, dropout_p=drop)

@@ -64,7 +64,8 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def pretrain_config(args):
-    """The exact PretrainConfig the pretrain stage will use (validates its flags now)."""
+    """The exact PretrainConfig and RunOptions the pretrain stage will use (validates its flags
+    now)."""
     from mixedae.pretrain import command
     pa = command.get_args_parser()
 
@@ -73,8 +74,8 @@ def pretrain_config(args):
     pa.error = refuse
     ns = pa.parse_args(["--preset", args.preset, "--data", args.data,
                         *split("--pretrain-args", args.pretrain_args)])
-    command.options_from_args(ns)
-    return command.config_from_args(ns)
+    opts = command.options_from_args(ns)
+    return command.config_from_args(ns), opts
 
 
 def check(args, cfg) -> list[str]:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, flag, str(Path(getattr(args, flag)).resolve()))
     out = Path(args.out)
     try:
-        cfg = pretrain_config(args)
+        cfg, pre_opts = pretrain_config(args)
         transfers = check(args, cfg)
         stages = build_stages(args, cfg, transfers, out)
         redo = {s.strip() for s in args.redo.split(",") if s.strip()}
@@ -139,23 +140,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mixedae pipeline: error: {e}", file=sys.stderr)
         return 2
     if args.dry_run:
-        for s in stages:
-            print(f"[{runner.state(s)}] {s.name}: " + " && ".join(
-                shlex.join(map(str, step())) for step in s.steps))
+        dry_run(args, cfg, pre_opts, runner, stages)
         return 0
     return run_all(runner, stages, out)
 
 
+def dry_run(args, cfg, pre_opts, runner, stages) -> None:
+    """Each stage's command line, and for pretraining an estimated time (estimate.py)."""
+    from mixedae.pipeline.estimate import pretrain_estimate
+    from mixedae.pretrain.data import list_images
+    device = pre_opts.device or ("cuda" if args.gpus > 1 or _cuda() else "cpu")
+    try:
+        num_images = len(list_images(args.data))
+    except ConfigError:
+        num_images = None
+    for s in stages:
+        print(f"[{runner.state(s)}] {s.name}: " + " && ".join(
+            shlex.join(map(str, step())) for step in s.steps))
+        if s.name == "pretrain":
+            print("    " + pretrain_estimate(cfg, num_images, pre_opts.max_steps, device,
+                                             args.gpus))
+        elif s.name in TRANSFERS:
+            print("    estimate: not modelled (see the transfer's own iterations / epochs)")
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def run_all(runner, stages, out: Path) -> int:
-    from tqdm import tqdm
-    bar = tqdm(stages, desc="pipeline", unit="stage", file=sys.stdout,
-               disable=not sys.stdout.isatty(), bar_format="{desc}: {n}/{total} stages "
-               "[{elapsed}]")
-    runner.echo = tqdm.write
-    for s in bar:
-        bar.set_description(f"pipeline ({s.name})")
+    for i, s in enumerate(stages, 1):
+        runner.position = f"{i}/{len(stages)}"
         runner.run(s)
-    bar.close()
     report = out / "report" / "report.html"
     if runner.failed:
         print("[pipeline] failed: " + "; ".join(f"{n} (log: {p})" for n, p in

@@ -63,6 +63,7 @@ def build_stages(args, cfg, transfers: list[str], out: Path) -> list[S.Stage]:
     for t in transfers:
         stages.append(mm_stage(args, cfg, t, out, backbone) if t in TASK
                       else cls_stage(args, t, out, run))
+        stages[-1].pretrained = run  # mm: through the convert stage's copy of its weights
     report_argv = [S.python(), "-m", "mixedae.cli", "report", run, out, "--out",
                    out / "report", "--name", out.name, *split("--report-args",
                                                               args.report_args)]

@@ -3,7 +3,9 @@ marker when it finishes; a finished stage whose definition is unchanged is skipp
 
 Layout inside the pipeline folder ``OUT``::
 
-    OUT/stages/<stage>.json   marker of a finished stage (its signature, seconds, log path)
+    OUT/stages/<stage>.json   marker of a finished stage (its signature, seconds, log path and,
+                              for a transfer, ``pretrained``: the runtime.provenance record of
+                              the weights it started from, which the report checks)
     OUT/logs/<stage>.log      stdout + stderr of every attempt (appended)
 
 A stage is re-run when asked (``--redo``) or when a stage it needs ran in this invocation; its
@@ -39,6 +41,7 @@ class Stage:
     output: Path | None = None      # folder the stage writes (set aside on a re-run)
     partial_ok: bool = False        # runs even when a needed stage failed (the report)
     env: dict = field(default_factory=dict)
+    pretrained: Path | None = None  # the pretraining weights its result derives from
 
 
 def subprocess_env(extra: dict | None = None) -> dict:
@@ -51,11 +54,36 @@ def subprocess_env(extra: dict | None = None) -> dict:
     return env
 
 
+def log_tail(log: Path, limit: int = 160) -> str:
+    """The last line a stage wrote (tqdm redraws with \\r: the last of those), shortened."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    parts = [p.strip() for p in text.replace("\r", "\n").split("\n")]
+    last = next((p for p in reversed(parts) if p and not p.startswith("=== ")), "")
+    return last if len(last) <= limit else last[:limit - 1] + "…"
+
+
+def elapsed(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 class Runner:
-    def __init__(self, out: Path, redo: set[str], echo: Callable[[str], None] = print):
+    """Runs stages; while one runs, its progress (stage i/n, elapsed, the last line of its log)
+    is shown: redrawn in place on a terminal, else printed every ``every_s`` seconds."""
+
+    def __init__(self, out: Path, redo: set[str], echo: Callable[[str], None] = print,
+                 every_s: float = 60.0, poll_s: float = 1.0):
         self.out, self.redo, self.echo = out, redo, echo
+        self.every_s, self.poll_s = every_s, poll_s
+        self.tty = sys.stdout.isatty()
         self.ran: set[str] = set()
         self.failed: dict[str, Path] = {}
+        self.position = ""           # "i/n" of the stage being run (set by the caller)
 
     def marker(self, stage: Stage) -> Path:
         return self.out / "stages" / f"{stage.name}.json"
@@ -119,15 +147,24 @@ class Runner:
         log.parent.mkdir(parents=True, exist_ok=True)
         if stage.output is not None:  # (some steps write into it before the tool does)
             stage.output.mkdir(parents=True, exist_ok=True)
-        self.echo(f"[pipeline] {stage.name}: running (log: {log})")
+        label = f"stage {self.position} {stage.name}" if self.position else stage.name
+        self.echo(f"[pipeline] {label}: running (log: {log})")
         t0 = time.time()
+        extra = {}
+        if stage.pretrained is not None:  # read before the stage runs: what it was handed
+            from mixedae.runtime.provenance import checkpoint_record
+            try:
+                extra["pretrained"] = checkpoint_record(stage.pretrained)
+            except OSError:  # no weights file: the report will show the result as unknown
+                pass
         with open(log, "a") as f:
             for step in stage.steps:
                 cmd = [str(c) for c in step()]
                 f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} $ {' '.join(cmd)}\n")
                 f.flush()
-                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=self.out,
-                                    env=subprocess_env(stage.env)).returncode
+                proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=self.out,
+                                        env=subprocess_env(stage.env))
+                rc = self._follow(proc, log, label, t0)
                 if rc != 0:
                     f.write(f"=== exit code {rc}\n")
                     self.failed[stage.name] = log
@@ -138,10 +175,39 @@ class Runner:
         from mixedae.runtime.checkpoint import atomic_write_text
         atomic_write_text(self.marker(stage), json.dumps({
             "stage": stage.name, "signature": _jsonable(stage.signature), "seconds": seconds,
-            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "log": str(log)}, indent=1))
+            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "log": str(log), **extra},
+            indent=1))
         self.ran.add(stage.name)
         self.echo(f"[pipeline] {stage.name}: done in {seconds:.0f}s")
         return True
+
+
+    def _follow(self, proc: subprocess.Popen, log: Path, label: str, t0: float) -> int:
+        """Wait for ``proc``, showing the stage's progress; its exit code."""
+        shown = time.time()
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=self.poll_s)
+                except subprocess.TimeoutExpired:
+                    pass
+                now = time.time()
+                line = f"[pipeline] {label}: {elapsed(now - t0)}"
+                tail = log_tail(log)
+                line += f" | {tail}" if tail else ""
+                if self.tty:
+                    sys.stdout.write("\r\033[K" + line[:os.get_terminal_size().columns - 1])
+                    sys.stdout.flush()
+                elif now - shown >= self.every_s:
+                    self.echo(line)
+                    shown = now
+        except BaseException:  # Ctrl-C: the stage's process goes with the pipeline
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            if self.tty:
+                sys.stdout.write("\r\033[K")
 
 
 def _jsonable(d: dict) -> dict:

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
@@ -127,3 +128,37 @@ def build_pretrain_dataset(root: str | os.PathLike, img_size: int,
     ds = PretrainImages(list_images(root), pretrain_transform(img_size, scale))
     ds.require_readable(f"dataset folder {root}")
     return ds
+
+
+# the demo's data (also the report's default images)
+SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field",
+                  "immunohistochemistry", "retina", "coins", "moon", "clock", "brick", "grass",
+                  "gravel")
+
+def packaged_photos() -> dict[str, Image.Image]:
+    """Real photographs bundled with scikit-image / scikit-learn (those that load offline)."""
+    photos = {}
+    try:
+        import skimage.data
+        for name in SKIMAGE_PHOTOS:
+            try:
+                arr = getattr(skimage.data, name)()
+            except Exception:  # not bundled in this version (needs pooch / a download)
+                continue
+            if arr.dtype == np.uint8 and min(arr.shape[:2]) >= 128:
+                photos[name] = Image.fromarray(arr)
+    except ImportError:
+        pass
+    try:
+        from sklearn.datasets import load_sample_images
+        data = load_sample_images()
+        for fname, arr in zip(data.filenames, data.images):
+            photos[Path(fname).stem] = Image.fromarray(arr)
+    except ImportError:
+        pass
+    if len(photos) < 4:
+        raise ConfigError("the demo needs scikit-image and/or scikit-learn sample images "
+                           f"(found {len(photos)}); pip install scikit-image scikit-learn")
+    # pre-shrink (short side 256) so that cropping stays cheap; crops are ≤ 64-112 px anyway
+    return {k: transforms.Resize(256, transforms.InterpolationMode.BICUBIC)(load_rgb(v))
+            for k, v in photos.items()}

@@ -16,84 +16,26 @@ on random resized crops of them with the same engine as ``mixedae pretrain``; th
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision import transforms
 
 from mixedae.pretrain.config import get_preset
-from mixedae.pretrain.data import IMAGENET_MEAN, IMAGENET_STD, PretrainImages, load_rgb, pretrain_transform
+from mixedae.pretrain.data import (IMAGENET_MEAN, IMAGENET_STD, PretrainImages, packaged_photos,
+                                   pretrain_transform)
 from mixedae.pretrain.engine import RunOptions, pretrain
+from mixedae.report.maps import plot_reconstructions
 from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
 from mixedae.runtime.distributed import parse_device
-from mixedae.runtime.errors import ConfigError
-from mixedae.runtime.run_logger import setup_logging
+from mixedae.runtime.run_logger import read_jsonl, setup_logging
 
 log = logging.getLogger("mixedae.pretrain.demo")
 
-SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field",
-                  "immunohistochemistry", "retina", "coins", "moon", "clock", "brick", "grass",
-                  "gravel")
 STEPS_PER_EPOCH = 10
-
-
-def packaged_photos() -> dict[str, Image.Image]:
-    """Real photographs bundled with scikit-image / scikit-learn (those that load offline)."""
-    photos = {}
-    try:
-        import skimage.data
-        for name in SKIMAGE_PHOTOS:
-            try:
-                arr = getattr(skimage.data, name)()
-            except Exception:  # not bundled in this version (needs pooch / a download)
-                continue
-            if arr.dtype == np.uint8 and min(arr.shape[:2]) >= 128:
-                photos[name] = Image.fromarray(arr)
-    except ImportError:
-        pass
-    try:
-        from sklearn.datasets import load_sample_images
-        data = load_sample_images()
-        for fname, arr in zip(data.filenames, data.images):
-            photos[Path(fname).stem] = Image.fromarray(arr)
-    except ImportError:
-        pass
-    if len(photos) < 4:
-        raise ConfigError("the demo needs scikit-image and/or scikit-learn sample images "
-                           f"(found {len(photos)}); pip install scikit-image scikit-learn")
-    # pre-shrink (short side 256) so that cropping stays cheap; crops are ≤ 64-112 px anyway
-    return {k: transforms.Resize(256, transforms.InterpolationMode.BICUBIC)(load_rgb(v))
-            for k, v in photos.items()}
-
-
-def plot_reconstructions(vis: dict, path: Path, names: list[str]) -> None:
-    """Columns: the sources of each shown group; rows: original / mixed / reconstruction."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    orig, rec, mixed, g = vis["original"], vis["reconstruction"], vis["mixed"], vis["group_size"]
-    n = orig.shape[0]
-    mix_of = (lambda i: i) if mixed.shape[0] == n else (lambda i: i // g)
-    rows = [("original", lambda i: orig[i]), ("mixed input", lambda i: mixed[mix_of(i)]),
-            ("reconstruction", lambda i: rec[i])]
-    fig, axes = plt.subplots(3, n, figsize=(1.6 * n, 5.2), squeeze=False)
-    for r, (label, get) in enumerate(rows):
-        for i in range(n):
-            ax = axes[r, i]
-            ax.imshow(get(i).permute(1, 2, 0).cpu().numpy())
-            ax.set_xticks([]), ax.set_yticks([])
-            if i == 0:
-                ax.set_ylabel(label)
-            if r == 0:
-                ax.set_title(f"{names[i]}\n(group {i // g})", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_curves(log_path: Path, path: Path, first_block: int = 1) -> None:
@@ -101,7 +43,7 @@ def plot_curves(log_path: Path, path: Path, first_block: int = 1) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    recs = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    recs = read_jsonl(log_path)
     recs = [r for r in recs if "loss" in r]  # not the probe's lines
     steps = [r["step"] for r in recs]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))

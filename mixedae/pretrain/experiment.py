@@ -41,7 +41,7 @@ from mixedae.model.segment_embedding import MODES as SEG_MODES
 from mixedae.pretrain.config import get_preset
 from mixedae.pretrain.data import PretrainImages, list_images, load_rgb, pretrain_transform
 from mixedae.pretrain.engine import RunOptions, pretrain
-from mixedae.runtime.run_logger import setup_logging
+from mixedae.runtime.run_logger import read_jsonl, setup_logging
 from mixedae.pretrain.experiment_plots import plot_fig6a, plot_fig6b, plot_probe, write_table
 from mixedae.runtime.errors import ConfigError
 
@@ -138,7 +138,7 @@ def run_one(name: str, overrides: dict, scale: dict, args, train_ds, probe_ds) -
                       probe_images=scale["probe_images"])
     t0 = time.perf_counter()
     pretrain(cfg, train_ds, opts, probe_dataset=probe_ds)
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    records = read_jsonl(out / "log.jsonl")
     summary = summarise(name, cfg, records, time.perf_counter() - t0)
     if not args.keep_checkpoints:
         for f in ("checkpoint.pth", "model.safetensors"):

@@ -4,7 +4,6 @@
 module         responsibility
 =============  =====================================================================
 collect        find what a run produced: config, log.jsonl, weights, transfer results
-paper          the paper's numbers (Tables 1, 2, 6), labelled with their source
 curves         pretraining curves, HomoCon floor, TopK accuracy (Fig. 6a/6b)
 attention      rebuild the model; [CLS] attention (Fig. 5/7), a patch's TopK neighbourhood
 maps           draw reconstructions and attention maps

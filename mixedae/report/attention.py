@@ -1,5 +1,5 @@
 """Attention maps of a pretrained run, computed from its stored ``model.safetensors`` +
-``config.json`` (the model is rebuilt with ``mixedae.model.build_model``).
+``config.json`` (the model is rebuilt with ``mixedae.model.mixed_autoencoder.build_model``).
 
 * ``cls_attention`` (Fig. 5 / 7): the last block's attention of the [CLS] query over the patch
   keys, mean over heads, with the encoder used as a plain ViT (no mixing, no segment
@@ -10,8 +10,11 @@
   heads) and the query's true homologous patches. Runs without mixing (MAE) get the global
   attention row of the query patch on the plain image.
 
-q and k are read from the last block's ``attn.qkv`` with a forward hook; the TopK selection is
-the model's own (``homologous_attention.topk_attn_bias``).
+Nothing is rebuilt here: a forward hook on the last block's attention reads what the model
+passes it (its input, ``qk_embed``, the ``HomologousContext`` or ``attn_mask``), and q, k and the
+selection come from the model's own code (``Attention.heads``, ``HomologousContext.attn_bias``),
+so every choice of the run (``homo_cls``, ``seg_embed_mode``, relative position bias) is drawn as
+trained.
 """
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ from pathlib import Path
 
 import torch
 
-from mixedae.model.homologous_attention import topk_attn_bias
 from mixedae.report.collect import PretrainRun
 
 
@@ -31,6 +33,7 @@ class ModelUnavailable(Exception):
 
 def load_model(run: PretrainRun):
     """The run's pretraining model in eval mode on the CPU, and its config."""
+    from mixedae.model.homologous_attention import impl_unavailable
     from mixedae.model.mixed_autoencoder import build_model
     from mixedae.pretrain.config import PretrainConfig
     from mixedae.runtime.checkpoint import load_model_state, load_safetensors
@@ -40,6 +43,8 @@ def load_model(run: PretrainRun):
     try:
         state, meta = load_safetensors(run.weights)
         cfg = PretrainConfig.from_dict(run.config or json.loads(meta.get("config", "{}")))
+        if impl_unavailable(cfg.attn_impl, torch.device("cpu")):  # a GPU run's Triton kernels:
+            cfg = cfg.replace(attn_impl="sdpa")  # the same Eq. 6 (selection up to ties)
         model = build_model(cfg)
         load_model_state(model, state, source=str(run.weights))
     except (MixedAEError, ValueError, OSError, TypeError) as e:
@@ -48,10 +53,11 @@ def load_model(run: PretrainRun):
 
 
 @contextmanager
-def last_qkv(encoder):
-    """Collects the output of the last block's qkv projection (B, N, 3·D)."""
+def last_attention_inputs(encoder):
+    """Collects (x, kwargs) of every call of the last block's attention module."""
     out = []
-    handle = encoder.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, o: out.append(o))
+    handle = encoder.blocks[-1].attn.register_forward_hook(
+        lambda m, args, kwargs, o: out.append((args[0], kwargs)), with_kwargs=True)
     try:
         yield out
     finally:
@@ -67,9 +73,9 @@ def last_block_attention(model, imgs: torch.Tensor, mixed: bool, seed: int = 0) 
     (masks drawn with ``seed``): segment embeddings and the run's attention (TopK bias of
     Eq. 6 or the homologous mask). Returns ``probs`` (S, H, N, N), ``kept`` (S, H, N, N) the
     keys each query may attend, ``v`` (S, H, N, d), the shown ``image`` (S, 3, H, W)
-    normalised, ``src`` (S, L) or None, ``topk`` (bool)."""
-    cfg, enc = model.cfg, model.encoder
-    with torch.random.fork_rng(), last_qkv(enc) as got:
+    normalised, ``src`` (S, L) or None, ``topk`` (bool: the block used homologous TopK)."""
+    enc = model.encoder
+    with torch.random.fork_rng(), last_attention_inputs(enc) as got:
         torch.manual_seed(seed)
         if mixed:
             _, src, image, _ = model.encode_mixed(imgs)
@@ -78,19 +84,18 @@ def last_block_attention(model, imgs: torch.Tensor, mixed: bool, seed: int = 0) 
             x, grid = enc.embed(imgs)
             enc.forward_blocks(x, grid=grid)
             image, src = imgs, None
-    B, N, _ = got[-1].shape
-    q, k, v = got[-1].float().view(B, N, 3, enc.num_heads, -1).permute(2, 0, 3, 1, 4)
+    x, kw = got[-1]
+    q, k, v = (t.float() for t in enc.blocks[-1].attn.heads(x, kw.get("qk_embed")))
     logits = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
-    topk = mixed and cfg.attention == "topk" and enc.depth > cfg.num_global_layers
-    if topk:
-        bias, _ = topk_attn_bias(q, k, cfg.topk, 1, cfg.topk_select, cfg.topk_select_fp32)
-        logits = logits + bias.float()
-    elif mixed and cfg.attention == "masked":
-        keep = torch.ones(B, N, N, dtype=torch.bool)
-        keep[:, 1:, 1:] = src[:, :, None] == src[:, None, :]
-        logits = logits.masked_fill(~keep[:, None], float("-inf"))
+    homo, mask = kw.get("homo"), kw.get("attn_mask")
+    if homo is not None:
+        logits = logits + homo.attn_bias(q, k)[0].float()
+    elif mask is not None and mask.dtype == torch.bool:  # True = may attend
+        logits = logits.masked_fill(~mask, float("-inf"))
+    elif mask is not None:
+        logits = logits + mask.float()
     return dict(probs=logits.softmax(-1), kept=torch.isfinite(logits), v=v, image=image,
-                src=src, topk=topk)
+                src=src, topk=homo is not None)
 
 
 def cls_attention(model, imgs: torch.Tensor) -> torch.Tensor:
@@ -128,9 +133,9 @@ def load_images(cfg, folder: str | Path | None, count: int) -> tuple[torch.Tenso
     From ``folder`` (evenly spaced over its sorted images) or, by default, the photos that
     ship with scikit-image / scikit-learn (those the demo trains on)."""
     from torchvision import transforms
-    from mixedae.pretrain.data import IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb
+    from mixedae.pretrain.data import (IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb,
+                                       packaged_photos)
     if folder is None:
-        from mixedae.pretrain.demo import packaged_photos
         photos = packaged_photos()
         names = list(photos)[:count]
         pils = [photos[k] for k in names]

@@ -7,9 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mixedae.report import attention as A
-from mixedae.report import curves as C
-from mixedae.report import maps as M
+from mixedae.report import attention, curves, maps
 from mixedae.report.collect import PretrainRun, find_transfers, load_run
 from mixedae.report.document import Figure, Report, Section, Table, Text, write
 from mixedae.report.transfers import fmt, transfer_sections
@@ -28,7 +26,7 @@ class ReportOptions:
 
 
 def _last(run: PretrainRun, key: str):
-    xs, ys = C.series(run.records, key)
+    xs, ys = curves.series(run.records, key)
     return ys[-1] if ys else None
 
 
@@ -38,28 +36,30 @@ def curves_section(run: PretrainRun, base: PretrainRun | None, out: Path) -> Sec
         sec.status = "missing"
         return sec.add(Text(f"{run.path / 'log.jsonl'} is missing or empty: no step was "
                             f"logged yet", "missing"))
-    C.plot_curves(run, out / "curves.png", base)
-    floor = _last(run, "homocon_floor") or C.homocon_floor(run.config)
+    curves.plot_curves(run, out / "curves.png", base)
+    floor = _last(run, "homocon_floor") or curves.homocon_floor(run)
     homo = _last(run, "loss_homocon")
-    keys = ["loss", "loss_recon", "loss_homocon", "lr", "img_per_s"] + C.extra_keys(run.records)
+    keys = (["loss", "loss_recon", "loss_homocon", "lr", "img_per_s"]
+            + curves.extra_keys(run.records))
     rows = [[k, f"{v:.4g}"] for k, v in ((k, _last(run, k)) for k in keys) if v is not None]
     if floor is not None and homo is not None:
         rows.insert(3, ["HomoCon / floor", f"{homo / floor:.3f} (floor {floor:.3f})"])
-    sec.add(Figure("curves.png", "losses, HomoCon against its floor ln(#positives), learning "
-                   "rate and throughput per logged step" + (f"; dashed: baseline {base.name}"
-                                                            if base else "")),
+    caption = ("losses, HomoCon against its floor ln(#positives), learning rate and throughput "
+               "per logged step (× marks steps below half the median img/s: machine load, "
+               "evaluation or I/O)" + (f"; dashed: baseline {base.name}" if base else ""))
+    sec.add(Figure("curves.png", caption),
             Table(["value at the last logged step", f"step {run.records[-1]['step']}"], rows))
     return sec
 
 
 def topk_section(run: PretrainRun, base: PretrainRun | None, out: Path) -> Section:
     sec = Section("TopK sampling accuracy (Fig. 6)")
-    if C.topk_matrix(run) is None:
+    if curves.topk_matrix(run) is None:
         sec.status = "missing"
         why = ("the run has no homologous TopK attention" if (run.config or {}).get(
             "attention") != "topk" else "no TopK accuracy was logged yet")
         return sec.add(Text(why, "missing"))
-    shown = C.plot_topk(run, out / "topk.png", base)
+    shown = curves.plot_topk(run, out / "topk.png", base)
     sec.add(Figure("topk.png", "fraction of the K keys kept by homologous attention that come "
                    "from the query's own source image: (a) per layer at four points of "
                    "training, (b) the final layer over training (paper: ~70-80 % with "
@@ -77,8 +77,8 @@ def model_sections(run: PretrainRun, base: PretrainRun | None, opts: ReportOptio
                     Section("Attention maps (Fig. 5 / 7)"),
                     Section("Homologous-attention neighbourhood of a patch"))
     try:
-        model, cfg = A.load_model(run)
-    except A.ModelUnavailable as e:
+        model, cfg = attention.load_model(run)
+    except attention.ModelUnavailable as e:
         for s in (rec, cls, nb):
             s.status = "missing"
             s.add(Text(str(e), "missing"))
@@ -86,38 +86,39 @@ def model_sections(run: PretrainRun, base: PretrainRun | None, opts: ReportOptio
     models = [(run.name, model)]
     if base is not None:
         try:
-            bmodel, bcfg = A.load_model(base)
+            bmodel, bcfg = attention.load_model(base)
             if (bcfg.img_size, bcfg.patch_size) != (cfg.img_size, cfg.patch_size):
-                raise A.ModelUnavailable(f"{base.path} works at {bcfg.img_size} px / patch "
-                                         f"{bcfg.patch_size}, the run at {cfg.img_size} / "
-                                         f"{cfg.patch_size}: not shown side by side")
+                raise attention.ModelUnavailable(
+                    f"{base.path} works at {bcfg.img_size} px / patch {bcfg.patch_size}, the "
+                    f"run at {cfg.img_size} / {cfg.patch_size}: not shown side by side")
             models.append((f"{base.name} (baseline)", bmodel))
-        except A.ModelUnavailable as e:
+        except attention.ModelUnavailable as e:
             for s in (cls, nb):
                 s.status = "partial"
                 s.add(Text(f"baseline: {e}", "missing"))
     groups = max(2 * m.cfg.group_size for _, m in models)  # two mixed samples per run
-    imgs, names = A.load_images(cfg, opts.images, max(opts.num_images, groups))
+    imgs, names = attention.load_images(cfg, opts.images, max(opts.num_images, groups))
     _reconstructions(rec, models, imgs, names, opts)
     shown = imgs[:opts.num_images]
-    maps = [(label, A.cls_attention(m, shown)) for label, m in models]
-    M.plot_cls_attention(shown, names[:opts.num_images], maps, opts.out / "attention_cls.png")
+    cls_maps = [(label, attention.cls_attention(m, shown)) for label, m in models]
+    maps.plot_cls_attention(shown, names[:opts.num_images], cls_maps,
+                            opts.out / "attention_cls.png")
     cls.add(Figure("attention_cls.png", "[CLS] query over the patch keys in the last block, "
                    "mean over heads, the encoder used as a plain ViT (as in transfer); each map "
                    "scaled to its own maximum, brighter = more attention"))
     grid = model.encoder.grid_size
     query = opts.query if opts.query is not None else (grid[0] // 2) * grid[1] + grid[1] // 2
-    rows = [(label, A.patch_neighbourhood(m, imgs[:2 * m.cfg.group_size], query, opts.seed))
-            for label, m in models]
-    M.plot_neighbourhoods(rows, opts.out / "attention_patch.png")
+    rows = [(label, attention.patch_neighbourhood(m, imgs[:2 * m.cfg.group_size], query,
+                                                  opts.seed)) for label, m in models]
+    maps.plot_neighbourhoods(rows, opts.out / "attention_patch.png")
     nb.add(Figure("attention_patch.png", f"query patch {query} (red square) in the last block:"
                   " its true homologous patches, the keys TopK keeps (shade = fraction of "
                   "heads), its attention weights (mean over heads)"))
     prec = [f"{label}: {100 * float(r['precision'].mean()):.0f} % of the kept keys homologous"
             for label, r in rows if r["precision"] is not None]
     if prec:
-        nb.add(Text("; ".join(prec) + f" (chance {fmt(100 * (C.topk_chance(run.config) or 0))}"
-                    " %).", "note"))
+        chance = 100 * (curves.topk_chance(run.config) or 0)
+        nb.add(Text("; ".join(prec) + f" (chance {fmt(chance)} %).", "note"))
     return [rec, cls, nb]
 
 
@@ -131,7 +132,7 @@ def _reconstructions(sec: Section, models, imgs, names, opts: ReportOptions) -> 
             torch.manual_seed(opts.seed)
             vis = m.visualize(imgs[:2 * g])
         png = "reconstructions.png" if i == 0 else "reconstructions_baseline.png"
-        M.plot_reconstructions(vis, opts.out / png, names[:2 * g])
+        maps.plot_reconstructions(vis, opts.out / png, names[:2 * g])
         sec.add(Figure(png, f"{label}: original / mixed input / reconstruction of each source "
                        f"(visible patches pasted back, as the demo draws it)"))
     if not any(isinstance(b, Figure) for b in sec.blocks):

@@ -23,7 +23,11 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixedae.report.paper import CLS11_COLUMNS
+from mixedae.paper_numbers import CLS11_COLUMNS
+from mixedae.runtime.errors import MixedAEError
+from mixedae.runtime.provenance import is_record
+from mixedae.runtime.run_logger import read_jsonl
+from mixedae.runtime.torch_files import safetensors_metadata
 
 KINDS = ("ade", "coco", "finetune", "cls11")
 PREVIOUS = re.compile(r"\.prev-\d+$")  # outputs a pipeline set aside when a stage re-ran
@@ -42,6 +46,19 @@ class PretrainRun:
     @property
     def name(self) -> str:
         return self.label or self.path.resolve().name
+
+    def pretrain_config(self):
+        """The run's ``PretrainConfig`` (None if absent or unreadable)."""
+        from mixedae.pretrain.config import PretrainConfig
+        try:
+            return PretrainConfig.from_dict(self.config) if self.config else None
+        except (MixedAEError, TypeError, ValueError):
+            return None
+
+    def weight_files(self) -> list[Path]:
+        """The files a result's recorded checkpoint may name to be this run's."""
+        return [f for f in (self.path / "model.safetensors", self.path / "checkpoint.pth")
+                if f.is_file()]
 
     def describe(self) -> str:
         c = self.config or {}
@@ -63,23 +80,16 @@ class TransferResult:
     path: Path
     metrics: dict                 # column key → value in % (see paper.DENSE_COLUMNS, CLS11)
     note: str = ""                # how it was obtained (iterations, split, ...)
+    data: str | None = None       # the dataset it was measured on (folder name), if recorded
+    data_is_paper: bool | None = None  # the paper's dataset of that table (None: unknown)
+    checkpoint: dict | None = None  # runtime.provenance record, or {"path"} without digest
 
 
-def _jsonl(path: Path) -> tuple[list[dict], list[str]]:
-    recs, bad = [], []
+def _jsonl(path: Path, skipped: list[str] | None = None) -> list[dict]:
+    """Records with a ``step`` of a JSON-lines file (none if it does not exist)."""
     if not path.is_file():
-        return recs, bad
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            bad.append(f"{path}:{i} is not JSON (skipped)")
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            recs.append(rec)
-    return recs, bad
+        return []
+    return [r for r in read_jsonl(path, skipped) if "step" in r]
 
 
 def _json(path: Path):
@@ -92,7 +102,8 @@ def _json(path: Path):
 def load_run(path: str | Path, label: str | None = None) -> PretrainRun:
     """Read a pretraining run folder (``mixedae pretrain`` / ``mixedae demo`` output)."""
     path = Path(path)
-    records, problems = _jsonl(path / "log.jsonl")
+    problems: list[str] = []
+    records = _jsonl(path / "log.jsonl", problems)
     config = _json(path / "config.json") if (path / "config.json").is_file() else None
     weights = path / "model.safetensors"
     weights = weights if weights.is_file() else None
@@ -110,16 +121,61 @@ def load_run(path: str | Path, label: str | None = None) -> PretrainRun:
 
 
 def _metadata(path: Path) -> dict:
-    from safetensors import safe_open
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # a half-written file: treated as missing metadata
+        return safetensors_metadata(path)
+    except MixedAEError:  # a half-written file: treated as missing metadata
         return {}
 
 
 def is_run_dir(path: Path) -> bool:
     return any((path / n).is_file() for n in ("log.jsonl", "config.json", "model.safetensors"))
+
+
+# ---- which checkpoint, which data --------------------------------------------------------
+IN1K_VAL = 50_000  # ImageNet-1K validation images: how a fine-tune is recognised as IN-1K
+
+
+def pipeline_marker(path: Path) -> dict:
+    """The ``mixedae pipeline`` marker of the stage whose output folder is ``path`` ({})."""
+    m = path.parent / "stages" / f"{path.name}.json"
+    rec = _json(m) if m.is_file() else None
+    return rec if isinstance(rec, dict) else {}
+
+
+def checkpoint_of(path: Path, recorded: list, fallback_path=None) -> dict | None:
+    """The provenance of the result in ``path``: the producers' own records (``recorded``: the
+    ``pretrained`` entries of its result files; all must agree), ``path/pretrained.json``, or
+    the pipeline's stage marker (``runtime.provenance`` records); else only the path the
+    producer named (``{"path": ...}``, not enough to credit), else None."""
+    full = [r for r in recorded if is_record(r)]
+    if full:
+        if len({r["sha256"] for r in full}) > 1 or len(full) < len(recorded):
+            return {"path": "several checkpoints (the results' records differ)"}
+        return full[0]
+    own = _json(path / "pretrained.json") if (path / "pretrained.json").is_file() else None
+    for rec in (own, pipeline_marker(path).get("pretrained")):
+        if is_record(rec):
+            return rec
+    return {"path": str(fallback_path)} if fallback_path else None
+
+
+def _start_event(path: Path) -> dict:
+    """The ``{"event": "start", ...}`` record of an engine's log.jsonl ({} if none)."""
+    if not (path / "log.jsonl").is_file():
+        return {}
+    return next((r for r in read_jsonl(path / "log.jsonl") if r.get("event") == "start"), {})
+
+
+def _data_root(path: Path) -> str | None:
+    """The data folder of an mm work dir: the pipeline's signature, else the config dump."""
+    data = pipeline_marker(path).get("signature", {}).get("data")
+    if data:
+        return Path(data).name
+    for f in sorted(path.glob("*.py")) + sorted(path.glob("*/vis_data/config.py")):
+        m = re.search(r"data_root\s*=\s*['\"]([^'\"]+)['\"]", f.read_text(errors="replace"))
+        if m:
+            return Path(m.group(1).rstrip("/")).name
+    return None
 
 
 # ---- mm work dirs ----------------------------------------------------------------------------
@@ -141,7 +197,7 @@ def mm_result(path: Path) -> TransferResult | None:
     scalars = sorted(path.glob("*/vis_data/scalars.json"))
     train_iters, val = 0, None
     for f in scalars:
-        recs, _ = _jsonl(f)
+        recs = _jsonl(f)
         train_iters = max([train_iters] + [r["step"] for r in recs if "loss" in r])
         val = next((m for m in map(_mm_metrics, reversed(recs)) if m), None) or val
     test = _json(path / "test_metrics.json") if (path / "test_metrics.json").is_file() else None
@@ -154,23 +210,42 @@ def mm_result(path: Path) -> TransferResult | None:
         return None
     kind, metrics = found
     return TransferResult(kind, path, metrics,
-                          f"{how}; {train_iters} training iteration(s)" if train_iters else how)
+                          f"{how}; {train_iters} training iteration(s)" if train_iters else how,
+                          data=_data_root(path), checkpoint=checkpoint_of(path, []))
 
 
 # ---- classification --------------------------------------------------------------------------
+def _finetune_data(run_dir: Path) -> tuple[str | None, bool | None, object]:
+    """(data folder name, is it ImageNet-1K, checkpoint path) from the run's start record."""
+    start = _start_event(run_dir)
+    args = start.get("args") or {}
+    data = args.get("data") or pipeline_marker(run_dir).get("signature", {}).get("data")
+    n_val = start.get("n_val")
+    return (Path(data).name if data else None,
+            None if n_val is None else n_val == IN1K_VAL,
+            (start.get("pretrained") or {}).get("path") or args.get("checkpoint"))
+
+
 def finetune_result(path: Path) -> TransferResult | None:
     sweep = _json(path / "sweep.json") if (path / "sweep.json").is_file() else None
     if isinstance(sweep, dict) and sweep.get("best_layer_decay") is not None:
         best = sweep["results"][sweep["best_layer_decay"]]
+        sub = path / f"ld{sweep['best_layer_decay']}"
+        data, in1k, ck = _finetune_data(sub)
         return TransferResult("finetune", path, {"top1": float(best["best_top1"])},
                               f"best of a layer-decay sweep (ld {sweep['best_layer_decay']}), "
-                              f"step {best.get('step')}")
+                              f"step {best.get('step')}", data, in1k,
+                              checkpoint_of(path, [best["pretrained"]] if "pretrained" in best
+                                            else [], ck))
     res = _json(path / "result.json") if (path / "result.json").is_file() else None
     if not isinstance(res, dict) or "best_top1" not in res:
         return None
     state = "finished" if res.get("finished") else "NOT finished (stopped early)"
+    data, in1k, ck = _finetune_data(path)
     return TransferResult("finetune", path, {"top1": float(res["best_top1"])},
-                          f"best top-1 over evaluations; step {res.get('step')}, {state}")
+                          f"best top-1 over evaluations; step {res.get('step')}, {state}",
+                          data, in1k, checkpoint_of(path, [res["pretrained"]]
+                                                    if "pretrained" in res else [], ck))
 
 
 def cls11_result(path: Path) -> TransferResult | None:
@@ -181,18 +256,21 @@ def cls11_result(path: Path) -> TransferResult | None:
         if len(rows) >= 2:
             scores = {h: float(v) for h, v in zip(rows[0][1:], rows[1][1:])  # the run's row;
                       if h in CLS11_COLUMNS and v.strip()}  # not the metric-name column
-    else:
-        for f in sorted(path.glob("runs/*/result.json")):
-            r = _json(f)
-            if isinstance(r, dict) and r.get("column") and "test_score" in r:
-                scores[r["column"]] = float(r["test_score"])
+    summaries = [r for r in map(_json, sorted(path.glob("runs/*/result.json")))
+                 if isinstance(r, dict) and r.get("column") and "test_score" in r]
+    if not scores:
+        scores = {r["column"]: float(r["test_score"]) for r in summaries}
     if not scores:
         return None
+    named = {(r.get("settings") or {}).get("checkpoint") for r in summaries} - {None}
+    ck = checkpoint_of(path, [r["pretrained"] for r in summaries if "pretrained" in r],
+                       named.pop() if len(named) == 1 else None)
     n = sum(c in scores for c in CLS11_COLUMNS[:-1])
     note = f"{n}/11 datasets"
     if n < 11:
         note += " (the average is over those only: not comparable to the paper's)"
-    return TransferResult("cls11", path, scores, note)
+    return TransferResult("cls11", path, scores, note, data=f"{n}/11 datasets",
+                          checkpoint=ck)
 
 
 def find_transfers(path: str | Path, depth: int = 1) -> list[TransferResult]:

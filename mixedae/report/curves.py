@@ -7,7 +7,6 @@ tensorboard's ``topk_acc/layer_{i}``); the figures number layers from 1 like the
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +24,12 @@ def plt():
     return pyplot
 
 
-def homocon_floor(cfg: dict | None) -> float | None:
-    """Lower bound of Eq. 7 as implemented (SupCon mean over positives, self excluded):
-    mean over anchors of ln(#positives). None when the run has no HomoCon."""
-    if not cfg or not cfg.get("homo_con"):
-        return None
-    g, img, p = round(1 / cfg["mix_ratio"]), cfg["img_size"], cfg["patch_size"]
-    L = (img // p) ** 2
-    if cfg.get("mixing") == "none":  # MAE + HomoCon: the visible patches of each image
-        keep = int(L * cfg["mix_ratio"])
-        return math.log(keep - 1) if keep > 1 else None
-    blocks = (img // cfg["mask_patch_size"]) ** 2
-    per_block = (cfg["mask_patch_size"] // p) ** 2
-    q, rem = divmod(blocks, g)  # blocks are dealt in turn: rem sources get one more
-    sizes = [(q + (i < rem)) * per_block for i in range(g)]
-    return sum(s * math.log(s - 1) for s in sizes if s > 1) / L
+def homocon_floor(run: PretrainRun) -> float | None:
+    """Eq. 7's floor for the run's config (``mixedae.pretrain.probe.homocon_floor``, the value
+    the engine logs); None without HomoCon or a readable config."""
+    from mixedae.pretrain.probe import homocon_floor as floor
+    cfg = run.pretrain_config()
+    return floor(cfg) if cfg is not None else None
 
 
 def topk_chance(cfg: dict | None) -> float | None:
@@ -74,8 +64,9 @@ def extra_keys(records: list[dict]) -> list[str]:
     return keys
 
 
-def plot_curves(run: PretrainRun, path: Path, baseline: PretrainRun | None = None) -> None:
-    """Loss / reconstruction, HomoCon vs floor, lr, img/s (+ other scalars); baseline dashed."""
+def plot_curves(run: PretrainRun, path: Path, baseline: PretrainRun | None = None) :
+    """Loss / reconstruction, HomoCon vs floor, lr, img/s with its dips marked (+ other
+    scalars); baseline dashed. Returns the (closed) figure."""
     pyplot = plt()
     extras = extra_keys(run.records)
     n = 4 + (1 if extras else 0)
@@ -91,12 +82,16 @@ def plot_curves(run: PretrainRun, path: Path, baseline: PretrainRun | None = Non
         if (r.config or {}).get("homo_con") and xs:
             axes[1].plot(xs, ys, ls, color="C2", lw=1.2, label=f"HomoCon ({name})")
             fx, fy = series(r.records, "homocon_floor")
-            floor = homocon_floor(r.config)
+            floor = homocon_floor(r)
             if fx:
                 axes[1].plot(fx, fy, ":", color="k", label="floor (logged)")
             elif floor is not None:
                 axes[1].axhline(floor, ls=":", color="k",
                                 label=f"floor ln(#pos) = {floor:.2f}")
+    slow = throughput_dips(run.records)
+    if slow[0]:
+        axes[3].plot(*slow, "x", color="C3", ms=6, label=f"{len(slow[0])} step(s) below half "
+                     f"the median (machine load, evaluation or I/O: not the model)")
     for k in extras:
         axes[4].plot(*series(run.records, k), lw=1.2, label=k)
     titles = ["loss and L_recon (Eq. 4, 8)", "L_HomoCon (Eq. 7) vs its floor", "learning rate",
@@ -112,6 +107,18 @@ def plot_curves(run: PretrainRun, path: Path, baseline: PretrainRun | None = Non
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     pyplot.close(fig)
+    return fig
+
+
+def throughput_dips(records: list[dict], frac: float = 0.5) -> tuple[list, list]:
+    """Logged steps whose img/s is below ``frac`` × the run's median: a shared machine's load,
+    an evaluation or a data stall rather than the model's speed."""
+    xs, ys = series(records, "img_per_s")
+    if len(ys) < 3:
+        return [], []
+    med = float(np.median(ys))
+    low = [(x, y) for x, y in zip(xs, ys) if y < frac * med]
+    return [x for x, _ in low], [y for _, y in low]
 
 
 def topk_matrix(run: PretrainRun) -> tuple[np.ndarray, np.ndarray] | None:

@@ -30,13 +30,18 @@ def print0(*args, **kw) -> None:
         print(*args, **kw, flush=True)
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of a ``log.jsonl`` (unparsable lines, e.g. a torn last line, skipped)."""
+def read_jsonl(path: str | Path, skipped: list[str] | None = None) -> list[dict]:
+    """The records of a ``log.jsonl`` (unparsable lines, e.g. a torn last line, skipped and
+    named in ``skipped`` if given)."""
     out = []
-    for line in Path(path).read_text().splitlines():
+    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
+            if skipped is not None:
+                skipped.append(f"{path}:{i} is not JSON (skipped)")
             continue
         if isinstance(rec, dict):
             out.append(rec)

@@ -1,4 +1,6 @@
-"""The paper's transfer numbers (Tables 1, 2, 6), copied from the paper text for the report.
+"""The paper's transfer numbers (Tables 1, 2, 6), copied from the paper text
+(/work/shared/paper/mixedae_paper.txt): the one copy, read by the report and by the
+classification results tables. Pure data: imports nothing of the project.
 
 Every row carries its source ("paper, Table 1") so the report never shows a paper number as if
 it were ours. ImageNet top-1, ADE20K mIoU and COCO AP are in %. The 300-epoch MixedAE row of
