@@ -33,7 +33,8 @@ import torch
 
 from mixedae.model.pos_embed import resize_pos_embed  # noqa: F401  (re-exported)
 from mixedae.model.vit import VIT_SIZES, VisionTransformer
-from mixedae.runtime.checkpoint import atomic_write_many, remove_stale_temps, torch_save
+from mixedae.runtime.atomic import (atomic_write_many, remove_stale_temps, safetensors_writer,
+                                    torch_save)
 from mixedae.runtime.cli import add_debug_flag, check_writable_dir, run_main
 from mixedae.runtime.errors import CheckpointError
 from mixedae.runtime.weights import (  # noqa: F401  (re-exported for the mm glue and tools)
@@ -122,13 +123,12 @@ def convert(src: str | Path, out: str | Path, to: str = "mm", log=print) -> dict
     dropped += more
     size, out_sd, notes = check_architecture(out_sd, to, source)
     st_path, pth_path = _out_paths(out, to)
-    from safetensors.torch import save_file
     info = {"format": f"mixedae-{to}", "source": source, "source_path": str(src),
             "dropped": json.dumps(sorted({r for _, r in dropped}))}
     if "config" in meta:
         info["config"] = meta["config"] if isinstance(meta["config"], str) \
             else json.dumps(meta["config"])
-    writes = [(st_path, lambda tmp: save_file(dict(out_sd), tmp, metadata=info))]
+    writes = [(st_path, safetensors_writer(dict(out_sd), info))]
     remove_stale_temps(st_path.parent, {st_path.name} | ({pth_path.name} if pth_path else set()))
     if pth_path is not None:
         obj = {"state_dict": dict(out_sd), "meta": info}

@@ -154,16 +154,61 @@ def test_reader_prefers_the_newer_file_of_a_torn_pair(tmp_path):
     assert W.resolve_checkpoint_path(tmp_path).name == "checkpoint.pth"
 
 
+class _Cfg:
+    def to_json(self):
+        return "{}"
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_written_files_follow_the_umask(tmp_path, umask):
+    from mixedae.convert import convert
     old = os.umask(umask)
     try:
         ckpt.atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "checkpoint.pth")
         ckpt.atomic_write_text(tmp_path / "result.json", "{}")
+        ckpt.save_safetensors(tmp_path / "model.safetensors", torch.nn.Linear(2, 2), _Cfg(), 1)
+        from mixedae.model.vit import create_vit
+        vit = create_vit("micro", img_size=32, patch_size=8)
+        ckpt.atomic_torch_save(vit.state_dict(), tmp_path / "vit.pth")
+        convert(tmp_path / "vit.pth", tmp_path / "conv", "mm", log=lambda *a: None)
     finally:
         os.umask(old)
-    for name in ("checkpoint.pth", "result.json"):
+    for name in ("checkpoint.pth", "result.json", "model.safetensors", "conv.safetensors",
+                 "conv.pth"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+# a kill in the middle of a safetensors write (SIGXFSZ: the write crosses RLIMIT_FSIZE)
+KILLED_ST_WRITE = """
+import resource, signal, sys, torch
+from mixedae.runtime import checkpoint as ckpt
+class Cfg:
+    def to_json(self):
+        return "{}"
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # python ignores it; the kernel then kills
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+ckpt.save_safetensors(sys.argv[1], torch.nn.Linear(512, 512), Cfg(), 1)
+"""
+
+
+def test_kill_during_safetensors_write_leaves_only_removable_temps(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".notes").write_text("a user's file")
+    r = subprocess.run([sys.executable, "-c", KILLED_ST_WRITE, str(out / "model.safetensors")],
+                       env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGXFSZ, r.stderr[-2000:]
+    left = sorted(p.name for p in out.iterdir() if p.name != ".notes")
+    assert left and not (out / "model.safetensors").exists(), left  # killed mid-write
+    # a named cleanup (convert's output folder) never takes a nameless temp of someone else
+    foreign = out / ".tmpAbC123"
+    foreign.write_bytes(b"x")
+    ckpt.remove_stale_temps(out, {"other.safetensors"})
+    assert foreign.exists()
+    # the next start of a run in this directory removes every temp of the killed write
+    gone = ckpt.remove_stale_temps(out)
+    assert sorted(p.name for p in out.iterdir()) == [".notes"], gone
 
 
 # ---- 5. a full disk is named ---------------------------------------------------------------
