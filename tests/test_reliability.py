@@ -293,3 +293,54 @@ def test_hung_rank_times_out_with_one_line(tmp_path):
     assert procs[0].returncode == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert "rank 0/2" in lines[0] and "timed out" in lines[0] and "limit 10s" in lines[0]
     assert "MIXEDAE_DIST_TIMEOUT" in lines[0] and t_done
+
+
+FROZEN = """
+import os, signal, sys, time
+import torch
+import torch.distributed as dist
+from mixedae.runtime.cli import run_main
+from mixedae.runtime.distributed import init_distributed
+
+
+def body(argv):
+    init_distributed("cpu")
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)  # frozen: SIGTERM cannot end it, only SIGKILL
+    print(f"waiting since {time.time():.3f}", file=sys.stderr, flush=True)
+    dist.all_reduce(torch.ones(1))
+
+
+sys.exit(run_main("frozen", body))
+"""
+
+
+def test_frozen_rank_ends_the_job_at_the_limit_plus_seconds(tmp_path):
+    """tools/_launch.sh's torchrun with 2 gloo ranks, one SIGSTOPped, a 3 s limit: the job is
+    over a few seconds after the limit: rank 0 ends the stopped rank, which torchrun would
+    SIGKILL only 30 s after its SIGTERM (the SIGTERM cannot end a stopped process)."""
+    script = tmp_path / "frozen.py"
+    script.write_text(FROZEN)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tool = os.path.relpath(script, REPO / "tools")
+    env = {**ENV, "MIXEDAE_DIST_TIMEOUT": "3", "PORT": str(port)}
+    env.pop("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", None)
+    p = subprocess.Popen(["bash", "-c", f'source tools/_launch.sh; launch_torchrun 2 "{tool}"'],
+                         cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=120)
+        t_end = time.time()
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    waiting = [float(x.split()[-1]) for x in err.splitlines() if x.startswith("waiting since")]
+    lines = [x for x in err.splitlines() if x.startswith("frozen: error")]
+    assert p.returncode == 1 and len(waiting) == 1, err[-3000:]
+    assert len(lines) == 1 and "rank 0/2" in lines[0] and "limit 3s" in lines[0], err[-3000:]
+    assert "ended the stopped rank(s) 1 on this host (SIGKILL)" in lines[0], lines[0]
+    assert t_end - waiting[0] < 3 + 9, (t_end - waiting[0], err[-3000:])
+    assert "exitcode  : 1 " in err and "exitcode  : -9" in err  # rank 0's code; rank 1 killed
