@@ -72,3 +72,52 @@ def test_nonfinite_weights_are_refused_unless_allowed(tmp_path, capsys):
     assert "non-finite values kept (--allow-nonfinite): blocks.1.mlp.fc1.weight" in \
         capsys.readouterr().out
     assert torch.isnan(load_file(str(out))["blocks.1.mlp.fc1.weight"]).sum() == 3
+
+
+# ---- issue 18: checkpoints of other code bases ----------------------------------------------
+def mmpretrain_layout(vit_sd):
+    """Our ViT's tensors under mmpretrain's key names (VisionTransformer with
+    TransformerEncoderLayer, mmcv PatchEmbed / FFN), as an MAE checkpoint: backbone + neck."""
+    import re
+    out = {}
+    for k, v in vit_sd.items():
+        k = re.sub(r"^patch_embed\.proj\.", "patch_embed.projection.", k)
+        k = re.sub(r"^blocks\.(\d+)\.norm([12])\.", r"layers.\1.ln\2.", k)
+        k = re.sub(r"^blocks\.(\d+)\.mlp\.fc1\.", r"layers.\1.ffn.layers.0.0.", k)
+        k = re.sub(r"^blocks\.(\d+)\.mlp\.fc2\.", r"layers.\1.ffn.layers.1.", k)
+        k = re.sub(r"^blocks\.(\d+)\.attn\.", r"layers.\1.attn.", k)
+        k = re.sub(r"^norm\.", "ln1.", k)
+        out["backbone." + k] = v.clone()
+    out.update({"neck.mask_token": torch.zeros(1, 1, 16),
+                "neck.decoder_embed.weight": torch.randn(16, 64),
+                "neck.decoder_blocks.0.ln1.weight": torch.ones(16)})
+    return out
+
+
+def test_mmpretrain_mae_checkpoint_converts_and_loads_strictly(tmp_path, capsys):
+    from mixedae.model.vit import create_vit
+    torch.manual_seed(0)
+    vit = create_vit("micro")
+    ref = {k: v + 0.01 * torch.randn_like(v) for k, v in vit.state_dict().items()}
+    sd = mmpretrain_layout(ref)
+    assert "backbone.layers.3.ffn.layers.0.0.weight" in sd and "backbone.ln1.bias" in sd
+    torch.save({"state_dict": sd, "meta": {"mmpretrain_version": "1.2.0"}}, tmp_path / "mae.pth")
+    rep = cv.convert(tmp_path / "mae.pth", tmp_path / "ours.safetensors", to="vit")
+    assert rep["source"] == "mmpretrain"
+    assert {k for k, _ in rep["dropped"]} == {"neck.mask_token", "neck.decoder_embed.weight",
+                                               "neck.decoder_blocks.0.ln1.weight"}
+    back = create_vit("micro")
+    back.load_state_dict(load_file(str(tmp_path / "ours.safetensors")), strict=True)
+    assert all(torch.equal(back.state_dict()[k], ref[k]) for k in ref)
+
+
+def test_mmpretrain_layer_scale_is_refused_naming_the_keys(tmp_path, capsys):
+    from mixedae.model.vit import create_vit
+    sd = mmpretrain_layout(create_vit("micro").state_dict())
+    sd["backbone.layers.0.attn.gamma1.weight"] = torch.ones(64)
+    sd["backbone.layers.0.ffn.gamma2.weight"] = torch.ones(64)
+    save_file(sd, str(tmp_path / "ls.safetensors"))
+    rc = cli_main(["convert", str(tmp_path / "ls.safetensors"), str(tmp_path / "o.safetensors")])
+    one_line(capsys, rc, "keys of an 'mmpretrain' checkpoint that our ViT cannot represent: "
+                         "backbone.layers.0.attn.gamma1.weight, backbone.layers.0.ffn.gamma2.weight")
+    assert not (tmp_path / "o.safetensors").exists()

@@ -9,7 +9,14 @@ a DDP ``module.`` prefix):
   (``<dir>/model.safetensors`` or ``<dir>/checkpoint.pth``; a directory is accepted);
 * ``mm``        an mmseg/mmdet checkpoint: ``backbone.<vit keys | adapter keys>`` + task heads;
 * ``vit``       flat ViT keys: official MAE (``decoder_*``/``mask_token`` dropped), timm, MAE
-  fine-tuned (``fc_norm``/``head``), or a file written by ``mixedae convert``.
+  fine-tuned (``fc_norm``/``head``), or a file written by ``mixedae convert``;
+* ``mmpretrain`` an mmpretrain ``VisionTransformer`` / MAE checkpoint (``backbone.layers.N``):
+  key names renamed as mmpretrain's ``TransformerEncoderLayer`` / mmcv's ``PatchEmbed`` and
+  ``FFN`` define them (``ln1``/``ln2`` → ``norm1``/``norm2``, ``ffn.layers.0.0`` / ``ffn.layers.1``
+  → ``mlp.fc1`` / ``mlp.fc2``, ``patch_embed.projection`` → ``patch_embed.proj``, the final
+  ``ln1`` → ``norm``); the MAE decoder (``neck.*``) and heads are dropped; layer scale
+  (``gamma1``/``gamma2``), ``pre_norm`` and the ``avg_featmap`` norm ``ln2`` have no place in
+  our ViT and are refused as unknown keys.
 
 Everything dropped is reported by group (decoder, projector, mask token, ...); any key that is
 not known is an error naming it — nothing is silently ignored. Torch files are read with
@@ -58,6 +65,20 @@ _PRETRAIN_DROP = [
 _MAE_DROP = [
     (re.compile(r"^decoder[._]"), "decoder"),
     (re.compile(r"^mask_token$"), "mask token"),
+]
+# mmpretrain VisionTransformer (mmpretrain/models/backbones/vision_transformer.py) -> ours
+_MMPRETRAIN_RENAME = [
+    (re.compile(r"^patch_embed\.projection\.(weight|bias)$"), r"patch_embed.proj.\1"),
+    (re.compile(r"^layers\.(\d+)\.ln([12])\.(weight|bias)$"), r"blocks.\1.norm\2.\3"),
+    (re.compile(r"^layers\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)$"), r"blocks.\1.attn.\2.\3"),
+    (re.compile(r"^layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)$"), r"blocks.\1.mlp.fc1.\2"),
+    (re.compile(r"^layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)$"), r"blocks.\1.mlp.fc2.\2"),
+    (re.compile(r"^ln1\.(weight|bias)$"), r"norm.\1"),
+    (re.compile(r"^(cls_token|pos_embed)$"), r"\1"),
+]
+_MMPRETRAIN_DROP = [
+    (re.compile(r"^neck\."), "MAE decoder (neck)"),
+    (re.compile(r"^(head|data_preprocessor)\."), "head / data preprocessor"),
 ]
 _MM_DROP = [
     (re.compile(r"^(decode_head|auxiliary_head|neck|rpn_head|roi_head|bbox_head|mask_head"
@@ -139,6 +160,8 @@ def extract_vit(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list[tuple[s
     """Split a state dict into (source kind, flat ViT[+adapter] tensors, dropped (key, reason)).
     Raises CheckpointError naming every key it does not know."""
     keys = list(sd)
+    if any(k.startswith("backbone.layers.") for k in keys):
+        return _extract_mmpretrain(sd)
     if any(k.startswith("encoder.") for k in keys):
         source, drops, strip = "pretrain", _PRETRAIN_DROP, "encoder."
     elif any(k.startswith("backbone.") for k in keys):
@@ -167,6 +190,31 @@ def extract_vit(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list[tuple[s
         raise CheckpointError(f"no ViT weights (patch_embed.proj.weight, blocks.*) found in a "
                               f"{source!r} checkpoint; keys start with {_names(keys, 4)}")
     return source, kept, dropped
+
+
+def _extract_mmpretrain(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list]:
+    """``extract_vit`` for an mmpretrain checkpoint (see module docstring)."""
+    kept: dict[str, torch.Tensor] = OrderedDict()
+    dropped, unknown = [], []
+    for k, v in sd.items():
+        reason = next((r for rx, r in _MMPRETRAIN_DROP if rx.search(k)), None)
+        if reason is not None:
+            dropped.append((k, reason))
+            continue
+        bare = k[len("backbone."):] if k.startswith("backbone.") else None
+        new = next((rx.sub(to, bare) for rx, to in _MMPRETRAIN_RENAME
+                    if bare is not None and rx.match(bare)), None)
+        if new is None:
+            unknown.append(k)
+        else:
+            kept[new] = v
+    if unknown:
+        raise CheckpointError(f"keys of an 'mmpretrain' checkpoint that our ViT cannot "
+                              f"represent: {_names(unknown)}")
+    if "patch_embed.proj.weight" not in kept:
+        raise CheckpointError("no patch embedding (backbone.patch_embed.projection.weight) in "
+                              "an 'mmpretrain' checkpoint")
+    return "mmpretrain", kept, dropped
 
 
 def to_target(kept: Mapping[str, torch.Tensor], target: str) -> tuple[dict, list]:
