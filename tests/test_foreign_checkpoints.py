@@ -121,3 +121,47 @@ def test_mmpretrain_layer_scale_is_refused_naming_the_keys(tmp_path, capsys):
     one_line(capsys, rc, "keys of an 'mmpretrain' checkpoint that our ViT cannot represent: "
                          "backbone.layers.0.attn.gamma1.weight, backbone.layers.0.ffn.gamma2.weight")
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def dino_checkpoint(student_sd, teacher_sd, extra_backbone=None):
+    """A DINO / iBOT training checkpoint as main_dino.py / main_ibot.py save it: student (DDP:
+    module.backbone.*, module.head.*), teacher (backbone.*, head.*), optimizer, args, ..."""
+    import argparse
+    head = {"head.mlp.0.weight": torch.randn(32, 64), "head.last_layer.weight_g": torch.ones(8, 1),
+            "head.last_layer.weight_v": torch.randn(8, 32)}
+    teacher = {**{f"backbone.{k}": v for k, v in teacher_sd.items()}, **head,
+               **(extra_backbone or {})}
+    student = {f"module.{k}": v for k, v in
+               {**{f"backbone.{k}": v for k, v in student_sd.items()}, **head}.items()}
+    return {"student": student, "teacher": teacher, "optimizer": {"state": {}, "param_groups": []},
+            "epoch": 3, "args": argparse.Namespace(arch="vit_small", lr=0.0005, out_dim=8),
+            "dino_loss": {"center": torch.zeros(1, 8)}}
+
+
+def test_dino_and_ibot_checkpoints_read_the_teacher(tmp_path, capsys):
+    from mixedae.model.vit import create_vit
+    torch.manual_seed(0)
+    student, teacher = create_vit("micro").state_dict(), create_vit("micro").state_dict()
+    ibot_extra = {"backbone.masked_embed": torch.zeros(1, 64)}
+    for name, extra in (("dino", None), ("ibot", ibot_extra)):
+        torch.save(dino_checkpoint(student, teacher, extra), tmp_path / f"{name}.pth")
+        rep = cv.convert(tmp_path / f"{name}.pth", tmp_path / f"{name}.safetensors", to="vit")
+        assert rep["source"] == "dino"
+        reasons = {r for _, r in rep["dropped"]}
+        assert reasons == ({"DINO / iBOT projection head"} | ({"mask token (iBOT)"} if extra
+                                                              else set())), reasons
+        back = create_vit("micro")
+        back.load_state_dict(load_file(str(tmp_path / f"{name}.safetensors")), strict=True)
+        assert all(torch.equal(back.state_dict()[k], teacher[k]) for k in teacher)
+        assert not torch.equal(back.state_dict()["blocks.0.attn.qkv.weight"],
+                               student["blocks.0.attn.qkv.weight"])
+
+
+def test_ibot_layer_scale_is_refused_naming_the_keys(tmp_path, capsys):
+    from mixedae.model.vit import create_vit
+    sd = create_vit("micro").state_dict()
+    extra = {"backbone.blocks.0.gamma_1": torch.ones(64), "backbone.blocks.0.gamma_2": torch.ones(64)}
+    torch.save(dino_checkpoint(sd, sd, extra), tmp_path / "ibot_ls.pth")
+    rc = cli_main(["convert", str(tmp_path / "ibot_ls.pth"), str(tmp_path / "o.safetensors")])
+    one_line(capsys, rc, "unknown keys in a 'dino' checkpoint: backbone.blocks.0.gamma_1, "
+                         "backbone.blocks.0.gamma_2")

@@ -8,7 +8,9 @@
   ``weights_only`` refuses. When those (and only those) globals stand in the way, the file is
   read again with numpy's array/scalar rebuilders and the dtype classes allow-listed and every
   ``HistoryBuffer`` replaced by an inert stand-in (no mmengine import, nothing executed;
-  ``getattr`` is answered only for the stand-in). The weights are unaffected;
+  ``getattr`` is answered only for the stand-in). The weights are unaffected. The
+  ``argparse.Namespace`` of the options that DINO / iBOT store beside their weights is
+  allowed the same way (an attribute container: no code runs);
 * safetensors headers are read without the tensors (metadata, the stored step);
 * a file that is no torch checkpoint at all is named for what it is (empty, text, a plain
   pickle, a numpy array, ...), without torch's warnings about it.
@@ -46,7 +48,9 @@ def _inert_getattr(obj, name: str):
 def _mmengine_globals() -> dict[str, object]:
     """Qualified name → allowed object, for mmengine Runner checkpoints (numpy 1.x and 2.x)."""
     from numpy._core.multiarray import _reconstruct, scalar
+    import argparse  # DINO / iBOT checkpoints store their argparse.Namespace (plain values)
     out = {_HISTORY_BUFFER: _Inert, "builtins.getattr": _inert_getattr,
+           "argparse.Namespace": argparse.Namespace,
            "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
     for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
         out[f"{mod}._reconstruct"], out[f"{mod}.scalar"] = _reconstruct, scalar

@@ -2,7 +2,7 @@
 against a model and loading them with a report — for every consumer (pretraining resume,
 fine-tuning / transfer, the OpenMMLab backbone, ``mixedae convert``).
 
-Sources (detected from the keys, after unwrapping ``{"model"|"state_dict"|"module": ...}`` and
+Sources (detected from the keys, after unwrapping ``{"model"|"state_dict"|"module"|"teacher": ...}`` and
 a DDP ``module.`` prefix):
 
 * ``pretrain``  our pretraining model: ``encoder.<vit keys>``, ``decoder.*``, ``projector.*``
@@ -10,6 +10,10 @@ a DDP ``module.`` prefix):
 * ``mm``        an mmseg/mmdet checkpoint: ``backbone.<vit keys | adapter keys>`` + task heads;
 * ``vit``       flat ViT keys: official MAE (``decoder_*``/``mask_token`` dropped), timm, MAE
   fine-tuned (``fc_norm``/``head``), or a file written by ``mixedae convert``;
+* ``dino``      a DINO / iBOT training checkpoint: its ``teacher`` (what their evaluation
+  reads), ``backbone.<vit keys>`` kept, the projection ``head.*`` and iBOT's ``masked_embed``
+  dropped; layer scale (iBOT ``gamma_1``/``gamma_2``) is refused as unknown keys. Their
+  released backbone-only files are flat ``vit`` keys;
 * ``mmpretrain`` an mmpretrain ``VisionTransformer`` / MAE checkpoint (``backbone.layers.N``):
   key names renamed as mmpretrain's ``TransformerEncoderLayer`` / mmcv's ``PatchEmbed`` and
   ``FFN`` define them (``ln1``/``ln2`` → ``norm1``/``norm2``, ``ffn.layers.0.0`` / ``ffn.layers.1``
@@ -80,6 +84,11 @@ _MMPRETRAIN_DROP = [
     (re.compile(r"^neck\."), "MAE decoder (neck)"),
     (re.compile(r"^(head|data_preprocessor)\."), "head / data preprocessor"),
 ]
+# DINO / iBOT MultiCropWrapper(backbone=ViT, head=DINOHead / iBOTHead): the ViT keys are ours
+_DINO_DROP = [
+    (re.compile(r"^head\."), "DINO / iBOT projection head"),
+    (re.compile(r"^backbone\.masked_embed$"), "mask token (iBOT)"),
+]
 _MM_DROP = [
     (re.compile(r"^(decode_head|auxiliary_head|neck|rpn_head|roi_head|bbox_head|mask_head"
                 r"|data_preprocessor)\."), "task heads / neck"),
@@ -136,7 +145,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         obj = load_weights_only(path)
         sd = obj
         if isinstance(obj, Mapping):
-            for key in ("model", "state_dict", "module"):
+            # "teacher": DINO / iBOT training checkpoints ({"student", "teacher", ...}); their
+            # evaluation reads the teacher (--checkpoint_key teacher)
+            for key in ("model", "state_dict", "module", "teacher"):
                 if key in obj and isinstance(obj[key], Mapping):
                     sd = obj[key]
                     if isinstance(obj.get("meta"), Mapping):
@@ -164,6 +175,8 @@ def extract_vit(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list[tuple[s
         return _extract_mmpretrain(sd)
     if any(k.startswith("encoder.") for k in keys):
         source, drops, strip = "pretrain", _PRETRAIN_DROP, "encoder."
+    elif any(k.startswith("backbone.") for k in keys) and any(k.startswith("head.") for k in keys):
+        source, drops, strip = "dino", _DINO_DROP, "backbone."
     elif any(k.startswith("backbone.") for k in keys):
         source, drops, strip = "mm", _MM_DROP, "backbone."
     else:
