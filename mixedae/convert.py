@@ -20,12 +20,15 @@ Every source the loader reads is accepted (pretraining runs and checkpoints, off
 timm, files written by this command, mmseg / mmdet checkpoints of ``tools/train.py`` incl.
 mmengine Runner state). Before anything is written the tensors are checked against the ViT
 they describe (:func:`check_architecture`: every block present, shapes, floating-point
-dtypes); a problem is refused with the list of keys. Output files are written atomically.
+dtypes) and for NaN / Inf (refused unless ``--allow-nonfinite``); a problem is refused with
+the list of keys. Output files are written atomically; OUT must name a file, not a
+directory.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -33,9 +36,10 @@ import torch
 
 from mixedae.model.pos_embed import resize_pos_embed  # noqa: F401  (re-exported)
 from mixedae.model.vit import VIT_SIZES, VisionTransformer
-from mixedae.runtime.checkpoint import atomic_write_many, remove_stale_temps, torch_save
+from mixedae.runtime.atomic import (atomic_write_many, remove_stale_temps, safetensors_writer,
+                                    torch_save)
 from mixedae.runtime.cli import add_debug_flag, check_writable_dir, run_main
-from mixedae.runtime.errors import CheckpointError
+from mixedae.runtime.errors import CheckpointError, ConfigError
 from mixedae.runtime.weights import (  # noqa: F401  (re-exported for the mm glue and tools)
     ADAPTER_KEY, HEAD_KEY, REL_POS_KEY, TARGETS, _names, extract_vit, match_state_dict,
     read_weights, square_grid, summarize, to_target)
@@ -105,6 +109,12 @@ def check_architecture(out_sd: dict, target: str, source: str) -> tuple[str, dic
 
 # ---- writing ---------------------------------------------------------------------------------
 def _out_paths(out: str | Path, target: str) -> tuple[Path, Path | None]:
+    """The file(s) written for OUT: ``.pth``/``.pt``/no suffix become ``.safetensors`` (plus
+    the ``.pth`` of ``--to mm``). A directory is refused (the name would be written beside
+    it, not inside)."""
+    if os.path.isdir(out) or str(out).endswith(os.sep):
+        raise ConfigError(f"output {out} is a directory: give the output file's name, e.g. "
+                          f"{Path(out) / f'backbone_{target}.safetensors'}")
     out = Path(out)
     if out.suffix in (".pth", ".pt"):
         out = out.with_suffix(".safetensors")
@@ -113,22 +123,42 @@ def _out_paths(out: str | Path, target: str) -> tuple[Path, Path | None]:
     return out, (out.with_suffix(".pth") if target == "mm" else None)
 
 
-def convert(src: str | Path, out: str | Path, to: str = "mm", log=print) -> dict:
-    """Convert ``src`` to ``to``: read, check against the architecture, then write the
-    file(s) atomically (all or nothing); returns a report dict."""
+def nonfinite_tensors(sd: dict) -> list[str]:
+    """``key (n of N values)`` for every floating-point tensor holding NaN or Inf."""
+    out = []
+    for k, v in sd.items():
+        if v.is_floating_point():
+            bad = int((~torch.isfinite(v)).sum())
+            if bad:
+                out.append(f"{k} ({bad} of {v.numel()} values)")
+    return out
+
+
+def convert(src: str | Path, out: str | Path, to: str = "mm", log=print,
+            allow_nonfinite: bool = False) -> dict:
+    """Convert ``src`` to ``to``: read, check against the architecture and for NaN / Inf
+    (refused unless ``allow_nonfinite``), then write the file(s) atomically (all or nothing);
+    returns a report dict."""
+    st_path, pth_path = _out_paths(out, to)
     sd, meta = load_checkpoint_file(src)
     source, kept, dropped = extract_vit(sd)
     out_sd, more = to_target(kept, to)
     dropped += more
     size, out_sd, notes = check_architecture(out_sd, to, source)
-    st_path, pth_path = _out_paths(out, to)
-    from safetensors.torch import save_file
+    bad = nonfinite_tensors(out_sd)
+    if bad and not allow_nonfinite:
+        raise CheckpointError(f"{src}: non-finite weights (NaN/Inf, a diverged run?) in "
+                              f"{_names(bad, 4)} [{len(bad)} tensors]; nothing written "
+                              f"(--allow-nonfinite converts them anyway)")
+    if bad:
+        notes.append(f"non-finite values kept (--allow-nonfinite): {_names(bad, 3)} "
+                     f"[{len(bad)} tensors]")
     info = {"format": f"mixedae-{to}", "source": source, "source_path": str(src),
             "dropped": json.dumps(sorted({r for _, r in dropped}))}
     if "config" in meta:
         info["config"] = meta["config"] if isinstance(meta["config"], str) \
             else json.dumps(meta["config"])
-    writes = [(st_path, lambda tmp: save_file(dict(out_sd), tmp, metadata=info))]
+    writes = [(st_path, safetensors_writer(dict(out_sd), info))]
     remove_stale_temps(st_path.parent, {st_path.name} | ({pth_path.name} if pth_path else set()))
     if pth_path is not None:
         obj = {"state_dict": dict(out_sd), "meta": info}
@@ -151,10 +181,12 @@ def _main(argv: list[str]) -> int:
     ap.add_argument("src", help="checkpoint file (.safetensors/.pth) or pretraining run dir")
     ap.add_argument("out", help="output path (.safetensors; --to mm also writes .pth)")
     ap.add_argument("--to", default="mm", choices=TARGETS, help="target layout (default mm)")
+    ap.add_argument("--allow-nonfinite", action="store_true",
+                    help="convert weights holding NaN / Inf (refused by default), with a note")
     add_debug_flag(ap)
     args = ap.parse_args(argv)
     check_writable_dir(_out_paths(args.out, args.to)[0].parent, "output folder")
-    convert(args.src, args.out, args.to)
+    convert(args.src, args.out, args.to, allow_nonfinite=args.allow_nonfinite)
     return 0
 
 

@@ -154,16 +154,61 @@ def test_reader_prefers_the_newer_file_of_a_torn_pair(tmp_path):
     assert W.resolve_checkpoint_path(tmp_path).name == "checkpoint.pth"
 
 
+class _Cfg:
+    def to_json(self):
+        return "{}"
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_written_files_follow_the_umask(tmp_path, umask):
+    from mixedae.convert import convert
     old = os.umask(umask)
     try:
         ckpt.atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "checkpoint.pth")
         ckpt.atomic_write_text(tmp_path / "result.json", "{}")
+        ckpt.save_safetensors(tmp_path / "model.safetensors", torch.nn.Linear(2, 2), _Cfg(), 1)
+        from mixedae.model.vit import create_vit
+        vit = create_vit("micro", img_size=32, patch_size=8)
+        ckpt.atomic_torch_save(vit.state_dict(), tmp_path / "vit.pth")
+        convert(tmp_path / "vit.pth", tmp_path / "conv", "mm", log=lambda *a: None)
     finally:
         os.umask(old)
-    for name in ("checkpoint.pth", "result.json"):
+    for name in ("checkpoint.pth", "result.json", "model.safetensors", "conv.safetensors",
+                 "conv.pth"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+# a kill in the middle of a safetensors write (SIGXFSZ: the write crosses RLIMIT_FSIZE)
+KILLED_ST_WRITE = """
+import resource, signal, sys, torch
+from mixedae.runtime import checkpoint as ckpt
+class Cfg:
+    def to_json(self):
+        return "{}"
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)  # python ignores it; the kernel then kills
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+ckpt.save_safetensors(sys.argv[1], torch.nn.Linear(512, 512), Cfg(), 1)
+"""
+
+
+def test_kill_during_safetensors_write_leaves_only_removable_temps(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".notes").write_text("a user's file")
+    r = subprocess.run([sys.executable, "-c", KILLED_ST_WRITE, str(out / "model.safetensors")],
+                       env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == -signal.SIGXFSZ, r.stderr[-2000:]
+    left = sorted(p.name for p in out.iterdir() if p.name != ".notes")
+    assert left and not (out / "model.safetensors").exists(), left  # killed mid-write
+    # a named cleanup (convert's output folder) never takes a nameless temp of someone else
+    foreign = out / ".tmpAbC123"
+    foreign.write_bytes(b"x")
+    ckpt.remove_stale_temps(out, {"other.safetensors"})
+    assert foreign.exists()
+    # the next start of a run in this directory removes every temp of the killed write
+    gone = ckpt.remove_stale_temps(out)
+    assert sorted(p.name for p in out.iterdir()) == [".notes"], gone
 
 
 # ---- 5. a full disk is named ---------------------------------------------------------------
@@ -248,3 +293,54 @@ def test_hung_rank_times_out_with_one_line(tmp_path):
     assert procs[0].returncode == 1 and len(lines) == 1 and "Traceback" not in err, err[-3000:]
     assert "rank 0/2" in lines[0] and "timed out" in lines[0] and "limit 10s" in lines[0]
     assert "MIXEDAE_DIST_TIMEOUT" in lines[0] and t_done
+
+
+FROZEN = """
+import os, signal, sys, time
+import torch
+import torch.distributed as dist
+from mixedae.runtime.cli import run_main
+from mixedae.runtime.distributed import init_distributed
+
+
+def body(argv):
+    init_distributed("cpu")
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGSTOP)  # frozen: SIGTERM cannot end it, only SIGKILL
+    print(f"waiting since {time.time():.3f}", file=sys.stderr, flush=True)
+    dist.all_reduce(torch.ones(1))
+
+
+sys.exit(run_main("frozen", body))
+"""
+
+
+def test_frozen_rank_ends_the_job_at_the_limit_plus_seconds(tmp_path):
+    """tools/_launch.sh's torchrun with 2 gloo ranks, one SIGSTOPped, a 3 s limit: the job is
+    over a few seconds after the limit: rank 0 ends the stopped rank, which torchrun would
+    SIGKILL only 30 s after its SIGTERM (the SIGTERM cannot end a stopped process)."""
+    script = tmp_path / "frozen.py"
+    script.write_text(FROZEN)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tool = os.path.relpath(script, REPO / "tools")
+    env = {**ENV, "MIXEDAE_DIST_TIMEOUT": "3", "PORT": str(port)}
+    env.pop("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", None)
+    p = subprocess.Popen(["bash", "-c", f'source tools/_launch.sh; launch_torchrun 2 "{tool}"'],
+                         cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=120)
+        t_end = time.time()
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    waiting = [float(x.split()[-1]) for x in err.splitlines() if x.startswith("waiting since")]
+    lines = [x for x in err.splitlines() if x.startswith("frozen: error")]
+    assert p.returncode == 1 and len(waiting) == 1, err[-3000:]
+    assert len(lines) == 1 and "rank 0/2" in lines[0] and "limit 3s" in lines[0], err[-3000:]
+    assert "ended the stopped rank(s) 1 on this host (SIGKILL)" in lines[0], lines[0]
+    assert t_end - waiting[0] < 3 + 9, (t_end - waiting[0], err[-3000:])
+    assert "exitcode  : 1 " in err and "exitcode  : -9" in err  # rank 0's code; rank 1 killed

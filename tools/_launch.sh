@@ -8,10 +8,15 @@ export PYTHONPATH="$ROOT:${PYTHONPATH:-}"
 
 # launch_torchrun NPROC TOOL ARGS...: NPROC processes per node with torchrun (CPU: gloo).
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT.
+# Stopping the job (Ctrl-C, scancel): torchrun SIGTERMs the ranks and SIGKILLs those still there
+# after --shutdown-timeout: 5 s here instead of 30 (TORCH_ELASTIC_SHUTDOWN_TIMEOUT overrides).
+# (When a rank fails, torch 2.14's torchrun waits a fixed 30 s instead; a rank frozen on this
+# host is then ended by the ranks that time out: mixedae/runtime/distributed.py.)
 launch_torchrun() {
   local nproc=$1 tool=$2; shift 2
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} exec "$PYTHON" -m torch.distributed.run \
       --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
+      --shutdown-timeout="${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-5}" \
       --master_addr="${MASTER_ADDR:-127.0.0.1}" --nproc_per_node="$nproc" \
       --master_port="${PORT:-29500}" "$ROOT/tools/$tool" "$@"
 }

@@ -4,8 +4,11 @@ Each file is written to a temp file beside it (``.<name>.<pid>-<random>.tmp``, c
 mode 0666 so the umask decides the final mode, unlike ``mkstemp``'s 0600), fsync'ed and
 ``os.replace``'d; :func:`atomic_write_many` writes several files as a group (all temps first,
 then the renames). Temp files of a killed write are removed by :func:`remove_stale_temps` at
-the next start. A failed write is an ``OSError`` naming the file and the cause, with its
-errno (ENOSPC for a full disk, EIO, EFBIG, EDQUOT) even where torch's zip writer hides it.
+the next start, as are the ``.tmpXXXXXX`` files of ``safetensors.torch.save_file`` (which
+writes through a 0600 temp file of its own: safetensors files are written here as bytes into
+the project's temp file instead, :func:`safetensors_writer`). A failed write is an ``OSError``
+naming the file and the cause, with its errno (ENOSPC for a full disk, EIO, EFBIG, EDQUOT)
+even where torch's zip writer hides it.
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ import torch
 log = logging.getLogger(__name__)
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9A-Za-z_-]{6,}\.tmp$")
+# the temp file of safetensors' own save_file (Rust tempfile crate: ".tmp" + 6 alphanumerics),
+# left in run directories by versions that wrote through it
+_SAFETENSORS_TEMP = re.compile(r"^\.tmp[0-9A-Za-z]{6}$")
 
 
 def _temp_path(path: Path) -> Path:
@@ -31,13 +37,16 @@ def _temp_path(path: Path) -> Path:
 def remove_stale_temps(folder: str | os.PathLike, names: set[str] | None = None) -> list[Path]:
     """Delete the temp files an interrupted :func:`atomic_write` left in ``folder`` (call at
     start / resume, before anything writes there; ``names``: only those of these files).
-    Returns what was removed."""
+    Without ``names`` (a run directory, which only the run writes to) also the nameless
+    ``.tmpXXXXXX`` files of an interrupted ``safetensors.torch.save_file``. Returns what was
+    removed."""
     folder = Path(folder)
     gone = []
     if folder.is_dir():
         for p in folder.iterdir():
             m = _TEMP.match(p.name)
-            if m and (names is None or m.group("name") in names) and p.is_file():
+            ours = m and (names is None or m.group("name") in names)
+            if (ours or (names is None and _SAFETENSORS_TEMP.match(p.name))) and p.is_file():
                 p.unlink(missing_ok=True)
                 gone.append(p)
                 log.info("removed %s (left by an interrupted write)", p)
@@ -145,6 +154,18 @@ def torch_save(obj, path: str | os.PathLike) -> None:
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch_save(obj, tmp))
+
+
+def safetensors_writer(tensors: dict, metadata: dict | None = None) -> Callable[[str], None]:
+    """A ``write`` for :func:`atomic_write` / :func:`atomic_write_many`: the safetensors bytes
+    of ``tensors`` into the project's temp file (``save_file`` would write through a temp file
+    of its own, mode 0600, that a kill leaves behind)."""
+    def write(tmp: str) -> None:
+        from safetensors.torch import save
+        data = save(tensors, metadata=metadata)
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return write
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

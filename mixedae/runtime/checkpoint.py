@@ -22,7 +22,8 @@ import torch
 import torch.nn as nn
 
 from mixedae.runtime.atomic import (atomic_torch_save, atomic_write, atomic_write_many,  # noqa: F401
-                                    atomic_write_text, remove_stale_temps, torch_save)
+                                    atomic_write_text, remove_stale_temps, safetensors_writer,
+                                    torch_save)
 from mixedae.runtime.errors import CheckpointError
 from mixedae.runtime.torch_files import is_safetensors, load_weights_only, stored_step
 from mixedae.runtime.weights import CHECKPOINT_NAME, WEIGHTS_NAME, load_into  # noqa: F401
@@ -90,10 +91,8 @@ def save_checkpoint(path: str | os.PathLike, **state) -> None:
 
 
 def _safetensors_writer(model: nn.Module, cfg, step: int) -> Callable[[str], None]:
-    from safetensors.torch import save_file
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"config": cfg.to_json(), "step": str(step)}
-    return lambda tmp: save_file(tensors, tmp, metadata=meta)
+    return safetensors_writer(tensors, {"config": cfg.to_json(), "step": str(step)})
 
 
 def save_run(out_dir: str | os.PathLike, **state) -> None:

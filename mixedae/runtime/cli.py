@@ -9,7 +9,9 @@ Every ``main(argv)`` of a ``mixedae`` command is ``run_main(PROG, body, argv)``:
 * exit code 2 for bad input (flags, config, data, checkpoints), 1 for a failure while running
   (I/O, diverged training, distributed timeout, anything unexpected), 130 for Ctrl-C;
 * ``--debug`` (a flag of every command, see :func:`add_debug_flag`) re-raises instead, so the
-  full traceback is shown.
+  full traceback is shown;
+* after a failed collective of a distributed job, stopped ranks on this host are ended (see
+  :mod:`mixedae.runtime.distributed`) and the process exits at once (``os._exit``).
 """
 from __future__ import annotations
 
@@ -42,9 +44,16 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _distributed_failure(e: BaseException) -> bool:
+    """A failed or timed-out collective (another rank hung, froze or died)."""
+    import torch.distributed as dist
+    timed_out = isinstance(e, RuntimeError) and re.search(r"timed out|timeout", str(e), re.I) \
+        and re.search(r"gloo|nccl|c10d|ProcessGroup|collective", str(e), re.I)
+    return isinstance(e, dist.DistError) or bool(timed_out)
+
+
 def describe(e: BaseException) -> tuple[int, str]:
     """(exit code, one-line message) for an exception that ends a command."""
-    import torch.distributed as dist
     if isinstance(e, MixedAEError):
         return (EXIT_USAGE if isinstance(e, ValueError) else EXIT_FAILURE), str(e)
     if isinstance(e, OSError) and e.errno is not None:
@@ -53,9 +62,7 @@ def describe(e: BaseException) -> tuple[int, str]:
         return EXIT_FAILURE, f"{e.strerror or _first_line(e)} ({name}){where}"
     if isinstance(e, OSError):  # raised with a message naming the path (missing files, images)
         return EXIT_USAGE, str(e)
-    timed_out = isinstance(e, RuntimeError) and re.search(r"timed out|timeout", str(e), re.I) \
-        and re.search(r"gloo|nccl|c10d|ProcessGroup|collective", str(e), re.I)
-    if isinstance(e, dist.DistError) or timed_out:
+    if _distributed_failure(e):
         from mixedae.runtime.distributed import timeout_seconds
         cause = re.sub(r"\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", _first_line(e))[:200]
         return EXIT_FAILURE, (
@@ -87,8 +94,27 @@ def run_main(prog: str, body: Callable[[list[str]], int | None],
         code, msg = describe(e)
         world = int(os.environ.get("WORLD_SIZE", 1))
         rank = f" (rank {os.environ.get('RANK', 0)}/{world})" if world > 1 else ""
+        dist_failed = _distributed_failure(e)
+        if dist_failed:
+            from mixedae.runtime.distributed import end_stopped_peers
+            ended = end_stopped_peers()
+            if ended:
+                msg += (f"; ended the stopped rank(s) {', '.join(map(str, ended))} on this host "
+                        f"(SIGKILL)")
         print(f"{prog}: error{rank}: {msg}", file=sys.stderr, flush=True)
+        if dist_failed and world > 1:
+            _exit_now(code)
         return code
+
+
+def _exit_now(code: int) -> None:
+    """Leave at once after a failed collective: the process group's teardown at interpreter
+    exit may wait on, or abort because of, the rank that hung (SIGABRT instead of ``code``)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 # ---- checks before any work ------------------------------------------------------------------

@@ -17,12 +17,20 @@ Without torchrun (no ``WORLD_SIZE`` in the environment) everything runs in one p
 
 A collective that waits longer than ``MIXEDAE_DIST_TIMEOUT`` seconds (default 300) fails on
 every waiting rank, so a hung rank ends the job with one clear line instead of blocking it.
+torchrun then SIGTERMs the other ranks, but waits a fixed 30 s before the SIGKILL that alone
+ends a *frozen* rank (SIGSTOP'ed, stopped in a debugger): so each rank records its local
+peers at :func:`init_distributed`, and a rank whose collective failed ends the stopped ones
+on its host (:func:`end_stopped_peers`, called by ``runtime.cli.run_main``) before it exits,
+and the job is over within the limit plus a few seconds.
 """
 from __future__ import annotations
 
 import os
+import signal
+import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -30,6 +38,8 @@ import torch.distributed as dist
 from mixedae.runtime.errors import ConfigError
 
 DEFAULT_TIMEOUT_S = 300.0
+# the other ranks started by the same launcher on this host: (rank, pid, start time)
+_local_peers: list[tuple[int, int, str]] = []
 
 
 @dataclass(frozen=True)
@@ -98,7 +108,44 @@ def init_distributed(device: str | None = None) -> DistInfo:
         kw = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=timeout_seconds()), **kw)
+        _record_local_peers(rank)
     return DistInfo(rank, world, local_rank, dev)
+
+
+def _proc_stat(pid: int) -> tuple[str, int, str] | None:
+    """(state, parent pid, start time) of a process from ``/proc`` (None: gone, or no /proc)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
+    return fields[0], int(fields[1]), fields[19]
+
+
+def _record_local_peers(rank: int) -> None:
+    """Remember the ranks on this host with the same parent (the launcher) as this one."""
+    me = _proc_stat(os.getpid())
+    everyone = all_gather_object((rank, socket.gethostname(), os.getpid(), os.getppid(),
+                                  me[2] if me else None))
+    _local_peers[:] = [(r, pid, start) for r, host, pid, ppid, start in everyone
+                       if r != rank and host == socket.gethostname() and ppid == os.getppid()
+                       and start is not None]
+
+
+def end_stopped_peers() -> list[int]:
+    """SIGKILL the local peers (recorded at :func:`init_distributed`) that are stopped (state
+    T/t: SIGSTOP, a debugger), which the launcher's SIGTERM cannot end; returns their ranks.
+    A process is only touched while its pid and start time are still the recorded ones."""
+    ended = []
+    for rank, pid, start in _local_peers:
+        st = _proc_stat(pid)
+        if st is not None and st[2] == start and st[0] in ("T", "t"):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                ended.append(rank)
+            except OSError:
+                pass
+    return ended
 
 
 def unused_parameters(model: torch.nn.Module, example: torch.Tensor) -> list[str]:

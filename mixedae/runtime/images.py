@@ -6,6 +6,15 @@
   image white); float images (``F``) are taken as [0, 1] when their maximum is <= 1, else
   as 8-bit values;
 * an image that cannot be decoded raises :class:`UnreadableImage` naming the file;
+* an image larger than ``MIXEDAE_MAX_IMAGE_PIXELS`` (default 8192 × 8192 = 67 Mpx, far above
+  any training image of ImageNet / COCO / ADE20K / the 11 datasets, below PIL's 89 Mpx bomb
+  warning) is refused from its header before anything is decoded (:class:`ImageTooLarge`, an
+  :class:`UnreadableImage`: skipped and named like a corrupt file), so a small decompression
+  bomb (a 12000 × 12000 PNG of 140 KB) costs no decode. PIL's own error above 179 Mpx stays;
+* EXIF orientation is ignored by default, as MAE and torchvision do (pixels as stored);
+  ``exif_transpose=True`` (fixed by whoever builds the loader, e.g.
+  ``functools.partial(load_rgb, exif_transpose=True)`` as a dataset's ``loader``) applies
+  ``PIL.ImageOps.exif_transpose`` first;
 * training sets use :func:`load_readable`: an unreadable file is named once (a warning) and
   replaced by the next readable one, so a run never dies of one bad file; an all-bad dataset
   is refused up front by :func:`require_readable` (before any model is built), which also
@@ -19,11 +28,12 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.datasets import ImageFolder
 
 from mixedae.runtime.errors import ConfigError
@@ -31,10 +41,30 @@ from mixedae.runtime.errors import ConfigError
 log = logging.getLogger(__name__)
 
 _INT_DEPTH = {"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32}
+MAX_PIXELS_ENV = "MIXEDAE_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
 class UnreadableImage(OSError):
     """An image file that cannot be decoded (message names the file and the cause)."""
+
+
+class ImageTooLarge(UnreadableImage):
+    """An image file above the pixel limit (refused from its header, nothing decoded)."""
+
+
+def max_image_pixels() -> int:
+    """The pixel limit of :func:`load_rgb`: ``MIXEDAE_MAX_IMAGE_PIXELS`` (default 8192²)."""
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value.is_integer()):
+        raise ConfigError(f"{MAX_PIXELS_ENV}={raw!r} must be a positive whole number of pixels")
+    return int(value)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -53,16 +83,30 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def load_rgb(src: Any) -> Image.Image:
-    """A path, a PIL image or an HxW[xC] uint8 array → fully decoded RGB image."""
+def load_rgb(src: Any, *, max_pixels: int | None = None,
+             exif_transpose: bool = False) -> Image.Image:
+    """A path, a PIL image or an HxW[xC] uint8 array → fully decoded RGB image. A file above
+    ``max_pixels`` (default :func:`max_image_pixels`) is refused before decoding;
+    ``exif_transpose``: turn it as its EXIF orientation says (see module docstring)."""
     if isinstance(src, np.ndarray):
         return to_rgb(Image.fromarray(src))
     if isinstance(src, Image.Image):
-        return to_rgb(src)
+        return to_rgb(ImageOps.exif_transpose(src) if exif_transpose else src)
+    limit = max_image_pixels() if max_pixels is None else max_pixels
     try:
-        with Image.open(src) as im:
+        with warnings.catch_warnings():  # the limit below is ours; PIL's error above 2x stays
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(src)  # lazy: reads the header only
+        with im:
+            w, h = im.size
+            if w * h > limit:
+                raise ImageTooLarge(
+                    f"image {src} is too large: {w}x{h} = {w * h / 1e6:.1f} Mpx, above the limit "
+                    f"of {limit / 1e6:.1f} Mpx (not decoded; set {MAX_PIXELS_ENV} to raise it)")
             im.load()
-            return to_rgb(im)
+            return to_rgb(ImageOps.exif_transpose(im) if exif_transpose else im)
+    except ImageTooLarge:
+        raise
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         msg = str(e).splitlines()[0] if str(e) else ""
         raise UnreadableImage(f"unreadable image {src} ({type(e).__name__}: {msg})") from None

@@ -8,13 +8,19 @@
   ``weights_only`` refuses. When those (and only those) globals stand in the way, the file is
   read again with numpy's array/scalar rebuilders and the dtype classes allow-listed and every
   ``HistoryBuffer`` replaced by an inert stand-in (no mmengine import, nothing executed;
-  ``getattr`` is answered only for the stand-in). The weights are unaffected;
-* safetensors headers are read without the tensors (metadata, the stored step).
+  ``getattr`` is answered only for the stand-in). The weights are unaffected. The
+  ``argparse.Namespace`` of the options that DINO / iBOT store beside their weights is
+  allowed the same way (an attribute container: no code runs);
+* safetensors headers are read without the tensors (metadata, the stored step);
+* a file that is no torch checkpoint at all is named for what it is (empty, text, a plain
+  pickle, a numpy array, ...), without torch's warnings about it.
 """
 from __future__ import annotations
 
 import json
 import pickle
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +48,9 @@ def _inert_getattr(obj, name: str):
 def _mmengine_globals() -> dict[str, object]:
     """Qualified name → allowed object, for mmengine Runner checkpoints (numpy 1.x and 2.x)."""
     from numpy._core.multiarray import _reconstruct, scalar
+    import argparse  # DINO / iBOT checkpoints store their argparse.Namespace (plain values)
     out = {_HISTORY_BUFFER: _Inert, "builtins.getattr": _inert_getattr,
+           "argparse.Namespace": argparse.Namespace,
            "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
     for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
         out[f"{mod}._reconstruct"], out[f"{mod}.scalar"] = _reconstruct, scalar
@@ -60,31 +68,81 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {line[:300]}" if line else type(e).__name__
 
 
+@contextmanager
+def _quiet_torch_load():
+    """torch.load's UserWarnings about a file it then fails to read (a plain pickle: "Detected
+    pickle protocol N ...") stay out of the one error line's way."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+        yield
+
+
+_MAGIC = [(b"\x93NUMPY", "a numpy .npy array"), (b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
+          (b"\x1f\x8b", "a gzip-compressed file"),
+          (b"PK\x03\x04", "a zip archive, damaged or not written by torch.save"),
+          # torch.save's legacy (non-zip) format: a pickled magic number first
+          (b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19",
+           "a damaged torch.save file (legacy format)")]
+
+
+def describe_file(path: str | Path) -> str:
+    """What a file that torch cannot read is, from its first bytes (for error lines)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as e:
+        return f"unreadable ({e.strerror})"
+    if not head:
+        return "an empty file"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if head[:1] == b"\x80" and 2 <= head[1] <= 5:
+        return f"a plain pickle (protocol {head[1]}), not a torch.save file"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and "\0" not in text:
+        first = text.strip().splitlines()[0][:40] if text.strip() else ""
+        return f"a text file (starts with {first!r})"
+    return f"not a torch file (starts with bytes {head[:8].hex(' ')})"
+
+
+def _unreadable(path: str, e: BaseException) -> CheckpointError:
+    what = describe_file(path)
+    cause = f" ({_why(e)})" if what.startswith(("a zip", "a damaged", "not a torch")) else ""
+    return CheckpointError(f"{path}: not a readable torch checkpoint: {what}{cause}")
+
+
 def load_weights_only(path: str | Path, mmap: bool = False):
     """``torch.load(path, weights_only=True)`` onto the CPU (mmengine Runner checkpoints
     too, see module docstring); CheckpointError naming the file on any failure. ``mmap``:
     tensors are mapped, not read (a cheap check of the file's structure)."""
     path = str(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with _quiet_torch_load():
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         first = e
     except Exception as e:  # truncated / not a zip / not a torch file at all
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_why(e)})") from None
+        raise _unreadable(path, e) from None
     try:
-        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        with _quiet_torch_load():
+            unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:
         unsafe = {"?"}
     allowed = _mmengine_globals()
     if unsafe and unsafe <= set(allowed):
-        with torch.serialization.safe_globals([(v, k) for k, v in allowed.items()]):
+        with torch.serialization.safe_globals([(v, k) for k, v in allowed.items()]), \
+                _quiet_torch_load():
             try:
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
             except Exception as e:
                 first = e
     extra = sorted(unsafe - set(allowed) - {"?"})
     if not extra:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({_why(first)})") from None
+        raise _unreadable(path, first) from None
     raise CheckpointError(
         f"{path}: refused by torch.load(weights_only=True): unpickling it would need "
         f"{', '.join(extra[:6])}; export a safetensors file or a plain tensor state dict") from None
@@ -121,7 +179,8 @@ def stored_step(path: str | Path) -> int | None:
         except (TypeError, ValueError):
             return None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        with _quiet_torch_load():
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception:
         return None
     step = obj.get("step") if isinstance(obj, dict) else None

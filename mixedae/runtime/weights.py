@@ -2,14 +2,25 @@
 against a model and loading them with a report — for every consumer (pretraining resume,
 fine-tuning / transfer, the OpenMMLab backbone, ``mixedae convert``).
 
-Sources (detected from the keys, after unwrapping ``{"model"|"state_dict"|"module": ...}`` and
+Sources (detected from the keys, after unwrapping ``{"model"|"state_dict"|"module"|"teacher": ...}`` and
 a DDP ``module.`` prefix):
 
 * ``pretrain``  our pretraining model: ``encoder.<vit keys>``, ``decoder.*``, ``projector.*``
   (``<dir>/model.safetensors`` or ``<dir>/checkpoint.pth``; a directory is accepted);
 * ``mm``        an mmseg/mmdet checkpoint: ``backbone.<vit keys | adapter keys>`` + task heads;
 * ``vit``       flat ViT keys: official MAE (``decoder_*``/``mask_token`` dropped), timm, MAE
-  fine-tuned (``fc_norm``/``head``), or a file written by ``mixedae convert``.
+  fine-tuned (``fc_norm``/``head``), or a file written by ``mixedae convert``;
+* ``dino``      a DINO / iBOT training checkpoint: its ``teacher`` (what their evaluation
+  reads), ``backbone.<vit keys>`` kept, the projection ``head.*`` and iBOT's ``masked_embed``
+  dropped; layer scale (iBOT ``gamma_1``/``gamma_2``) is refused as unknown keys. Their
+  released backbone-only files are flat ``vit`` keys;
+* ``mmpretrain`` an mmpretrain ``VisionTransformer`` / MAE checkpoint (``backbone.layers.N``):
+  key names renamed as mmpretrain's ``TransformerEncoderLayer`` / mmcv's ``PatchEmbed`` and
+  ``FFN`` define them (``ln1``/``ln2`` → ``norm1``/``norm2``, ``ffn.layers.0.0`` / ``ffn.layers.1``
+  → ``mlp.fc1`` / ``mlp.fc2``, ``patch_embed.projection`` → ``patch_embed.proj``, the final
+  ``ln1`` → ``norm``); the MAE decoder (``neck.*``) and heads are dropped; layer scale
+  (``gamma1``/``gamma2``), ``pre_norm`` and the ``avg_featmap`` norm ``ln2`` have no place in
+  our ViT and are refused as unknown keys.
 
 Everything dropped is reported by group (decoder, projector, mask token, ...); any key that is
 not known is an error naming it — nothing is silently ignored. Torch files are read with
@@ -58,6 +69,25 @@ _PRETRAIN_DROP = [
 _MAE_DROP = [
     (re.compile(r"^decoder[._]"), "decoder"),
     (re.compile(r"^mask_token$"), "mask token"),
+]
+# mmpretrain VisionTransformer (mmpretrain/models/backbones/vision_transformer.py) -> ours
+_MMPRETRAIN_RENAME = [
+    (re.compile(r"^patch_embed\.projection\.(weight|bias)$"), r"patch_embed.proj.\1"),
+    (re.compile(r"^layers\.(\d+)\.ln([12])\.(weight|bias)$"), r"blocks.\1.norm\2.\3"),
+    (re.compile(r"^layers\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)$"), r"blocks.\1.attn.\2.\3"),
+    (re.compile(r"^layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)$"), r"blocks.\1.mlp.fc1.\2"),
+    (re.compile(r"^layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)$"), r"blocks.\1.mlp.fc2.\2"),
+    (re.compile(r"^ln1\.(weight|bias)$"), r"norm.\1"),
+    (re.compile(r"^(cls_token|pos_embed)$"), r"\1"),
+]
+_MMPRETRAIN_DROP = [
+    (re.compile(r"^neck\."), "MAE decoder (neck)"),
+    (re.compile(r"^(head|data_preprocessor)\."), "head / data preprocessor"),
+]
+# DINO / iBOT MultiCropWrapper(backbone=ViT, head=DINOHead / iBOTHead): the ViT keys are ours
+_DINO_DROP = [
+    (re.compile(r"^head\."), "DINO / iBOT projection head"),
+    (re.compile(r"^backbone\.masked_embed$"), "mask token (iBOT)"),
 ]
 _MM_DROP = [
     (re.compile(r"^(decode_head|auxiliary_head|neck|rpn_head|roi_head|bbox_head|mask_head"
@@ -115,7 +145,9 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         obj = load_weights_only(path)
         sd = obj
         if isinstance(obj, Mapping):
-            for key in ("model", "state_dict", "module"):
+            # "teacher": DINO / iBOT training checkpoints ({"student", "teacher", ...}); their
+            # evaluation reads the teacher (--checkpoint_key teacher)
+            for key in ("model", "state_dict", "module", "teacher"):
                 if key in obj and isinstance(obj[key], Mapping):
                     sd = obj[key]
                     if isinstance(obj.get("meta"), Mapping):
@@ -139,8 +171,12 @@ def extract_vit(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list[tuple[s
     """Split a state dict into (source kind, flat ViT[+adapter] tensors, dropped (key, reason)).
     Raises CheckpointError naming every key it does not know."""
     keys = list(sd)
+    if any(k.startswith("backbone.layers.") for k in keys):
+        return _extract_mmpretrain(sd)
     if any(k.startswith("encoder.") for k in keys):
         source, drops, strip = "pretrain", _PRETRAIN_DROP, "encoder."
+    elif any(k.startswith("backbone.") for k in keys) and any(k.startswith("head.") for k in keys):
+        source, drops, strip = "dino", _DINO_DROP, "backbone."
     elif any(k.startswith("backbone.") for k in keys):
         source, drops, strip = "mm", _MM_DROP, "backbone."
     else:
@@ -167,6 +203,31 @@ def extract_vit(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list[tuple[s
         raise CheckpointError(f"no ViT weights (patch_embed.proj.weight, blocks.*) found in a "
                               f"{source!r} checkpoint; keys start with {_names(keys, 4)}")
     return source, kept, dropped
+
+
+def _extract_mmpretrain(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list]:
+    """``extract_vit`` for an mmpretrain checkpoint (see module docstring)."""
+    kept: dict[str, torch.Tensor] = OrderedDict()
+    dropped, unknown = [], []
+    for k, v in sd.items():
+        reason = next((r for rx, r in _MMPRETRAIN_DROP if rx.search(k)), None)
+        if reason is not None:
+            dropped.append((k, reason))
+            continue
+        bare = k[len("backbone."):] if k.startswith("backbone.") else None
+        new = next((rx.sub(to, bare) for rx, to in _MMPRETRAIN_RENAME
+                    if bare is not None and rx.match(bare)), None)
+        if new is None:
+            unknown.append(k)
+        else:
+            kept[new] = v
+    if unknown:
+        raise CheckpointError(f"keys of an 'mmpretrain' checkpoint that our ViT cannot "
+                              f"represent: {_names(unknown)}")
+    if "patch_embed.proj.weight" not in kept:
+        raise CheckpointError("no patch embedding (backbone.patch_embed.projection.weight) in "
+                              "an 'mmpretrain' checkpoint")
+    return "mmpretrain", kept, dropped
 
 
 def to_target(kept: Mapping[str, torch.Tensor], target: str) -> tuple[dict, list]:
