@@ -120,6 +120,15 @@ def plot_curves(log_path: Path, path: Path, first_block: int = 1) -> None:
     plt.close(fig)
 
 
+def demo_config(args: argparse.Namespace):
+    """``mixedae_tiny`` (the paper's method and defaults, segment embeddings included) at the
+    demo's size."""
+    epochs = -(-args.steps // STEPS_PER_EPOCH)
+    return get_preset("mixedae_tiny", model=args.model, img_size=args.img_size, patch_size=8,
+                      mask_patch_size=16, batch_size=args.batch_size, lr=args.lr,
+                      epochs=epochs, warmup_epochs=min(2, max(epochs // 10, 0)))
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("mixedae demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -152,10 +161,7 @@ def _main(argv: list[str]) -> int:
     setup_logging(0)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
-    epochs = -(-args.steps // STEPS_PER_EPOCH)
-    cfg = get_preset("mixedae_tiny", model=args.model, img_size=args.img_size, patch_size=8,
-                     mask_patch_size=16, batch_size=args.batch_size, lr=args.lr,
-                     epochs=epochs, warmup_epochs=min(2, max(epochs // 10, 0)))
+    cfg = demo_config(args)
     check_writable_dir(out)
     photos = packaged_photos()
     names = list(photos)
