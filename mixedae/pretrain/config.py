@@ -38,6 +38,8 @@ from mixedae.model.vit import VIT_SIZES
 from mixedae.pretrain.input_pipeline import DECODES
 from mixedae.runtime.errors import ConfigError
 
+FP32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: the weights' dtype
+
 
 @dataclass
 class PretrainConfig:
@@ -137,6 +139,12 @@ class PretrainConfig:
             bad(f"batch_size={self.batch_size} is not divisible by 1/r={self.group_size}")
         if not 0 <= self.num_global_layers <= VIT_SIZES[self.model][1]:
             bad(f"num_global_layers={self.num_global_layers} outside [0, depth]")
+        lr = self.effective_lr()
+        if not lr <= FP32_MAX:  # AdamW casts lr (and lr · wd) to the fp32 of the weights
+            which = "lr" if self.lr is not None else \
+                f"blr · batch_size / 256 = {self.blr:g} · {self.batch_size} / 256"
+            bad(f"learning rate {which}={lr:g} is beyond the float32 range of the weights "
+                f"(max {FP32_MAX:.3g}); lower --lr / --blr")
         if self.accum_iter < 1:
             bad(f"accum_iter={self.accum_iter} must be >= 1")
         return self
@@ -255,6 +263,13 @@ PRESETS: dict[str, dict] = {
     "mixedae_tiny": dict(model="tiny", decoder_dim=128, decoder_depth=2, decoder_heads=4,
                          seg_embed_mode="residual"),
     "mae_tiny": dict(model="tiny", decoder_dim=128, decoder_depth=2, decoder_heads=4, **_MAE),
+    # first contact on a CPU: the paper's method (SE residual, r, K = rL, λ, τ) on a micro ViT at
+    # 64 px, sized to run ../shared/data/imagenet_tiny (500 images) in about a minute; not a
+    # paper row
+    "mixedae_cpu": dict(model="micro", img_size=64, patch_size=8, mask_patch_size=16,
+                        decoder_dim=64, decoder_depth=2, decoder_heads=4, homo_con_dim=32,
+                        batch_size=16, lr=1e-3, epochs=2, warmup_epochs=0.2,
+                        seg_embed_mode="residual"),
 }
 
 
