@@ -202,3 +202,56 @@ def test_decoder_size_comes_from_the_config():
         dec = _model(decoder_depth=depth, decoder_dim=dim, decoder_heads=heads).decoder
         assert len(dec.blocks) == depth and dec.embed.out_features == dim
         assert dec.blocks[0].attn.num_heads == heads
+
+
+def test_norm_pix_loss_switches_the_target():
+    """Tab. 4 / MAE: normalized pixels; False reconstructs raw (normalised-image) patches."""
+    from mixedae.model.mixed_autoencoder import patchify
+    x = torch.randn(4, 3, 64, 64) * 2 + 1
+    raw = _model(norm_pix_loss=False).targets(x)
+    torch.testing.assert_close(raw, patchify(x, 8))
+    norm = _model(norm_pix_loss=True).targets(x)
+    torch.testing.assert_close(norm.mean(-1), torch.zeros(4, 64), atol=1e-5, rtol=0)
+
+
+def test_optimizer_reads_lr_weight_decay_and_betas():
+    """Tab. 4: lr = blr · batch / 256, AdamW weight decay and betas, all from the config."""
+    from mixedae.pretrain.step import build_optimizer
+    cfg = get_preset("mixedae_tiny", **{**MICRO, "batch_size": 64}, blr=2e-4, weight_decay=0.07,
+                     betas=(0.8, 0.9))
+    opt = build_optimizer(build_model(cfg), cfg)
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.07}
+    assert all(g["betas"] == (0.8, 0.9) for g in opt.param_groups)
+    assert all(g["lr"] == pytest.approx(2e-4 * 64 / 256) for g in opt.param_groups)
+
+
+def test_engine_schedule_follows_epochs_warmup_and_min_lr(tmp_path):
+    """Per-step warmup-cosine (Tab. 4): epochs × steps/epoch steps, warmup_epochs of linear
+    warm-up to the lr, cosine to min_lr; the logged lr of every step is the one applied."""
+    from PIL import Image
+
+    from mixedae.pretrain.data import PretrainImages, pretrain_transform
+    from mixedae.pretrain.engine import RunOptions, pretrain
+    from mixedae.runtime.schedules import cosine_lr
+    imgs = [Image.new("RGB", (48, 48), c) for c in ("red", "green", "blue", "white")] * 4
+    cfg = get_preset("mixedae_tiny", **MICRO, epochs=3, warmup_epochs=1, lr=1e-3, min_lr=1e-4)
+    res = pretrain(cfg, PretrainImages(imgs, pretrain_transform(cfg.img_size)),
+                   RunOptions(output_dir=str(tmp_path), num_workers=0, progress=False,
+                              device="cpu", amp="none", resume=None, log_every=1))
+    assert res.step == 6                                        # 16 images / 8 = 2 steps/epoch
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([cosine_lr(s, 1e-3, 6, 2, 1e-4) for s in range(6)])
+    assert lrs[1] == pytest.approx(0.5e-3) and lrs[2] == pytest.approx(1e-3)
+
+
+def test_crop_scale_reaches_the_random_resized_crop(tmp_path):
+    """Tab. 4: RandomResizedCrop with MAE's scale (0.2, 1) by default, from the config."""
+    from torchvision import transforms
+
+    from mixedae.pretrain.data import build_pretrain_dataset
+    from test_train import synthetic_folder
+    data = synthetic_folder(tmp_path / "d", n=4)
+    for scale in ((0.2, 1.0), (0.35, 0.9)):
+        ds = build_pretrain_dataset(data, 32, scale)
+        crops = [t for t in ds.transform.transforms if isinstance(t, transforms.RandomResizedCrop)]
+        assert len(crops) == 1 and tuple(crops[0].scale) == scale
