@@ -159,5 +159,8 @@ ROWS: list[Recipe] = [
           ("mae_homocon_base", "residual", "Tab. 7c row 2 (Mixing no, SE yes)",
            "each image's code is that of its place in its group of 4"),
           ("mixedae_tiny", "residual", "App. B (paper default; demo and tests)", ""),
+          ("mixedae_cpu", "residual", "App. B (paper default; the README's CPU command)",
+           "not a paper row"),
+          ("mae_tiny", "none", "MAE has none", "not a paper row"),
       )],
 ]
