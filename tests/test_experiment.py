@@ -67,3 +67,21 @@ def test_fig6_bad_flags_fail_before_work(tmp_path, capsys, args, needle):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error:") and needle in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_fig6_dry_run_prints_the_plan_with_time_and_trains_nothing(tmp_path, capsys):
+    out = tmp_path / "fig6"
+    assert experiment.main(["fig6", "--scale", "cpu", "--device", "cpu", "--dry-run",
+                            "--output-dir", str(out), "--seg-modes", "residual,none"]) == 0
+    text = capsys.readouterr().out
+    assert "fig6 --scale cpu on cpu: 4 run(s) × 300 steps" in text
+    assert "MixedAE_residual_always_visible" in text and "HomoAtt-only_none_always_visible" in text
+    assert f"~{4 * 300 * 0.39 / 60:.0f} min" in text and "measured" in text
+    assert not out.exists()
+    assert experiment.main(["fig6", "--scale", "gpu", "--device", "cuda", "--dry-run",
+                            "--output-dir", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "8 run(s) × 400 steps" in text and "estimate, not measured" in text
+    assert experiment.main(["fig6", "--scale", "gpu", "--device", "cpu", "--dry-run",
+                            "--output-dir", str(out)]) == 0
+    assert "unknown (no measurement of the gpu scale on cpu)" in capsys.readouterr().out

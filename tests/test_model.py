@@ -259,8 +259,8 @@ def test_presets_are_valid_and_paper_defaults():
     assert get_preset("mae_base").effective_lr() == pytest.approx(1.5e-4 * 4096 / 256)
     assert (c.epochs, get_preset("mixedae_large").epochs) == (300, 1600)  # Appendix C: ViT-L 1600
     assert get_preset("mixedae_large").batch_size == 2048 and get_preset("mae_large").epochs == 1600
-    # readings chosen by the Fig. 6 measurements (docs/reproduction.md)
-    assert (c.seg_embed_mode, c.homo_cls) == ("none", "always_visible")
+    # App. B: segment embeddings added to the input of every block (issue 16)
+    assert (c.seg_embed_mode, c.homo_cls) == ("residual", "always_visible")
     assert get_preset("mixedae_seg_residual_base").seg_embed_mode == "residual"
 
 

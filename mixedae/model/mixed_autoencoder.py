@@ -13,7 +13,9 @@ Forward pass for mixing = 'compose' | 'full' (Sec. 3):
      normalized pixels of each image's hidden patches (Eq. 4, mean as in MAE);
   5. L = L_recon + λ L_HomoCon (Eq. 8).
 mixing = 'none' is MAE (random masking of 1 − r of the patches); with homo_con it applies
-Eq. 7 across the visible patches of groups of g images (MAE + HomoCon, Tab. 7c).
+Eq. 7 across the visible patches of groups of g images (MAE + HomoCon, Tab. 7c), with the
+segment embedding of each image's place in its group when ``seg_embed_mode`` is not 'none'
+(Tab. 7c marks that row with segment embeddings).
 """
 from __future__ import annotations
 
@@ -121,7 +123,11 @@ class MixedAutoencoder(nn.Module):
         keep = int(L * self.cfg.mix_ratio)
         ids_keep = torch.rand(B, L, device=imgs.device).argsort(1)[:, :keep]
         vis = x[:, 1:].gather(1, ids_keep[..., None].expand(-1, -1, D))
-        x, _ = enc.forward_blocks(torch.cat([x[:, :1], vis], 1))
+        x, seg_kw = torch.cat([x[:, :1], vis], 1), {}
+        if self.seg_embed is not None:  # MAE + HomoCon with SE (Tab. 7c row 2): the code of
+            src = (torch.arange(B, device=x.device) % self.group_size)[:, None]  # the image's
+            x, seg_kw = self.seg_embed.inject(x, src.expand(B, keep))  # place in its group
+        x, _ = enc.forward_blocks(x, **seg_kw)
         return enc.norm(x), ids_keep
 
     # ---- forward -----------------------------------------------------------------------------

@@ -12,11 +12,17 @@ Method switches (all baselines live in the same code):
   homo_cls     cls token in homologous attention: 'always_visible' (a global query, a key
                visible to every patch) | 'topk' (literal Eq. 6 on whole rows)
                (``mixedae.model.homologous_attention``)
-Defaults (``none``, ``always_visible``) are chosen by the Fig. 6 measurements in
-docs/reproduction.md: every reading that puts a per-source code where the features can read it
-lets Eq. 7 reach its floor without homologous attention. Configs written before
-``seg_embed_mode`` existed (a boolean ``seg_embed`` key) load as
-'residual' / 'none' with ``homo_cls='always_visible'``, which is what they ran.
+Default ``seg_embed_mode='residual'`` is the paper's text (App. B: sine-cosine segment
+embeddings "added to the input of each Transformer layer"; Tab. 7c measures the method without
+them as worse); ``homo_cls='always_visible'``. Every preset that stands for a paper row carries
+the paper's reading of that row (``PRESETS``; docs/recipes.md lists them). The CPU-scale Fig. 6
+finding (docs/reproduction.md) is kept as a finding; ``--set seg_embed_mode=none`` (or
+attention / input) is one flag away, and ``mixedae experiment fig6 --scale gpu`` is the
+experiment that can move the default.
+Loading old configs: every version wrote every field (``to_json`` dumps the dataclass), so a
+stored ``seg_embed_mode`` is kept as it is (runs of 2026-11-28..12-07 stored ``none``, the
+default then); configs written before ``seg_embed_mode`` existed (a boolean ``seg_embed`` key)
+load as 'residual' / 'none' with ``homo_cls='always_visible'``, which is what they ran.
 """
 from __future__ import annotations
 
@@ -31,6 +37,8 @@ from mixedae.model.segment_embedding import MODES as SEG_EMBED_MODES
 from mixedae.model.vit import VIT_SIZES
 from mixedae.pretrain.input_pipeline import DECODES
 from mixedae.runtime.errors import ConfigError
+
+FP32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: the weights' dtype
 
 
 @dataclass
@@ -57,7 +65,7 @@ class PretrainConfig:
     homo_con_weight: float = 0.1        # λ (Eq. 8)
     homo_con_tau: float = 0.25          # τ (Eq. 7)
     homo_con_dim: int = 128             # projector output
-    seg_embed_mode: str = "none"        # residual | attention | input | none (docs/reproduction.md)
+    seg_embed_mode: str = "residual"    # residual | attention | input | none (App. B, Tab. 7c)
     homo_cls: str = "always_visible"    # always_visible | topk
     # optimisation (Table 4)
     epochs: float = 300                 # may be fractional (the schedule is per step)
@@ -131,6 +139,12 @@ class PretrainConfig:
             bad(f"batch_size={self.batch_size} is not divisible by 1/r={self.group_size}")
         if not 0 <= self.num_global_layers <= VIT_SIZES[self.model][1]:
             bad(f"num_global_layers={self.num_global_layers} outside [0, depth]")
+        lr = self.effective_lr()
+        if not lr <= FP32_MAX:  # AdamW casts lr (and lr · wd) to the fp32 of the weights
+            which = "lr" if self.lr is not None else \
+                f"blr · batch_size / 256 = {self.blr:g} · {self.batch_size} / 256"
+            bad(f"learning rate {which}={lr:g} is beyond the float32 range of the weights "
+                f"(max {FP32_MAX:.3g}); lower --lr / --blr")
         if self.accum_iter < 1:
             bad(f"accum_iter={self.accum_iter} must be >= 1")
         return self
@@ -210,32 +224,59 @@ def _check_ranges(cfg: PretrainConfig) -> None:
 
 _MAE = dict(mixing="none", attention="global", homo_con=False, seg_embed_mode="none",
             blr=1.5e-4)
+# Segment-embedding reading per row (App. B; Tab. 3f, 7a-7c). The segment embedding is a part
+# of homologous recognition (Sec. 3.2: "to provide necessary information to complete homologous
+# recognition"), so rows with HomoAtt or HomoCon have it, rows without (MAE, the naive mixing
+# baseline of Sec. 3.1 that precedes Sec. 3.2, the masked-SA baseline of Tab. 7a "without
+# homologous recognition") do not; Tab. 7c marks it per row (MAE + HomoCon: SE yes, MixedAE
+# without SE: no). The reading of each preset is written beside it and in docs/recipes.md.
 PRESETS: dict[str, dict] = {
-    # paper models (Table 4; compose batch 4096, full batch 1024)
-    "mixedae_base": dict(model="base"),
-    "mixedae_base_full": dict(model="base", mixing="full", batch_size=1024),
+    # paper models (Table 4; compose batch 4096, full batch 1024); SE: App. B (residual)
+    "mixedae_base": dict(model="base", seg_embed_mode="residual"),
+    "mixedae_base_full": dict(model="base", mixing="full", batch_size=1024,
+                              seg_embed_mode="residual"),
     "mixedae_base_full_light": dict(model="base", mixing="full", batch_size=1024,
-                                    decoder_dim=256, decoder_depth=2, decoder_heads=8),
-    "mixedae_large": dict(model="large", batch_size=2048, epochs=1600),   # Appendix C, Tab. 6
-    "mixedae_large_full": dict(model="large", mixing="full", batch_size=1024, epochs=1600),
+                                    decoder_dim=256, decoder_depth=2, decoder_heads=8,
+                                    seg_embed_mode="residual"),
+    "mixedae_large": dict(model="large", batch_size=2048, epochs=1600,   # Appendix C, Tab. 6
+                          seg_embed_mode="residual"),
+    "mixedae_large_full": dict(model="large", mixing="full", batch_size=1024, epochs=1600,
+                               seg_embed_mode="residual"),
     # baselines (ablations use the MAE recipe blr 1.5e-4, Sec. 4.4)
-    "mae_base": dict(model="base", **_MAE),
+    "mae_base": dict(model="base", **_MAE),                              # SE: none (MAE)
     "mae_large": dict(model="large", **_MAE, epochs=1600),               # Tab. 6 baseline
-    "naive_mix_base": dict(model="base", attention="global", homo_con=False, blr=1.5e-4),
-    "mix_masked_sa_base": dict(model="base", attention="masked", homo_con=False,
-                               seg_embed_mode="none", blr=1.5e-4),
-    "homo_att_only_base": dict(model="base", attention="topk", homo_con=False, blr=1.5e-4),
-    "homo_con_only_base": dict(model="base", attention="global", homo_con=True, blr=1.5e-4),
-    "mixedae_no_seg_base": dict(model="base", seg_embed_mode="none", blr=1.5e-4),
+    "naive_mix_base": dict(model="base", attention="global", homo_con=False,  # Tab. 3f row 1,
+                           seg_embed_mode="none", blr=1.5e-4),          # 7a: Sec. 3.1, no SE
+    "mix_masked_sa_base": dict(model="base", attention="masked", homo_con=False,  # Tab. 7a:
+                               seg_embed_mode="none", blr=1.5e-4),      # no homologous recog.
+    "homo_att_only_base": dict(model="base", attention="topk", homo_con=False,  # Tab. 3f
+                               seg_embed_mode="residual", blr=1.5e-4),
+    "homo_con_only_base": dict(model="base", attention="global", homo_con=True,  # Tab. 3f
+                               seg_embed_mode="residual", blr=1.5e-4),
+    "mixedae_no_seg_base": dict(model="base", seg_embed_mode="none", blr=1.5e-4),  # Tab. 7c r1
+    # Tab. 7c row 3 / Tab. 3f row 4 (the default MixedAE at the ablation blr); kept under its
+    # old name, which runs and pipelines written before record
     "mixedae_seg_residual_base": dict(model="base", seg_embed_mode="residual", blr=1.5e-4),
-    "mae_homocon_base": dict(model="base", **{**_MAE, "homo_con": True}),
-    # small sizes for demos and tests
-    "mixedae_tiny": dict(model="tiny", decoder_dim=128, decoder_depth=2, decoder_heads=4),
+    "mae_homocon_base": dict(model="base", **{**_MAE, "homo_con": True,  # Tab. 7c row 2:
+                                              "seg_embed_mode": "residual"}),  # SE yes
+    # small sizes for demos and tests (the paper default, SE residual)
+    "mixedae_tiny": dict(model="tiny", decoder_dim=128, decoder_depth=2, decoder_heads=4,
+                         seg_embed_mode="residual"),
     "mae_tiny": dict(model="tiny", decoder_dim=128, decoder_depth=2, decoder_heads=4, **_MAE),
+    # first contact on a CPU: the paper's method (SE residual, r, K = rL, λ, τ) on a micro ViT at
+    # 64 px, sized to run ../shared/data/imagenet_tiny (500 images) in about a minute; not a
+    # paper row
+    "mixedae_cpu": dict(model="micro", img_size=64, patch_size=8, mask_patch_size=16,
+                        decoder_dim=64, decoder_depth=2, decoder_heads=4, homo_con_dim=32,
+                        batch_size=16, lr=1e-3, epochs=2, warmup_epochs=0.2,
+                        seg_embed_mode="residual"),
 }
 
 
 def get_preset(name: str, **overrides) -> PretrainConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
-    return PretrainConfig.from_dict({**PRESETS[name], **overrides}).validate()
+    base = dict(PRESETS[name])
+    if "seg_embed" in overrides:  # the legacy boolean overrides the preset's reading
+        base.pop("seg_embed_mode", None)
+    return PretrainConfig.from_dict({**base, **overrides}).validate()

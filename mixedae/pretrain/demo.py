@@ -10,7 +10,9 @@ on random resized crops of them with the same engine as ``mixedae pretrain``; th
     <output-dir>/curves.png            loss terms and TopK sampling accuracy per layer
     <output-dir>/report/report.html    the ``mixedae report`` page of the run (+ .md, PNGs)
 
-    mixedae demo                      # about 2 minutes on 2 idle CPU cores (stops at 240 s)
+    mixedae demo                      # 300 steps: about 2 minutes of training on 2 idle CPU
+                                      # cores; a busy machine stops training at 240 s
+                                      # (--time-limit); pictures + report take ~30 s more
     mixedae demo --steps 20 --output-dir /tmp/demo
 """
 from __future__ import annotations
@@ -62,11 +64,20 @@ def plot_curves(log_path: Path, path: Path, first_block: int = 1) -> None:
     plt.close(fig)
 
 
+def demo_config(args: argparse.Namespace):
+    """``mixedae_tiny`` (the paper's method and defaults, segment embeddings included) at the
+    demo's size."""
+    epochs = -(-args.steps // STEPS_PER_EPOCH)
+    return get_preset("mixedae_tiny", model=args.model, img_size=args.img_size, patch_size=8,
+                      mask_patch_size=16, batch_size=args.batch_size, lr=args.lr,
+                      epochs=epochs, warmup_epochs=min(2, max(epochs // 10, 0)))
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("mixedae demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", default="outputs/demo")
-    p.add_argument("--steps", type=int, default=600, help="optimizer steps (schedule length)")
+    p.add_argument("--steps", type=int, default=300, help="optimizer steps (schedule length)")
     p.add_argument("--time-limit", type=float, default=240.0,
                    help="stop training earlier after this many seconds (keeps the demo short "
                         "on a slow or busy CPU)")
@@ -94,10 +105,7 @@ def _main(argv: list[str]) -> int:
     setup_logging(0)
     t0 = time.perf_counter()
     out = Path(args.output_dir)
-    epochs = -(-args.steps // STEPS_PER_EPOCH)
-    cfg = get_preset("mixedae_tiny", model=args.model, img_size=args.img_size, patch_size=8,
-                     mask_patch_size=16, batch_size=args.batch_size, lr=args.lr,
-                     epochs=epochs, warmup_epochs=min(2, max(epochs // 10, 0)))
+    cfg = demo_config(args)
     check_writable_dir(out)
     photos = packaged_photos()
     names = list(photos)

@@ -103,7 +103,9 @@ def _build(cfg: PretrainConfig, dataset, opts: RunOptions, info: DistInfo) -> _R
     spe = per_rank // (micro * cfg.accum_iter)
     if spe == 0:
         raise ConfigError(f"dataset has {len(dataset)} images, fewer than one global batch "
-                          f"({cfg.batch_size}) of world size {info.world_size}")
+                          f"({cfg.batch_size}) of world size {info.world_size}: lower "
+                          f"--batch-size (a multiple of 1/r={cfg.group_size} and of the world "
+                          f"size, at most {len(dataset)})")
     total = int(round(cfg.epochs * spe))
     end = total if opts.max_steps is None else min(total, opts.max_steps)
     torch.manual_seed(opts.seed)  # identical initialisation on every rank
@@ -293,7 +295,9 @@ def _log_step(run: _Run, logger: RunLogger, values: list[float], lr: float,
 
 
 def save(run: _Run) -> None:
-    """Checkpoint + safetensors as one pair (rank 0 writes; every rank gives its RNG state)."""
+    """Checkpoint + safetensors as one pair (rank 0 writes; every rank gives its RNG state),
+    only of finite weights and optimizer state (``FiniteGuard.check_state``)."""
+    run.guard.check_state(run.optimizer, run.step)
     rng = all_gather_object(ckpt.rng_state())
     if run.info.is_main:
         epoch, within = divmod(run.step, run.spe)
