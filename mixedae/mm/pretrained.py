@@ -80,7 +80,7 @@ def checkpoint_vit(path: str, weights: tuple[dict, dict] | None = None) -> VitSh
 
 
 def config_vit(cfg: Config) -> VitShape:
-    bb = cfg.model.backbone
+    bb = cfg.model.get("backbone") or {}
     if bb.get("type") != "MixedAEViT":
         raise ConfigError(f"--pretrained needs model.backbone.type='MixedAEViT', got "
                           f"{bb.get('type')!r}")
@@ -192,7 +192,7 @@ def checkpoint_options(cfg: Config, path: str) -> dict:
     ``path``: :func:`matching_options` (ViT size, patch, out_indices, widths), the stored
     position-embedding grid (``model.backbone.img_size``; a square grid, else it must be the
     config's) and whether it has relative position tables."""
-    bb = cfg.model.backbone
+    bb = cfg.model.get("backbone") or {}
     if bb.get("type") != "MixedAEViT" or not isinstance(bb.get("arch", "base"), str):
         return {}   # nothing to infer for other backbones: the full-checkpoint check decides
     sd, meta = read_weights(path)
