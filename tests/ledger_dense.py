@@ -103,8 +103,8 @@ def _ade(exp, size, beit):
                beit
                + " (img_size=512)", "model.backbone.img_size",
                "BEiT's own weights have none (use_abs_pos_emb=False); an MAE-style encoder "
-               "carries one, so it is kept and fine-tuned with the zero-initialised relative "
-               "tables added (MAE's ADE20K protocol)"),
+               "carries one, so it is kept and fine-tuned, the relative tables added at zero "
+               "for the transfer only (as MAE's ADE20K transfer with BEiT's code)"),
         Recipe(exp, "SyncBN placement", ("auxiliary_head", "backbone", "decode_head"),
                _BEIT_MODEL + " (heads); " + _BEIT + "backbone/beit.py (fpn1 SyncBatchNorm)",
                "norm_cfg in model.*", "backbone: the adapter's x4 branch only"),
