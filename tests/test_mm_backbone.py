@@ -203,3 +203,75 @@ def test_unreachable_strides_are_refused():
         MixedAEViT(arch="micro", patch_size=14, img_size=56, norm_cfg=dict(type="BN"))
     with pytest.raises(ValueError, match="cannot give out_strides"):
         MixedAEViT(arch="micro", patch_size=32, img_size=64, norm_cfg=dict(type="BN"))
+
+
+def test_pos_embed_resized_once_at_load_to_a_non_square_grid(tmp_path):
+    """iBOT (COCO): the 14x14 embedding is resized at load to the 672x1092 training grid
+    (42x68) and learnt there; an input of another size gets it resized from that grid."""
+    enc, path = pretrain_file(tmp_path)
+    m = MixedAEViT(arch="micro", img_size=(672, 1092), norm_cfg=dict(type="BN"))
+    assert tuple(m.grid_size) == (42, 68) and m.pos_embed.shape == (1, 1 + 42 * 68, 64)
+    assert m.pos_embed.requires_grad
+    m.load_pretrained(str(path))
+    ref = F.interpolate(enc.pos_embed.data[:, 1:].reshape(1, 14, 14, 64).permute(0, 3, 1, 2),
+                        size=(42, 68), mode="bicubic", align_corners=False)
+    assert torch.equal(m.pos_embed.data[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, -1, 64))
+    assert torch.equal(m.pos_embed.data[:, :1], enc.pos_embed.data[:, :1])
+    assert m.pos_embed_for((42, 68)) is m.pos_embed   # the training grid: used as stored
+    got = m.pos_embed_for((50, 83))
+    ref = F.interpolate(m.pos_embed[:, 1:].reshape(1, 42, 68, 64).permute(0, 3, 1, 2),
+                        size=(50, 83), mode="bicubic", align_corners=False)
+    assert torch.allclose(got[:, 1:], ref.permute(0, 2, 3, 1).reshape(1, -1, 64))
+    # a checkpoint of this backbone (same 42x68 grid) loads back unchanged
+    save_file({f"backbone.{k}": v for k, v in m.state_dict().items()},
+              str(tmp_path / "mm.safetensors"))
+    m2 = MixedAEViT(arch="micro", img_size=(672, 1092), norm_cfg=dict(type="BN"))
+    m2.load_pretrained(str(tmp_path / "mm.safetensors"))
+    assert torch.equal(m2.pos_embed, m.pos_embed)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """with_cp (iBOT's use_checkpoint): same loss and gradients as the plain forward, drop path
+    included (the recomputation replays the RNG state)."""
+    grads = []
+    for with_cp in (False, True):
+        torch.manual_seed(0)
+        m = MixedAEViT(arch="micro", img_size=64, drop_path_rate=0.3, with_cp=with_cp,
+                       norm_cfg=dict(type="BN")).train()
+        x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(2)
+        loss = sum((o ** 2).mean() for o in m(x))
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()
+                                      if p.grad is not None}))
+    (l0, g0), (l1, g1) = grads
+    assert torch.equal(l0, l1) and g0.keys() == g1.keys() and len(g0) > 20
+    for n in g0:
+        assert torch.allclose(g0[n], g1[n], rtol=1e-5, atol=1e-7), n
+    assert all(b.with_cp for b in m.blocks)
+
+
+def test_activation_checkpointing_recomputes_the_blocks():
+    """with_cp really checkpoints: each block runs twice per training step (forward and the
+    recomputation in backward), once without it or under no_grad."""
+    counts = {}
+    for with_cp in (False, True):
+        m = MixedAEViT(arch="micro", img_size=64, with_cp=with_cp, norm_cfg=dict(type="BN"))
+        n = [0]
+        m.blocks[1].mlp.register_forward_hook(lambda *a: n.__setitem__(0, n[0] + 1))
+        sum(o.sum() for o in m(torch.randn(1, 3, 64, 64))).backward()
+        with torch.no_grad():
+            m(torch.randn(1, 3, 64, 64))
+        counts[with_cp] = n[0]
+    assert counts == {False: 2, True: 3}
+
+
+def test_input_not_a_multiple_of_the_patch_is_padded_like_mmseg_vit():
+    """mmseg's ViT pads the bottom/right to a whole patch (PatchEmbed padding='corner')."""
+    m = MixedAEViT(arch="micro", img_size=64, norm_cfg=dict(type="BN")).eval()
+    x = torch.randn(1, 3, 67, 101)
+    with torch.no_grad():
+        outs = m(x)
+        ref = m(F.pad(x, (0, 112 - 101, 0, 80 - 67)))
+    assert [tuple(o.shape[-2:]) for o in outs] == [(20, 28), (10, 14), (5, 7), (2, 3)]
+    assert all(torch.equal(a, b) for a, b in zip(outs, ref))

@@ -65,7 +65,7 @@ def seg_cfg(tmp_path_factory):
 def dist_run(seg_cfg, tmp_path_factory):
     """tools/dist_train.sh with 2 gloo processes; its log and work dir."""
     wd = tmp_path_factory.mktemp("dist_train") / "wd"
-    r, log = sh("tools/dist_train.sh", seg_cfg, 2, "--work-dir", wd,
+    r, log = sh("tools/dist_train.sh", seg_cfg, 2, "--work-dir", wd, "--from-scratch",
                 env=dict(PORT=str(free_port())))
     assert r.returncode == 0, log[-5000:]
     return log, wd

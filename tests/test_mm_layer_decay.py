@@ -24,8 +24,9 @@ def expected_layer(name: str, num_layers: int) -> int:
 
 
 def expected_no_wd(name: str, p) -> bool:
-    return (p.ndim == 1 or name.endswith(".bias")
-            or name.split(".")[-1] in ("cls_token", "pos_embed", "relative_position_bias_table"))
+    """BEiT's / iBOT's constructor as their runs apply it: 1-D parameters and biases only (their
+    name test for pos_embed / cls_token never matches a ``backbone.``-prefixed name)."""
+    return p.ndim == 1 or name.endswith(".bias")
 
 
 def build(cfg, scope):
@@ -65,9 +66,11 @@ def test_tiny_upernet_groups(tmp_path):
     check_groups(model, ow, 3e-4, 0.05, 0.65, 4)
     g = {n: (grp["lr"], grp["weight_decay"]) for grp in ow.optimizer.param_groups
          for n in grp["param_names"]}
-    assert g["backbone.pos_embed"] == (pytest.approx(3e-4 * 0.65 ** 5), 0.0)
+    # BEiT (ADE20K): the position embedding, cls token and relative tables are decayed
+    assert g["backbone.pos_embed"] == (pytest.approx(3e-4 * 0.65 ** 5), 0.05)
+    assert g["backbone.cls_token"] == (pytest.approx(3e-4 * 0.65 ** 5), 0.05)
     assert g["backbone.blocks.0.attn.relative_position_bias_table"] == (
-        pytest.approx(3e-4 * 0.65 ** 4), 0.0)
+        pytest.approx(3e-4 * 0.65 ** 4), 0.05)
     assert g["backbone.blocks.3.mlp.fc1.weight"] == (pytest.approx(3e-4 * 0.65), 0.05)
     assert g["backbone.fpn1.0.weight"] == (pytest.approx(3e-4), 0.05)
     assert g["decode_head.conv_seg.weight"] == (pytest.approx(3e-4), 0.05)
@@ -82,9 +85,18 @@ def test_tiny_cascade_mask_rcnn_groups(tmp_path):
     g = {n: (grp["lr"], grp["weight_decay"]) for grp in ow.optimizer.param_groups
          for n in grp["param_names"]}
     assert g["backbone.patch_embed.proj.weight"] == (pytest.approx(1e-4 * 0.75 ** 5), 0.05)
-    assert g["backbone.cls_token"][1] == 0.0
+    assert g["backbone.cls_token"][1] == 0.05 and g["backbone.pos_embed"][1] == 0.05   # iBOT
     assert g["roi_head.bbox_head.2.fc_cls.weight"] == (pytest.approx(1e-4), 0.05)
-    assert g["neck.lateral_convs.0.bn.weight"] == (pytest.approx(1e-4), 0.0)
+    assert g["roi_head.bbox_head.0.shared_convs.0.bn.weight"] == (pytest.approx(1e-4), 0.0)
+    assert g["backbone.fpn1.1.weight"] == (pytest.approx(1e-4), 0.0)   # the adapter's BN
+
+
+def test_pos_embed_exempt_through_custom_keys(tmp_path):
+    cfg = tiny_det_config(tmp_path)
+    cfg.optim_wrapper.paramwise_cfg.custom_keys = {"pos_embed": dict(decay_mult=0.0)}
+    model, ow = build(cfg, "mmdet")
+    g = {n: grp["weight_decay"] for grp in ow.optimizer.param_groups for n in grp["param_names"]}
+    assert g["backbone.pos_embed"] == 0.0 and g["backbone.cls_token"] == 0.05
 
 
 def test_custom_keys_honoured(tmp_path):

@@ -67,7 +67,7 @@ def test_trains_on_coco_tiny(tmp_path):
     r = run_tool("-m", "mixedae.mm.smoke", "det", coco, cfg, "--base", SFPN, "--iters", "2")
     assert r.returncode == 0, r.stderr
     wd = tmp_path / "wd"
-    r = run_tool("tools/train.py", cfg, "--work-dir", wd,
+    r = run_tool("tools/train.py", cfg, "--work-dir", wd, "--from-scratch",
                  "--cfg-options", "val_dataloader.dataset.indices=2")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     recs = [json.loads(line) for f in wd.glob("*/vis_data/scalars.json")

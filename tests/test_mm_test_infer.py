@@ -146,3 +146,22 @@ def test_infer_detection(det, tmp_path, tool):
     assert np.array_equal(np.array(Image.open(tmp_path / "none.png")), src)   # nothing drawn
     r, _ = tool("tools/infer.py", cfg, ckpt, tmp_path / "nope.jpg", "--out", tmp_path / "x.png")
     assert r.returncode == 2 and r.stderr.strip() == f"error: image not found: {tmp_path / 'nope.jpg'}"
+
+
+@pytest.mark.parametrize("task", ["seg", "det"])
+def test_infer_on_an_image_of_odd_size(task, request, tmp_path, tool):
+    """A 131x1003 photo: resized by the test pipeline to sides that are not multiples of 16
+    (seg: 67 px wide, so the 128 px slide window is 67 px wide). The backbone pads it to whole
+    patches as mmseg's ViT does (mmdet: the preprocessor pads to 32); the overlay has the
+    image's own size."""
+    cfg, ckpt, root = request.getfixturevalue(task)
+    src = sorted(root.glob("images/**/*.jpg"))[0]
+    img = tmp_path / "odd.jpg"
+    Image.open(src).convert("RGB").resize((131, 1003)).save(img)
+    r, log = tool("tools/infer.py", cfg, ckpt, img, "--out", tmp_path / "ov.png",
+                  "--score-thr", "0")
+    assert r.returncode == 0, log[-3000:]
+    assert np.array(Image.open(tmp_path / "ov.png")).shape == (1003, 131, 3)
+    if task == "seg":
+        summary = json.loads(r.stdout.strip().splitlines()[-1].split(": ", 1)[1])
+        assert tuple(summary["shape"]) == (1003, 131)

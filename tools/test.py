@@ -6,8 +6,12 @@
         [--tta] [--cfg-options test_dataloader.dataset.data_root=...]
     bash tools/dist_test.sh CONFIG CHECKPOINT 8 [options]
 
-The checkpoint must cover the whole model (checked before the run; mmengine itself would
-load it non-strictly). Metrics are those of the config's ``test_evaluator``; ``--out`` writes
+The config is first made to build the model the checkpoint holds (what ``--match-pretrained``
+or ``--cfg-options`` changed at training time: mixedae/mm/pretrained.py ``match_checkpoint``),
+and the checkpoint must then cover the whole model (checked before the run; mmengine itself
+would load it non-strictly). Without ``--work-dir`` the run's files go to
+``<the config's work_dir, else work_dirs/<config name>>/test``, never over a training run's own
+files there. Metrics are those of the config's ``test_evaluator``; ``--out`` writes
 the predictions as mmseg / mmdet do (see mixedae/mm/testing.py); an evaluator that yields no
 metrics is an error (exit code 2).
 """
@@ -38,11 +42,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from mixedae.mm.pretrained import match_checkpoint
     from mixedae.mm.runner import build_runner, check_full_checkpoint, detect_task, load_config
     from mixedae.mm.testing import check_metrics, configure_test, write_metrics
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     cfg = load_config(args.config, args.cfg_options)
+    match_checkpoint(cfg, args.checkpoint)
+    work_dir = args.work_dir or str(Path(cfg.get("work_dir") or Path("work_dirs") /
+                                         Path(args.config).stem) / "test")
     configure_test(cfg, detect_task(cfg), out=args.out, show_dir=args.show_dir,
                    show=args.show, wait_time=args.wait_time, tta=args.tta)
     net = cfg.model.get("module", cfg.model)   # the network inside a TTA model
@@ -53,7 +61,7 @@ def main(argv=None) -> int:
         net["pretrained"] = None
     cfg.load_from = args.checkpoint
     cfg.resume = False
-    runner = build_runner(cfg, args.work_dir, args.launcher, args.config)
+    runner = build_runner(cfg, work_dir, args.launcher, args.config)
     check_full_checkpoint(runner.model, args.checkpoint)
     metrics = check_metrics(runner.test(), cfg)
     from mmengine.dist import is_main_process

@@ -11,7 +11,9 @@ The task (mmseg or mmdet) comes from the config's ``default_scope`` (or its mode
 official MAE / timm weights or an mm checkpoint; it is converted on the fly and loaded by the
 backbone's checked loader (every dropped/missing key reported, unexpected ones are errors).
 When its ViT (size, patch) differs from the config's, the exact ``--cfg-options`` to use are
-printed (``--match-pretrained`` applies them). Not distributed or no CUDA: SyncBN becomes BN;
+printed (``--match-pretrained`` applies them). Without ``--pretrained`` and with no checkpoint
+in the config the run is refused unless ``--from-scratch`` asks for random initialisation.
+Not distributed or no CUDA: SyncBN becomes BN;
 no CUDA: AMP is off and multi-process runs use gloo.
 """
 import argparse
@@ -30,6 +32,9 @@ def parse_args(argv=None):
     ap.add_argument("--match-pretrained", action="store_true",
                     help="set the backbone (size, patch, out_indices) and the widths that follow "
                          "it from the --pretrained checkpoint instead of refusing a mismatch")
+    ap.add_argument("--from-scratch", action="store_true",
+                    help="train from random initialisation (without it, a run with no "
+                         "--pretrained and no checkpoint in the config is refused)")
     ap.add_argument("--resume", nargs="?", const="auto", default=None,
                     help="resume: a checkpoint path, or the latest in work-dir if no path")
     ap.add_argument("--amp", action="store_true", help="force AmpOptimWrapper (GPU)")
@@ -37,14 +42,19 @@ def parse_args(argv=None):
     args = parse_launch_args(ap, argv)
     if args.match_pretrained and not args.pretrained:
         ap.error("--match-pretrained needs --pretrained")
+    if args.from_scratch and args.pretrained:
+        ap.error("--from-scratch contradicts --pretrained; drop one of them")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from mixedae.mm.pretrained import match_pretrained
+    from mixedae.mm.pretrained import match_pretrained, require_weights
     from mixedae.mm.runner import attach_pretrained, build_runner, load_config
     cfg = load_config(args.config, args.cfg_options)
+    work_dir = args.work_dir or cfg.get("work_dir") or str(
+        Path("work_dirs") / Path(args.config).stem)   # where build_runner puts the run
+    require_weights(cfg, args.pretrained, args.from_scratch, args.resume, work_dir)
     if args.pretrained:
         match_pretrained(cfg, args.pretrained, apply=args.match_pretrained)
         attach_pretrained(cfg, args.pretrained)

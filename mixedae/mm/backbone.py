@@ -14,8 +14,21 @@ timm/MAE checkpoints all agree on them.
 * depth for layer decay: ``num_layers`` and mmpretrain's ``get_layer_depth(name, prefix)``,
   from the project's one rule (:mod:`mixedae.runtime.layer_decay`), so the optimizer
   constructor never needs the depth written in a config;
-* absolute position embedding learnable, resized bicubically (patch part) to any input grid,
-  non-square included; optional BEiT relative position bias (``use_rel_pos_bias``), zero init;
+* absolute position embedding learnable at the grid of ``img_size`` (square or (h, w), e.g.
+  iBOT's 672x1092 training grid for COCO): a checkpoint's embedding is resized to that grid
+  once, at load (iBOT, BEiT), and learnt there; inputs of other sizes (multi-scale training,
+  inference) get it resized bicubically (patch part) on the fly, as iBOT's
+  ``interpolate_pos_encoding`` does; optional BEiT relative position bias
+  (``use_rel_pos_bias``), zero init, stored and resized the same way;
+* an input whose sides are not multiples of the patch size is zero-padded at the bottom and
+  right to the next multiple, as mmseg's ViT does (``PatchEmbed(padding='corner')``): the
+  outputs cover the padded grid and the heads resize their prediction to the image (whole-image
+  inference, slide windows cut from a small image). The mmdet configs pad to 32 in the data
+  preprocessor already (``pad_size_divisor``), and 512 px slide windows need none, so the
+  paper's protocols never see this padding;
+* activation checkpointing (``with_cp``, mmcv's name for iBOT's ``use_checkpoint``): each
+  block's activations are recomputed in the backward pass (training with gradients only);
+  the gradients are those of the plain forward;
 * stochastic depth (``drop_path_rate``, linear over depth); no final norm (BEiT/iBOT dense
   transfer), so checkpoints' ``norm``/``fc_norm``/``head`` are dropped knowingly;
 * weights: ``pretrained=PATH`` or ``init_cfg=dict(type='Pretrained', checkpoint=PATH)``
@@ -30,12 +43,14 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 
 from mixedae import convert as cv
-from mixedae.model.vit import VIT_SIZES, VisionTransformer, relative_position_table_size, \
-    resize_relative_position_table
+from mixedae.model.vit import VIT_SIZES, Block, VisionTransformer, \
+    relative_position_table_size, resize_relative_position_table
 from mixedae.runtime.layer_decay import get_layer_id
 
 
@@ -81,19 +96,34 @@ def _pair(x) -> tuple[int, int]:
     return (int(x), int(x)) if isinstance(x, (int, float)) else (int(x[0]), int(x[1]))
 
 
+class CheckpointedBlock(Block):
+    """The ViT block with optional activation checkpointing (``with_cp``; same parameters and
+    names as :class:`~mixedae.model.vit.Block`). The recomputation replays the saved RNG
+    state, so drop path draws the same masks and the gradients equal the plain block's."""
+    with_cp = False
+
+    def forward(self, x, attn_mask=None, homo=None, qk_embed=None):
+        if self.with_cp and self.training and torch.is_grad_enabled() and x.requires_grad:
+            return cp.checkpoint(super().forward, x, attn_mask, homo, qk_embed,
+                                 use_reentrant=False)
+        return super().forward(x, attn_mask, homo, qk_embed)
+
+
 class MixedAEViT(VisionTransformer):
     """ViT backbone for dense prediction (mmseg ``MODELS`` and mmdet ``MODELS``).
 
     Args:
         arch: ViT size name (``micro``/``tiny``/``small``/``base``/``large``) or a dict with
             ``embed_dim``, ``depth``, ``num_heads``.
-        img_size: size the position embedding (and relative tables) are stored at; other
-            inputs are resized on the fly. A checkpoint's embedding is resized to it on load.
+        img_size: size (int or (h, w)) whose patch grid the position embedding (and the
+            relative tables) are stored and learnt at; a checkpoint's embedding is resized to
+            it on load, other inputs get it resized on the fly.
         out_indices: blocks whose outputs feed the 4 scales; default (3, 5, 7, 11) for 12
             blocks (ViT-B), (7, 11, 15, 23) for 24 (ViT-L), the quarter ends otherwise.
         norm_cfg: norm of the ×4 branch, ``dict(type='SyncBN')`` or ``'BN'``.
         out_strides: strides of the 4 adapter outputs (the heads' ``featmap_strides``);
             each must be the patch size × 4, 2, 1, 1/2 or 1/4.
+        with_cp: activation checkpointing of every block (memory for compute).
         pretrained / init_cfg: see module docstring.
     """
 
@@ -102,7 +132,7 @@ class MixedAEViT(VisionTransformer):
                  drop_path_rate: float = 0.1, mlp_ratio: float = 4.0, qkv_bias: bool = True,
                  use_rel_pos_bias: bool = False, with_adapter: bool = True,
                  norm_cfg: dict | None = None, out_strides: Sequence[int] = DEFAULT_OUT_STRIDES,
-                 frozen_stages: int = -1,
+                 frozen_stages: int = -1, with_cp: bool = False,
                  pretrained: str | None = None, init_cfg: dict | list | None = None):
         if isinstance(arch, str):
             if arch not in VIT_SIZES:
@@ -111,14 +141,18 @@ class MixedAEViT(VisionTransformer):
         else:
             dim, depth, heads = arch["embed_dim"], arch["depth"], arch["num_heads"]
         img_size = _pair(img_size)
-        if img_size[0] != img_size[1]:
-            raise ValueError(f"MixedAEViT: img_size must be square, got {img_size} (other input "
-                             f"sizes are handled at run time)")
-        super().__init__(img_size=img_size[0], patch_size=patch_size, in_chans=in_channels,
+        if min(img_size) < patch_size:
+            raise ValueError(f"MixedAEViT: img_size {img_size} is smaller than the patch size "
+                             f"{patch_size}")
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_channels,
                          embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio,
                          qkv_bias=qkv_bias, drop_path_rate=drop_path_rate, num_classes=0,
                          global_pool="", fc_norm=False, learnable_pos_embed=True,
-                         dynamic_img_size=True, rel_pos_bias=use_rel_pos_bias)
+                         dynamic_img_size=True, rel_pos_bias=use_rel_pos_bias,
+                         block_layer=CheckpointedBlock)
+        self.with_cp = bool(with_cp)
+        for blk in self.blocks:
+            blk.with_cp = self.with_cp
         self.norm = nn.Identity()  # BEiT/iBOT dense transfer: features straight from blocks
         if out_indices is None:
             out_indices = default_out_indices(depth)
@@ -179,9 +213,9 @@ class MixedAEViT(VisionTransformer):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         B = x.shape[0]
         H, W = x.shape[-2:]
-        if H % self.patch_size or W % self.patch_size:
-            raise ValueError(f"MixedAEViT: input {H}x{W} is not divisible by the patch size "
-                             f"{self.patch_size}; pad it (data_preprocessor size_divisor)")
+        if H % self.patch_size or W % self.patch_size:   # mmseg ViT's padding='corner'
+            p = self.patch_size
+            x = F.pad(x, (0, -W % p, 0, -H % p))
         tokens, grid = self.embed(x)
         _, outs = self.forward_blocks(tokens, out_indices=self.out_indices, grid=grid)
         feats = [o[:, self.num_prefix_tokens:].transpose(1, 2).reshape(B, -1, *grid)
@@ -227,14 +261,17 @@ class MixedAEViT(VisionTransformer):
             return cv.REL_POS_KEY.match(k) is not None and not has_rel
 
         ckpt_grid = None
-        if "pos_embed" in kept:
+        if "pos_embed" in kept:   # pretraining grids are square; a grid of ours may not be
             n = kept["pos_embed"].shape[1] - self.num_prefix_tokens
-            ckpt_grid = cv.square_grid(n, f"{path}: pos_embed")
+            own = tuple(self.grid_size)
+            ckpt_grid = own if n == own[0] * own[1] else cv.square_grid(n, f"{path}: pos_embed")
 
         def resize_pos(t, shape):
             return cv.resize_pos_embed(t, ckpt_grid, self.grid_size, self.num_prefix_tokens)
 
         def resize_rel(t, shape):
+            if t.shape[0] == relative_position_table_size(self.grid_size):
+                return t
             side = int(round(((t.shape[0] - 3) ** 0.5 + 1) / 2))
             if relative_position_table_size((side, side)) != t.shape[0]:
                 raise cv.ConversionError(f"relative position table with {t.shape[0]} rows is "

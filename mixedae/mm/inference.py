@@ -6,8 +6,13 @@
 * mmdet: ``init_detector(cfg, checkpoint, device)`` → ``inference_detector(model, image)`` →
   ``DetLocalVisualizer.add_datasample(..., out_file=...)`` (boxes and masks above a score).
 
-The config is adapted to one process first (SyncBN → BN) and the backbone's ``init_cfg`` is
-cleared: the weights come from the checkpoint, which must cover the whole model.
+The config is first made to build the model the checkpoint holds
+(:func:`mixedae.mm.pretrained.match_checkpoint`: what ``--match-pretrained`` / ``--cfg-options``
+changed at training time), adapted to one process (SyncBN → BN) and the backbone's
+``init_cfg`` is cleared: the weights come from the checkpoint, which must cover the whole model.
+Images of any size work: the mmdet configs pad to a multiple of 32 (``pad_size_divisor``), the
+mmseg ones at test time too (``data_preprocessor.test_cfg.size_divisor``; mmseg crops the
+padding off the prediction).
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from mmengine.config import Config
 
+from mixedae.mm.pretrained import match_checkpoint
 from mixedae.mm.runner import adapt_to_machine, check_full_checkpoint, detect_task
 from mixedae.runtime.errors import ConfigError
 
@@ -74,6 +80,7 @@ def infer(config: str | Config, checkpoint: str, image: str, out: str, device: s
     if not str(out).lower().endswith((".png", ".jpg", ".jpeg")):
         raise ConfigError(f"--out {out}: give an image file name (.png or .jpg)")
     cfg = config if isinstance(config, Config) else Config.fromfile(str(config))
+    match_checkpoint(cfg, checkpoint)
     task = _prepare(cfg)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     if task == "mmseg":

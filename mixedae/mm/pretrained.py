@@ -6,19 +6,30 @@ A mismatch yields the exact ``--cfg-options`` that make the config build that Vi
 ``arch`` / ``patch_size`` / ``out_indices`` and every input width that follows the ViT width
 (UperNet and FCN heads, FPN or SimpleFPN neck, SimpleFPN ``in_stride``). ``tools/train.py``
 prints them and stops, or applies them with ``--match-pretrained``.
+
+Two more checks of the weights against a config, before any work:
+
+* ``require_weights``: ``tools/train.py`` (and the launchers, which call it) refuses to train
+  from random initialisation unless ``--from-scratch`` says so;
+* ``match_checkpoint``: ``tools/test.py`` / ``tools/infer.py`` build the model a trained
+  checkpoint holds (the same options as ``--match-pretrained`` plus the position-embedding
+  grid and the relative position tables), so the config a run was started from tests what that
+  run trained, whatever ``--match-pretrained`` or ``--cfg-options`` changed at training time.
 """
+
 from __future__ import annotations
 
+import os.path as osp
 import re
 import shlex
 from dataclasses import dataclass
 
 from mmengine.config import Config
 
-from mixedae import convert as cv
 from mixedae.mm.backbone import default_out_indices
 from mixedae.model.vit import VIT_SIZES
 from mixedae.runtime.errors import CheckpointError, ConfigError
+from mixedae.runtime.weights import REL_POS_KEY, extract_vit, read_weights
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -41,10 +52,11 @@ def _arch_of(dim: int, depth: int) -> str | None:
     return next((n for n, (d, L, _) in VIT_SIZES.items() if (d, L) == (dim, depth)), None)
 
 
-def checkpoint_vit(path: str) -> VitShape:
-    """The ViT stored in ``path`` (any layout :mod:`mixedae.convert` reads)."""
-    sd, meta = cv.load_checkpoint_file(path)
-    _, kept, _ = cv.extract_vit(sd)
+def checkpoint_vit(path: str, weights: tuple[dict, dict] | None = None) -> VitShape:
+    """The ViT stored in ``path`` (any layout :mod:`mixedae.runtime.weights` reads);
+    ``weights`` = its (state dict, metadata) if already read."""
+    sd, meta = weights if weights is not None else read_weights(path)
+    _, kept, _ = extract_vit(sd)
     w = kept.get("patch_embed.proj.weight")
     if w is None:
         raise CheckpointError(f"{path}: no patch_embed.proj.weight; cannot tell the ViT size")
@@ -68,7 +80,7 @@ def checkpoint_vit(path: str) -> VitShape:
 
 
 def config_vit(cfg: Config) -> VitShape:
-    bb = cfg.model.backbone
+    bb = cfg.model.get("backbone") or {}
     if bb.get("type") != "MixedAEViT":
         raise ConfigError(f"--pretrained needs model.backbone.type='MixedAEViT', got "
                           f"{bb.get('type')!r}")
@@ -124,4 +136,93 @@ def match_pretrained(cfg: Config, path: str, apply: bool = False) -> dict:
                           f"{format_options(opts)} (or add --match-pretrained to apply them)")
     if opts:
         cfg.merge_from_dict(opts)
+    return opts
+
+
+# ---- weights a training run starts from ------------------------------------------------------
+def config_checkpoints(cfg: Config) -> list[str]:
+    """Where the config itself names weights: ``load_from``, ``resume``, ``model.pretrained``,
+    ``model.backbone.pretrained`` / ``init_cfg`` of type Pretrained (as 'key=value')."""
+    found = []
+    if cfg.get("load_from"):
+        found.append(f"load_from={cfg.load_from}")
+    if cfg.get("resume"):
+        found.append("resume=True")
+    model = cfg.get("model") or {}
+    bb = model.get("backbone") or {}
+    for where, value in (("model.pretrained", model.get("pretrained")),
+                         ("model.backbone.pretrained", bb.get("pretrained"))):
+        if value:
+            found.append(f"{where}={value}")
+    init = bb.get("init_cfg")
+    for c in (init if isinstance(init, (list, tuple)) else [init]):
+        if isinstance(c, dict) and c.get("type") == "Pretrained" and c.get("checkpoint"):
+            found.append(f"model.backbone.init_cfg.checkpoint={c['checkpoint']}")
+    return found
+
+
+def require_weights(cfg: Config, pretrained: str | None, from_scratch: bool,
+                    resume: str | None = None, work_dir: str | None = None) -> None:
+    """A transfer run starts from pretrained weights: refuse (ConfigError, one line) a run with
+    neither ``--pretrained`` nor a checkpoint in the config (nor one to resume: ``--resume
+    PATH``, or ``--resume`` with a ``last_checkpoint`` in ``work_dir``) unless
+    ``--from-scratch``; refuse ``--from-scratch`` when the config names weights anyway."""
+    named = config_checkpoints(cfg)
+    if from_scratch and named:
+        raise ConfigError(f"--from-scratch contradicts the config's {named[0]}; drop one of them")
+    resumable = resume not in (None, "auto") or (
+        resume == "auto" and work_dir is not None and osp.isfile(osp.join(work_dir,
+                                                                          "last_checkpoint")))
+    if not (from_scratch or pretrained or named or resumable):
+        where = (f" (--resume found no last_checkpoint in {work_dir})" if resume == "auto"
+                 else "")
+        raise ConfigError(f"no pretrained weights{where}: give --pretrained PATH (a pretraining "
+                          f"run dir or converted backbone), or --from-scratch to train from "
+                          f"random initialisation on purpose")
+
+
+# ---- the model a trained checkpoint holds -----------------------------------------------------
+def _grid(img_size, patch: int) -> tuple[int, int]:
+    h, w = (img_size, img_size) if isinstance(img_size, (int, float)) else img_size
+    return int(h) // patch, int(w) // patch
+
+
+def checkpoint_options(cfg: Config, path: str) -> dict:
+    """``--cfg-options`` entries making ``cfg`` build the model of the trained checkpoint
+    ``path``: :func:`matching_options` (ViT size, patch, out_indices, widths), the stored
+    position-embedding grid (``model.backbone.img_size``; a square grid, else it must be the
+    config's) and whether it has relative position tables."""
+    bb = cfg.model.get("backbone") or {}
+    if bb.get("type") != "MixedAEViT" or not isinstance(bb.get("arch", "base"), str):
+        return {}   # nothing to infer for other backbones: the full-checkpoint check decides
+    sd, meta = read_weights(path)
+    want = checkpoint_vit(path, (sd, meta))
+    opts = matching_options(cfg, want)
+    _, kept, _ = extract_vit(sd)
+    pos = kept.get("pos_embed")
+    if pos is not None:
+        n = int(pos.shape[1]) - 1
+        gh, gw = _grid(bb.get("img_size", 224), want.patch_size)
+        if n != gh * gw:
+            side = int(round(n ** 0.5))
+            if side * side != n:
+                raise CheckpointError(f"{path}: pos_embed holds {n} patch positions, neither the "
+                                      f"config's {gh}x{gw} grid nor a square one; set "
+                                      f"model.backbone.img_size to the grid it was trained at")
+            opts["model.backbone.img_size"] = side * want.patch_size
+    has_rel = any(REL_POS_KEY.match(k) for k in kept)
+    if has_rel != bool(bb.get("use_rel_pos_bias", False)):
+        opts["model.backbone.use_rel_pos_bias"] = has_rel
+    return opts
+
+
+def match_checkpoint(cfg: Config, path: str) -> dict:
+    """Apply :func:`checkpoint_options` to ``cfg`` (tools/test.py, tools/infer.py); returns
+    them, and says so in the log when there are any."""
+    opts = checkpoint_options(cfg, path)
+    if opts:
+        cfg.merge_from_dict(opts)
+        from mmengine.logging import print_log
+        print_log(f"{path}: the config now builds the model this checkpoint holds: "
+                  f"{format_options(opts)}", logger="current")
     return opts

@@ -6,7 +6,20 @@ Used unchanged by ImageNet/downstream fine-tuning and by the OpenMMLab optimizer
 * id i+1: transformer block i;
 * id num_layers+1: everything else (final norm, fc_norm, head, adapters, necks, decode heads);
 * lr scale = decay ** (num_layers + 1 - id);
-* no weight decay for 1-D parameters (norms, biases), tokens and embeddings.
+* no weight decay for 1-D parameters (norms, biases) and for the names the caller lists.
+
+Which names are exempt is the reference's choice of each transfer, made by the caller:
+
+* ImageNet / downstream fine-tuning (MAE ``util/lr_decay.param_groups_lrd`` with
+  ``no_weight_decay_list=model.no_weight_decay()``, timm's {pos_embed, cls_token}): the
+  classifier's own ``no_weight_decay()``;
+* mmseg ADE20K (BEiT) and mmdet COCO (iBOT): none. Their
+  ``LayerDecayOptimizerConstructor`` tests ``name in ('pos_embed', 'cls_token')`` on names
+  that carry the ``backbone.`` prefix, so the test never holds and the cls token, the
+  position embedding and the relative position tables are decayed like every other
+  matrix (mmseg 1.x's ``LearningRateDecayOptimizerConstructor`` has the same test). The mm
+  constructor follows what those runs did; ``custom_keys`` with ``decay_mult=0`` exempts
+  a name.
 
 Names are matched with or without a ``backbone.`` (or any other) prefix.
 """
@@ -18,7 +31,6 @@ import torch.nn as nn
 
 _EMBED = re.compile(r"^(patch_embed|cls_token|pos_embed|mask_token)(\.|$)")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
-_NO_DECAY = re.compile(r"(^|\.)(\w*_token|\w*pos_embed|relative_position_bias_table)$")
 
 
 def get_layer_id(name: str, num_layers: int, backbone_prefix: str = "backbone.") -> int:
@@ -35,16 +47,18 @@ def get_layer_id(name: str, num_layers: int, backbone_prefix: str = "backbone.")
 
 
 def is_no_weight_decay(name: str, param: nn.Parameter, extra: set[str] = frozenset()) -> bool:
-    """Norm weights and all biases (ndim 1), tokens, embeddings, relative position tables."""
+    """Norm weights and all biases (ndim 1), and the names in ``extra`` (with or without a
+    ``backbone.`` prefix)."""
     bare = name[len("backbone."):] if name.startswith("backbone.") else name
-    return param.ndim <= 1 or name.endswith(".bias") or bool(_NO_DECAY.search(name)) \
-        or bare in extra or name in extra
+    return param.ndim <= 1 or name.endswith(".bias") or bare in extra or name in extra
 
 
 def layer_decay_param_groups(model: nn.Module, lr: float, weight_decay: float,
                              layer_decay: float, num_layers: int,
                              backbone_prefix: str = "", no_weight_decay: set[str] = frozenset()):
-    """torch.optim param groups with ``lr`` already scaled per layer (and ``lr_scale`` kept)."""
+    """torch.optim param groups with ``lr`` already scaled per layer (and ``lr_scale`` kept);
+    ``no_weight_decay``: names exempt from weight decay besides 1-D parameters (see the module
+    docstring for each transfer's reference)."""
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -1,15 +1,28 @@
-# COCO 2017 instances (layout: docs/transfer.md). Multi-scale training: short side randomly
-# chosen from 480..800 (step 32), long side <= 1333; single-scale test at (1333, 800).
+# COCO 2017 instances (layout: docs/transfer.md). Training augmentation of iBOT's ViT Cascade
+# Mask R-CNN (evaluation/object_detection/configs/cascade_rcnn/vit_base_giou_4conv1f_coco_3x.py,
+# "augmentation strategy originates from DETR / Sparse RCNN"): horizontal flip, then one of two
+# policies with equal probability (iBOT's AutoAugment, here mmcv's RandomChoice):
+#   (a) multi-scale resize, short side one of 480..800 (step 32), long side <= 1333;
+#   (b) resize to short side 400/500/600 (long <= 1333) -> absolute RandomCrop of h, w each
+#       uniform in [384, 600] (boxes may leave the crop: allow_negative_crop) -> (a)'s resize.
+# The paper (App. B) states (a)'s range; iBOT's config, which the paper follows, adds (b).
+# Single-scale test at (1333, 800), as iBOT.
 dataset_type = 'CocoDataset'
 data_root = 'data/coco/'
 backend_args = None
+ms_scales = [(1333, s) for s in range(480, 801, 32)]
 train_pipeline = [
     dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='RandomChoiceResize',
-         scales=[(1333, s) for s in range(480, 801, 32)],
-         keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
+    dict(type='RandomChoice', transforms=[
+        [dict(type='RandomChoiceResize', scales=ms_scales, keep_ratio=True)],
+        [dict(type='RandomChoiceResize', scales=[(1333, 400), (1333, 500), (1333, 600)],
+              keep_ratio=True),
+         dict(type='RandomCrop', crop_type='absolute_range', crop_size=(384, 600),
+              allow_negative_crop=True),
+         dict(type='RandomChoiceResize', scales=ms_scales, keep_ratio=True)],
+    ]),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [

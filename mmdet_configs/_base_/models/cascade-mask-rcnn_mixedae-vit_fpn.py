@@ -1,6 +1,9 @@
-# Cascade Mask R-CNN + ViT + FPN following iBOT's ViT detector: the backbone's 4-scale adapter
-# (strides 4/8/16/32), FPN, 3 cascade stages of Shared4Conv1FCBBoxHead with GIoU loss, SyncBN in
-# the neck and the RoI heads.
+# Cascade Mask R-CNN + ViT + FPN following iBOT's ViT detector
+# (evaluation/object_detection/configs/_base_/models/cascade_mask_rcnn_vit_fpn.py and
+# cascade_rcnn/vit_base_giou_4conv1f_coco_3x.py; backbone mmcv_custom/register_backbone.py):
+# the backbone's 4-scale adapter (strides 4/8/16/32), FPN, 3 cascade stages of
+# Shared4Conv1FCBBoxHead ("4conv1f") with GIoU loss, FCN mask head. SyncBN exactly where iBOT
+# has it: the adapter's x4 branch and the box heads; the FPN, RPN and mask head have no norm.
 custom_imports = dict(imports=['mixedae.mm'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 
@@ -45,18 +48,20 @@ model = dict(
     backbone=dict(
         type='MixedAEViT',
         arch='base',
-        img_size=224,            # pos embed kept at the pretraining grid, resized per input
+        # iBOT: the position embedding is resized at load to the 672x1092 training grid
+        # (42x68 patches) and learnt there; each input gets it resized to its own grid
+        img_size=(672, 1092),
         patch_size=16,
         out_indices=(3, 5, 7, 11),
         drop_path_rate=0.2,
-        use_rel_pos_bias=False,
+        use_rel_pos_bias=False,  # iBOT's ViT has none
         with_adapter=True,
-        norm_cfg=norm_cfg),
+        with_cp=True,            # iBOT's run.sh: model.backbone.use_checkpoint=True (memory)
+        norm_cfg=norm_cfg),      # the adapter's x4 branch: SyncBatchNorm in iBOT
     neck=dict(
         type='FPN',
         in_channels=[768, 768, 768, 768],
         out_channels=256,
-        norm_cfg=norm_cfg,
         num_outs=5),
     rpn_head=dict(
         type='RPNHead',
@@ -93,7 +98,6 @@ model = dict(
             in_channels=256,
             conv_out_channels=256,
             num_classes=80,
-            norm_cfg=norm_cfg,
             loss_mask=dict(type='CrossEntropyLoss', use_mask=True, loss_weight=1.0))),
     train_cfg=dict(
         rpn=dict(
