@@ -3,13 +3,19 @@ in ``<dir>/tb`` and one JSON record per line in ``<dir>/log.jsonl``.
 
 On resume, records past the resume step are dropped from ``log.jsonl`` (and tensorboard purges
 them), so a resumed run's log reads like an uninterrupted one; a torn last line (a kill during
-a write) is dropped too. Console lines go through ``tqdm.write`` so the bar stays intact.
+a write) is dropped too.
+
+While the bar is shown, nothing is printed over it: :meth:`RunLogger.info` lines go through
+``tqdm.write``, and so does every ``logging`` record of the console handlers
+(``tqdm.contrib.logging.logging_redirect_tqdm`` from the bar's start to :meth:`RunLogger.close`),
+so the engines' own ``log.info`` / warnings of the runtime print above the bar, not into it.
 """
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from mixedae.runtime.checkpoint import atomic_write_text
@@ -43,6 +49,12 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return out
 
 
+def _is_console(handler: logging.Handler) -> bool:
+    """A logging handler that writes to the terminal (the ones tqdm's redirect replaces)."""
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout,
+                                                                            sys.stderr)
+
+
 class RunLogger:
     """See module docstring. ``start_step``: records with a larger ``step`` are dropped from an
     existing log (``None`` keeps the whole log, e.g. a run directory shared by phases)."""
@@ -51,7 +63,7 @@ class RunLogger:
                  start_step: int | None = 0, progress: bool = True, tensorboard: bool = True):
         self.enabled = output_dir is not None and is_main_process()
         self.bar = self.tb = self.jsonl = None
-        self._tb_dir, self._purge = None, None
+        self._tb_dir, self._purge, self._redirect = None, None, ExitStack()
         if not self.enabled:
             return
         out = Path(output_dir)
@@ -61,6 +73,9 @@ class RunLogger:
         from tqdm import tqdm
         self.bar = tqdm(total=total, initial=0, disable=not progress, dynamic_ncols=True,
                         desc=desc, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        if not self.bar.disable and any(_is_console(h) for h in logging.root.handlers):
+            from tqdm.contrib.logging import logging_redirect_tqdm
+            self._redirect.enter_context(logging_redirect_tqdm())
         if start_step is not None:
             self.resume_at(start_step)
 
@@ -74,6 +89,12 @@ class RunLogger:
         self._purge = step + 1
         if self.bar is not None:
             self.bar.n = self.bar.last_print_n = step
+            self.bar.refresh()
+
+    def set_total(self, total: int) -> None:
+        """The number of steps the bar counts to (e.g. a run stopping early at --max-steps)."""
+        if self.bar is not None and self.bar.total != total:
+            self.bar.total = total
             self.bar.refresh()
 
     def _writer(self):
@@ -125,5 +146,6 @@ class RunLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        self._redirect.close()  # console logging as before the bar
         if self.tb is not None:
             self.tb.close()
