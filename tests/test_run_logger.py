@@ -50,3 +50,18 @@ def test_bar_counts_to_max_steps(tmp_path, capsys):
     lg.close()
     err = capsys.readouterr().err
     assert out["step"] == 3 and "3/3 [" in err and "/100" not in err.rsplit("\r", 1)[-1]
+
+
+def test_warnings_without_logging_setup_print_above_the_bar(tmp_path, capsys, monkeypatch):
+    """No handler configured (the classification commands): Python's last-resort handler
+    would print the warning into the bar; it goes through tqdm.write instead."""
+    monkeypatch.setattr(logging.root, "handlers", [])
+    lg = RunLogger(tmp_path, desc="bar", total=10, tensorboard=False)
+    lg.step(2)
+    lg.bar.refresh()
+    logging.getLogger("mixedae.test").warning("non-finite gradients at step 3")
+    lg.close()
+    assert logging.root.handlers == []
+    err = capsys.readouterr().err.split("\n")
+    assert [x.rsplit("\r", 1)[-1] for x in err if "non-finite" in x] == [
+        "non-finite gradients at step 3"]

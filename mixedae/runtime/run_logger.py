@@ -8,7 +8,9 @@ a write) is dropped too.
 While the bar is shown, nothing is printed over it: :meth:`RunLogger.info` lines go through
 ``tqdm.write``, and so does every ``logging`` record of the console handlers
 (``tqdm.contrib.logging.logging_redirect_tqdm`` from the bar's start to :meth:`RunLogger.close`),
-so the engines' own ``log.info`` / warnings of the runtime print above the bar, not into it.
+so the engines' own ``log.info`` / warnings of the runtime print above the bar, not into it
+(without any handler, as in the classification commands, the warnings that Python's
+last-resort handler would print are written the same way).
 """
 from __future__ import annotations
 
@@ -73,7 +75,8 @@ class RunLogger:
         from tqdm import tqdm
         self.bar = tqdm(total=total, initial=0, disable=not progress, dynamic_ncols=True,
                         desc=desc, mininterval=0.1 if sys.stderr.isatty() else 30.0)
-        if not self.bar.disable and any(_is_console(h) for h in logging.root.handlers):
+        roots = logging.root.handlers  # none: Python's last-resort handler prints warnings
+        if not self.bar.disable and (not roots or any(_is_console(h) for h in roots)):
             from tqdm.contrib.logging import logging_redirect_tqdm
             self._redirect.enter_context(logging_redirect_tqdm())
         if start_step is not None:
