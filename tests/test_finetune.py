@@ -111,6 +111,8 @@ def test_two_step_run_checkpoints_and_resumes_exactly(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     base = ["--data", str(root), *TINY]
     assert F.main([*base, "--output-dir", str(a), "--max-steps", "2"]) == 0
+    cap = capsys.readouterr()  # the bar counts to --max-steps (not to the 12500 of 100 epochs)
+    assert "2/2 [" in cap.err and "/12500" not in cap.err and "stops at step 2" in cap.out
     ck = E.load_checkpoint(a / "checkpoint.pth")
     assert ck["step"] == 2 and set(ck) >= {"model", "optimizer", "rng", "args"}
     assert {g["lr_scale"] for g in ck["optimizer"]["param_groups"]} == {

@@ -227,13 +227,13 @@ def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set:
     guard = FiniteGuard(max_bad_steps)
     ck = _Checkpointer(ckpt_path, model, optimizer, ema, state, extra_state, guard)
     start = (resumed_from := ck.restore()) or 0
+    if stop_after is not None:  # the bar (and its ETA) counts to where this run stops
+        logger.set_total(min(total_steps, max(stop_after, start + 1)))
     if resumed_from is not None:
         logger.resume_at(start)
         logger.event(event="resume", step=start, path=str(ckpt_path))
     if start >= total_steps:
         return {"step": start, "resumed_from": resumed_from, "finished": True}
-    if stop_after is not None:  # the bar (and its ETA) counts to where this run stops
-        logger.set_total(min(total_steps, max(stop_after, start + 1)))
     spe, batches = _stream(train_set, batch_size, accum_iter, start, seed, workers, device)
     model.train()
     running, t0, step = [], time.time(), start

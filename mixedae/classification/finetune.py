@@ -202,7 +202,9 @@ def run(args, out_dir: Path) -> dict:
         logger.info(f"[finetune] {loaded['line']}")
     logger.info(f"[finetune] {args.model}/{args.patch_size} {len(train_set)} train / "
                 f"{len(val_set)} val, {len(train_set.classes)} classes; lr {args.abs_lr:.3g}, "
-                f"layer decay {args.layer_decay}, {total} steps")
+                f"layer decay {args.layer_decay}, {total} steps"
+                + (f" (this run stops at step {args.max_steps}: --max-steps)"
+                   if args.max_steps and args.max_steps < total else ""))
     best, last = {"top1": -1.0}, {}
     evaluate = _evaluator(args, model, ema, val_set, device, total, logger, best, last,
                           out_dir)

@@ -72,15 +72,21 @@ class RunLogger:
         out.mkdir(parents=True, exist_ok=True)
         self.jsonl = out / "log.jsonl"
         self._tb_dir = out / "tb" if tensorboard else None
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, initial=0, disable=not progress, dynamic_ncols=True,
-                        desc=desc, mininterval=0.1 if sys.stderr.isatty() else 30.0)
-        roots = logging.root.handlers  # none: Python's last-resort handler prints warnings
-        if not self.bar.disable and (not roots or any(_is_console(h) for h in roots)):
-            from tqdm.contrib.logging import logging_redirect_tqdm
-            self._redirect.enter_context(logging_redirect_tqdm())
+        self._bar_kw = dict(total=total, desc=desc, disable=not progress)
         if start_step is not None:
             self.resume_at(start_step)
+
+    def _open_bar(self):
+        """The bar, drawn from the first step on (so it starts with its final total)."""
+        if self.bar is None and self.enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(initial=0, dynamic_ncols=True, **self._bar_kw,
+                            mininterval=0.1 if sys.stderr.isatty() else 30.0)
+            roots = logging.root.handlers  # none: Python's last-resort handler prints warnings
+            if not self.bar.disable and (not roots or any(_is_console(h) for h in roots)):
+                from tqdm.contrib.logging import logging_redirect_tqdm
+                self._redirect.enter_context(logging_redirect_tqdm())
+        return self.bar
 
     def resume_at(self, step: int) -> None:
         """Continue a run at ``step``: drop later records (log.jsonl and tensorboard)."""
@@ -90,12 +96,16 @@ class RunLogger:
             keep = [r for r in read_jsonl(self.jsonl) if r.get("step", 0) <= step]
             atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in keep))
         self._purge = step + 1
-        if self.bar is not None:
-            self.bar.n = self.bar.last_print_n = step
-            self.bar.refresh()
+        if step or self.bar is not None:
+            bar = self._open_bar()
+            bar.n = bar.last_print_n = step
+            bar.refresh()
 
     def set_total(self, total: int) -> None:
         """The number of steps the bar counts to (e.g. a run stopping early at --max-steps)."""
+        if not self.enabled:
+            return
+        self._bar_kw["total"] = total
         if self.bar is not None and self.bar.total != total:
             self.bar.total = total
             self.bar.refresh()
@@ -111,8 +121,8 @@ class RunLogger:
         return self.tb
 
     def step(self, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
+        if self.enabled:
+            self._open_bar().update(n)
 
     def event(self, **record) -> None:
         """Append one record to ``log.jsonl`` only."""
@@ -134,8 +144,8 @@ class RunLogger:
                            and isinstance(v, (int, float)) and not isinstance(v, bool)}
             for k, v in scalars.items():
                 self.tb.add_scalar(prefix + k, v, record.get("step", 0))
-        if postfix and self.bar is not None:
-            self.bar.set_postfix(postfix, refresh=False)
+        if postfix:
+            self._open_bar().set_postfix(postfix, refresh=False)
 
     def info(self, msg: str) -> None:
         """One console line (rank 0), printed above the progress bar."""
