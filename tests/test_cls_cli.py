@@ -36,7 +36,7 @@ BAD = [  # (command, flags, text expected in the error line)
     ("linprobe", ["--blr", "0"], "--blr 0.0: must be > 0"),
     ("linprobe", ["--warmup-epochs", "90"], "--warmup-epochs 90.0 must be < --epochs 90"),
     ("linprobe", ["--accum-iter", "0"], "--accum-iter 0: must be > 0"),
-    ("knn", ["--k", "0"], "--k 0: must be > 0"),
+    ("knn", ["--nb-knn", "20", "0"], "--nb-knn 0: must be > 0"),
     ("knn", ["--temperature", "-0.1"], "--temperature -0.1: must be > 0"),
     ("knn", ["--chunk", "0"], "--chunk 0: must be > 0"),
 ]

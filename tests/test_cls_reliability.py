@@ -264,3 +264,34 @@ def test_linprobe_and_knn_refuse_an_unreadable_test_image_before_training(tmp_pa
         assert rc == 2 and len(err) == 1 and "2 of 12 evaluation images" in err[0], err
         assert all(str(f) in err[0] for f in bad)
         assert not (out / "data" / "checkpoint.pth").exists()
+def test_train_loop_stops_before_saving_diverged_weights(tmp_path):
+    """Issue 17 item 4: a step with finite gradients but a huge lr (1e30 at step 5) leaves the
+    weights at ~1e29 (finite elements, an fp32 norm that overflows): training stops at that
+    step, before its checkpoint, and the checkpoint on disk stays step 4."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    ds = TensorDataset(torch.randn(32, 4), torch.randint(0, 3, (32,)))
+    with pytest.raises(TrainingDiverged, match=r"non-finite weights .* at step 5; .*last good "
+                                               r"checkpoint: step 4"):
+        E.train_loop(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                     train_set=ds, loss_fn=torch.nn.functional.cross_entropy, batch_size=4,
+                     total_steps=16, lr_at=lambda s: 1e30 if s == 4 else 0.1,
+                     device=torch.device("cpu"), ckpt_path=tmp_path / "checkpoint.pth",
+                     ckpt_every=1, amp=False, max_bad_steps=3)
+    ck = E.load_checkpoint(tmp_path / "checkpoint.pth")
+    assert ck["step"] == 4 and all(v.abs().max() < 100 for v in ck["model"].values())
+    assert model.weight.abs().max() > 1e20  # the step was applied: only the save was held
+
+
+def test_weights_finite_sees_params_and_optimizer_state():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1)
+    p.grad = torch.ones(3)
+    opt.step()
+    assert E.weights_finite(opt)
+    opt.state[p]["exp_avg"][1] = float("inf")  # a diverged momentum poisons the next step
+    assert not E.weights_finite(opt)
+    opt.state[p]["exp_avg"][1] = 0.0
+    with torch.no_grad():
+        p[0] = float("nan")
+    assert not E.weights_finite(opt)

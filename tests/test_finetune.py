@@ -111,6 +111,8 @@ def test_two_step_run_checkpoints_and_resumes_exactly(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     base = ["--data", str(root), *TINY]
     assert F.main([*base, "--output-dir", str(a), "--max-steps", "2"]) == 0
+    cap = capsys.readouterr()  # the bar counts to --max-steps (not to the 12500 of 100 epochs)
+    assert "2/2 [" in cap.err and "/12500" not in cap.err and "stops at step 2" in cap.out
     ck = E.load_checkpoint(a / "checkpoint.pth")
     assert ck["step"] == 2 and set(ck) >= {"model", "optimizer", "rng", "args"}
     assert {g["lr_scale"] for g in ck["optimizer"]["param_groups"]} == {
@@ -188,3 +190,64 @@ def test_two_rank_ddp_gloo(tmp_path):
     ck = E.load_checkpoint(out / "checkpoint.pth")
     assert ck["step"] == 2 and len(ck["rng"]) == 2
     assert r.stdout.count("[finetune] epoch") == 1  # printed once, by rank 0
+
+
+def test_eval_only_loads_strictly_evaluates_and_trains_nothing(tmp_path, capsys):
+    """MAE's ``--eval --resume CKPT``: the checkpoint's classifier scores what the run scored
+    at that step; nothing is trained or rewritten; a foreign checkpoint is named."""
+    root = data_dir("cls_tiny") / "cifar10"
+    base = ["--data", str(root), *TINY]
+    a = tmp_path / "a"
+    assert F.main([*base, "--output-dir", str(a), "--max-steps", "2", "--model-ema"]) == 0
+    ckpt, res = a / "checkpoint.pth", (a / "result.json").read_bytes()
+    before = ckpt.read_bytes()
+    e = tmp_path / "e"
+    assert F.main([*base, "--output-dir", str(e), "--eval", "--resume", str(ckpt)]) == 0
+    got = json.loads((e / "eval" / "result.json").read_text())
+    last = json.loads(res)["last"]
+    assert got["eval_only"] and got["step"] == 2 and got["n_val"] == 1000
+    for k in ("top1", "top5", "mean_per_class", "ema_top1", "ema_top5"):
+        assert got[k] == last[k], k  # the same weights, the same evaluation
+    assert (e / "eval" / "per_class.csv").is_file() and (e / "eval" / "confusion.csv").is_file()
+    assert sorted(p.name for p in e.iterdir()) == ["eval"]  # no checkpoint, no log: no training
+    assert f"eval {ckpt} (step 2): top-1 {last['top1']:.2f}" in capsys.readouterr().out
+    # --resume auto in the run's own directory: its checkpoint and summary stay as they were
+    assert F.main([*base, "--output-dir", str(a), "--eval", "--resume", "auto"]) == 0
+    assert ckpt.read_bytes() == before and (a / "result.json").read_bytes() == res
+    assert json.loads((a / "eval" / "result.json").read_text())["top1"] == last["top1"]
+    # strict: a pretraining checkpoint, other flags, no --resume: one line, nothing written
+    src = create_vit("micro", patch_size=8, img_size=32)
+    torch.save({"model": src.state_dict()}, tmp_path / "enc.pth")
+    for extra, text in ((["--resume", str(tmp_path / "enc.pth")], "head.weight"),
+                        (["--resume", str(ckpt), "--img-size", "64"], "--img-size 32 (given 64)"),
+                        ([], "give --resume CKPT"),
+                        (["--resume", str(tmp_path / "nope.pth")], "nope.pth: no such file")):
+        out = tmp_path / "bad"
+        capsys.readouterr()
+        assert F.main([*base, "--output-dir", str(out), "--eval", *extra]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and text in err and "Traceback" not in err, err
+        assert not out.exists()
+
+
+def test_result_written_after_every_evaluation_and_on_ctrl_c(tmp_path, monkeypatch):
+    from test_cls_reliability import small_cifar
+    data = small_cifar(tmp_path / "root")  # 80 train images, 16 a step: 5 steps an epoch
+    base = ["--data", str(data), "--val-folder", "test", "--model", "micro", "--patch-size",
+            "8", "--img-size", "32", "--batch-size", "16", "--epochs", "2", "--warmup-epochs",
+            "1", "--workers", "0", "--no-progress"]
+    step = E._optimizer_step
+    for exc, rc in ((RuntimeError("killed"), 1), (KeyboardInterrupt(), 130)):
+        calls = []
+
+        def dies_at_7(*a, **kw):  # a failure (or Ctrl-C) two steps after the epoch-0 eval
+            calls.append(1)
+            if len(calls) == 7:
+                raise exc
+            return step(*a, **kw)
+        monkeypatch.setattr(E, "_optimizer_step", dies_at_7)
+        out = tmp_path / type(exc).__name__
+        assert F.main([*base, "--output-dir", str(out)]) == rc
+        res = json.loads((out / "result.json").read_text())
+        assert res["step"] == 5 and res["finished"] is False and res["last"]["step"] == 5
+        assert res.get("interrupted", False) == (rc == 130)

@@ -48,41 +48,81 @@ def test_knn_votes_match_dino_and_hand():
     torch.testing.assert_close(v, torch.tensor([[torch.e ** 2, torch.e ** 2 + 1.0]]))
 
 
+def test_knn_votes_for_several_k_match_dino_per_k():
+    """One search for the max-k neighbours, cut to each k == DINO's knn_classifier per k."""
+    g = torch.Generator().manual_seed(1)
+    train = torch.nn.functional.normalize(torch.randn(250, 8, generator=g), dim=1)
+    test = torch.nn.functional.normalize(torch.randn(40, 8, generator=g), dim=1)
+    labels = torch.randint(0, 7, (250,), generator=g)
+    got = K.knn_votes(train, labels, test, [1, 5, 200, 20], 0.07, 7, chunk=16)
+    assert list(got) == [1, 5, 200, 20]
+    for k, v in got.items():
+        torch.testing.assert_close(v, dino_votes(train, labels, test, k, 0.07, 7))
+
+
+def test_knn_defaults_are_dinos():
+    args = K.get_parser().parse_args(["--data", "x", "--output-dir", "y"])
+    assert args.nb_knn == [10, 20, 100, 200] and args.temperature == 0.07  # DINO eval_knn.py
+    old = K.get_parser().parse_args(["--data", "x", "--output-dir", "y", "--k", "7"])
+    assert old.nb_knn == [7]  # the older flag name still works
+
+
 def test_knn_imagenet_tiny_self_retrieval_and_cache(tmp_path, capsys):
-    """Train = test = the 500 imagenet_tiny images: with k = 1 each image finds itself."""
+    """Train = test = the 500 imagenet_tiny images: each image finds itself; one image per
+    class, so for every k the other neighbours are other classes with one vote each, all
+    weaker than the image itself (similarity 1): top-1 is 100 for every k."""
     root = data_dir("imagenet_tiny")
-    argv = ["--data", str(root), "--train-folder", ".", "--val-folder", ".", "--k", "1",
+    argv = ["--data", str(root), "--train-folder", ".", "--val-folder", ".",
             "--output-dir", str(tmp_path / "o"), *MICRO]
-    assert K.main(argv) == 0
-    r = json.loads((tmp_path / "o" / "imagenet_tiny" / "result.json").read_text())
-    assert r["metric"] == "top1" and r["test_eval"]["top1"] == 100.0 and r["n_test"] == 500
-    cache = tmp_path / "o" / "imagenet_tiny" / "features"
+    assert K.main(argv) == 0  # DINO's k: 10 20 100 200, one extraction
+    ds = tmp_path / "o" / "imagenet_tiny"
+    r = json.loads((ds / "result.json").read_text())
+    assert r["nb_knn"] == [10, 20, 100, 200] and list(r["by_k"]) == ["10", "20", "100", "200"]
+    for k, s in r["by_k"].items():
+        assert s["k"] == int(k) and s["metric"] == "top1" and s["n_test"] == 500
+        assert s["test_eval"]["top1"] == 100.0
+        assert s == json.loads((ds / f"k{k}" / "result.json").read_text())
+        assert len((ds / f"k{k}" / "per_class.csv").read_text().splitlines()) == 501
+    md = (tmp_path / "o" / "results.md").read_text()
+    assert "k-NN (k 10, 20, 100, 200, T 0.07" in md and "Aircraft" not in md
+    assert ("| data | metric | random-init k=10 | random-init k=20 | random-init k=100 | "
+            "random-init k=200 |") in md and "| imagenet_tiny | top-1 | 100.00 | 100.00 |" in md
+    cache = ds / "features"
     assert (cache / "train.pt").is_file() and not list(cache.glob("*.parts"))
     mtime = (cache / "train.pt").stat().st_mtime_ns
     capsys.readouterr()
-    assert K.main([*argv, "--k", "20"]) == 0  # another k: the features come from the cache
+    assert K.main([*argv, "--k", "1"]) == 0  # another k: the features come from the cache
     assert capsys.readouterr().out.count("features from cache") == 2
     assert (cache / "train.pt").stat().st_mtime_ns == mtime
-    r20 = json.loads((tmp_path / "o" / "imagenet_tiny" / "result.json").read_text())
-    # one image per class: the 19 other neighbours are 19 other classes with one vote each,
-    # all weaker than the image itself (similarity 1)
-    assert r20["k"] == 20 and r20["test_eval"]["top1"] == 100.0
-    md = (tmp_path / "o" / "results.md").read_text()
-    assert "| imagenet_tiny | top-1 |" in md and "Aircraft" not in md
+    r1 = json.loads((ds / "k1" / "result.json").read_text())
+    assert r1["k"] == 1 and r1["test_eval"]["top1"] == 100.0
+    assert "| imagenet_tiny | top-1 | 100.00 |" in (tmp_path / "o" / "results.md").read_text()
 
 
-def test_knn_cls_tiny_datasets(tmp_path):
+def test_knn_cls_tiny_datasets_one_row_per_k_and_tables_on_interrupt(tmp_path, monkeypatch):
     root = data_dir("cls_tiny")
     out = tmp_path / "o"
     ck = write_pretrain_checkpoint(tmp_path / "pt", img_size=32)
-    assert K.main(["--datasets", "caltech101", "--root", str(root), "--output-dir", str(out),
-                   "--checkpoint", str(ck), "--img-size", "32", "--workers", "0",
-                   "--no-progress"]) == 0
-    r = json.loads((out / "caltech101" / "result.json").read_text())
+    features = K._features
+
+    def interrupted_on_cifar(args, data, *a):  # Ctrl-C while extracting the second data
+        if data.name == "cifar10":
+            raise KeyboardInterrupt
+        return features(args, data, *a)
+    monkeypatch.setattr(K, "_features", interrupted_on_cifar)
+    assert K.main(["--datasets", "caltech101,cifar10", "--root", str(root), "--output-dir",
+                   str(out), "--checkpoint", str(ck), "--img-size", "32", "--workers", "0",
+                   "--no-progress"]) == 130
+    r = json.loads((out / "caltech101" / "result.json").read_text())["by_k"]["20"]
     assert r["metric"] == "mean_per_class" and r["test_score"] == r["test_eval"]["mean_per_class"]
     assert r["test_eval"]["n"] == 200 and r["test_score"] > 10.0  # 10 classes
-    assert (out / "caltech101" / "confusion.png").is_file()
-    assert "| metric | mean per-class |" in (out / "results.md").read_text()
+    assert (out / "caltech101" / "k20" / "confusion.png").is_file()
+    md = (out / "results.md").read_text()
+    assert "| metric | mean per-class |" in md and "interrupted during cifar10" in md
+    rows = [x for x in md.splitlines() if x.startswith("| pt k=")]
+    assert [x.split(" | ")[0] for x in rows] == [f"| pt k={k}"
+                                                 for k in (10, 20, 100, 200)]
+    assert f"| {r['test_score']:.1f} |" in rows[1]  # the k=20 row, Caltech column
 
 
 # ---- linear probing -----------------------------------------------------------------------
@@ -140,8 +180,24 @@ def test_linprobe_cls_tiny_resumes_exactly(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     assert L.main([*base, "--output-dir", str(a), "--max-steps", "5"]) == 0
     assert (a / "caltech101" / "checkpoint.pth").is_file()
-    assert not (a / "caltech101" / "result.json").exists()
+    part = json.loads((a / "caltech101" / "result.json").read_text())  # the probe at step 5
+    assert part["finished"] is False and part["step"] == 5 and part["steps"] == 8
+    md = (a / "results.md").read_text()
+    assert f"| {part['test_score']:.1f}† |" in md and "at caltech101: step 5 of 8" in md
+    assert "caltech101" in (a / "results.csv").read_text().splitlines()[1].split(",")[-1]
+    fit = L._fit
+
+    def interrupted(*a_, **kw):
+        raise KeyboardInterrupt
+    L._fit = interrupted  # Ctrl-C in the resumed run: the tables stay, and say where it ended
+    try:
+        assert L.main([*base, "--output-dir", str(a)]) == 130
+    finally:
+        L._fit = fit
+    md = (a / "results.md").read_text()
+    assert f"| {part['test_score']:.1f}† |" in md and "interrupted during caltech101" in md
     assert L.main([*base, "--output-dir", str(a)]) == 0
+    assert "†" not in (a / "results.md").read_text()
     assert L.main([*base, "--output-dir", str(b)]) == 0
     ra, rb = (json.loads((d / "caltech101" / "result.json").read_text()) for d in (a, b))
     assert ra["resumed_from"] == 5 and rb["resumed_from"] is None and ra["steps"] == 8
@@ -180,9 +236,11 @@ def test_torchrun_two_ranks_knn_and_linprobe(tmp_path):
                          weights_only=True)["feats"] for d in ("ddp", "one"))
     assert f2.shape == f1.shape == (300, 64)
     torch.testing.assert_close(f2.float(), f1.float(), atol=2e-3, rtol=1e-3)
-    r2, r1 = (json.loads((tmp_path / d / "caltech101" / "result.json").read_text())
+    r2, r1 = (json.loads((tmp_path / d / "caltech101" / "result.json").read_text())["by_k"]
               for d in ("ddp", "one"))
-    assert r2["test_eval"]["n"] == 200 and r2["test_eval"] == r1["test_eval"]
+    assert list(r2) == ["10", "20", "100", "200"]
+    for k in r2:
+        assert r2[k]["test_eval"]["n"] == 200 and r2[k]["test_eval"] == r1[k]["test_eval"]
     lp = ["linprobe", "--datasets", "caltech101", "--root", str(root), "--batch-size", "64",
           "--epochs", "1", "--warmup-epochs", "0", *MICRO, "--output-dir", str(tmp_path / "lp")]
     p = subprocess.run([*run, *lp], env=env, capture_output=True, text=True, timeout=300)
@@ -195,16 +253,18 @@ def test_multilabel_voc_knn_and_linprobe(tmp_path):
     """VOC (fake devkit root): k-NN votes with label vectors, the probe trains with the masked
     BCE; both scored by the devkit's 11-point mAP with the standard AP beside it."""
     root = fake_voc_root(tmp_path / "root")
-    assert K.main(["--datasets", "voc", "--root", str(root), "--k", "3", "--output-dir",
+    assert K.main(["--datasets", "voc", "--root", str(root), "--nb-knn", "3", "--output-dir",
                    str(tmp_path / "knn"), *MICRO]) == 0
     assert L.main(["--datasets", "voc", "--root", str(root), "--batch-size", "8", "--epochs",
                    "2", "--warmup-epochs", "1", "--output-dir", str(tmp_path / "lp"),
                    *MICRO]) == 0
     for d in ("knn", "lp"):
         r = json.loads((tmp_path / d / "voc2007" / "result.json").read_text())
+        r = r["by_k"]["3"] if d == "knn" else r
+        ds = tmp_path / d / "voc2007" / ("k3" if d == "knn" else "")
         assert r["metric"] == "map11" and set(r["test_eval"]) == {"map11", "map", "n"}
         assert 0 < r["test_score"] <= 100 and r["test_eval"]["n"] == 8
-        assert (tmp_path / d / "voc2007" / "per_class_ap.png").is_file()
+        assert (ds / "per_class_ap.png").is_file()
         v = f"{r['test_score']:.1f}"  # the VOC column and the average (one dataset)
         assert f"| {v} | {v} |" in (tmp_path / d / "results.md").read_text()
 

@@ -143,40 +143,55 @@ def check_data_args(args) -> list[str] | None:
     return names
 
 
-def parse_and_run(get_parser, check_args, run_one, argv: list[str]):
+def parse_and_run(get_parser, check_args, run_one, tables, argv: list[str]) -> int:
     """A frozen-encoder command: parse ``argv``, check every flag before any work, then
-    :func:`run_per_dataset`; returns (args, the per-dataset summaries)."""
-    args = get_parser().parse_args(argv)
-    return args, run_per_dataset(args, check_args(args), run_one)
-
-
-def finish(args, res: dict | None, title: str) -> int:
-    """Rank 0 (``res`` given) writes and prints the results table; every rank leaves the
-    process group. Returns the exit code."""
-    from mixedae.classification import results as R
+    :func:`run_per_dataset`; prints the results table at the end, leaves the process group.
+    Returns the exit code."""
     from mixedae.runtime.distributed import cleanup
-    if res is not None:
-        _, md = R.write_tables(Path(args.output_dir), args.name, res, title)
-        print(md.read_text())
+    args = get_parser().parse_args(argv)
+    md = run_per_dataset(args, check_args(args), run_one, tables)
+    if md is not None:
+        print(Path(md).read_text())
     cleanup()
     return 0
 
 
-def run_per_dataset(args, names: list[str] | None, run_one) -> list[dict]:
+def run_per_dataset(args, names: list[str] | None, run_one, tables) -> Path | None:
     """``run_one(args, data, out_dir, device)`` for every dataset in order, after the process
-    group is set up; stops at the first ``None`` (a resumable interruption). Rank 0 then
-    records the arguments in ``OUT/args.json``."""
+    group is set up; stops after the first ``None`` (a run stopped early: its partial result
+    is on disk). Rank 0 rewrites the results tables, ``tables(args, summaries, note)`` (their
+    ``results.md``, None when there is nothing to show), after every data and once more on
+    any other exit (Ctrl-C, an error: the tables then say where the run ended), so every exit
+    leaves the tables of all data done so far; then it records the arguments in
+    ``OUT/args.json``. Returns the last ``results.md`` written (rank 0)."""
     from mixedae.runtime.checkpoint import atomic_write_text
     from mixedae.runtime.distributed import init_distributed, is_main_process
     device, out_dir, done = init_distributed().device, Path(args.output_dir), []
-    for data in iter_data(args, names, args.seed):
-        s = run_one(args, data, out_dir, device)
-        if s is None:
-            break
-        done.append(s)
+    md, current = None, "loading the first data"
+    try:
+        for data in iter_data(args, names, args.seed):
+            current = data.name
+            s = run_one(args, data, out_dir, device)
+            if s is not None:
+                done.append(s)
+            if is_main_process():
+                md = tables(args, done, None)
+            if s is None:
+                break
+            current = f"loading the data after {data.name}"
+    except BaseException as e:
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped by an error"
+        if is_main_process():
+            try:
+                tables(args, done, f"{what} during {current}; rerun the same command to "
+                                   f"continue (finished data are skipped, a started one resumes)")
+            except Exception as e2:  # noqa: BLE001 (the first error is the one to report)
+                print(f"note: results tables not updated ({type(e2).__name__}: {e2})",
+                      file=sys.stderr)
+        raise
     if is_main_process() and done:
         atomic_write_text(out_dir / "args.json", json.dumps(vars(args), indent=1))
-    return done
+    return md
 
 
 def save_result(ds_dir: Path, data, ev: dict, name: str, **info) -> dict:

@@ -179,7 +179,24 @@ def _optimizer_step(model, optimizer, batches, loss_fn, accum_iter, device, step
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     if guard.step_ok(optimizer, step + 1):  # non-finite loss → non-finite gradients
         optimizer.step()
+        if not weights_finite(optimizer):  # applied already: stop before anything is saved
+            guard.stop(step + 1, "non-finite weights after the update (NaN/Inf, or a tensor "
+                                 "norm beyond the fp32 range)")
     return total
+
+
+def weights_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """True when every trained parameter and every optimizer-state tensor (momenta) has a
+    finite fp32 norm: one fused ``torch._foreach_norm`` and one host sync. A NaN/Inf element,
+    or a tensor whose norm overflows fp32 (elements beyond ~1e19: a diverged update such as
+    ``--lr 1e30``), makes it False. The gradient twin is
+    :func:`mixedae.runtime.finite.grads_finite`; this check belongs beside it (one owner)."""
+    ts = [p for g in optimizer.param_groups for p in g["params"]]
+    ts += [v for st in optimizer.state.values() for v in st.values()
+           if torch.is_tensor(v) and v.is_floating_point() and v.numel() > 1]
+    if not ts:
+        return True
+    return bool(torch.stack([n.float() for n in torch._foreach_norm(ts)]).isfinite().all())
 
 
 def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset,
@@ -202,12 +219,16 @@ def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set:
     line) is stored at the top level of every checkpoint. The resumed run is identical to an
     uninterrupted one for any worker count. A step with non-finite gradients is never applied
     (:mod:`mixedae.runtime.finite`: up to ``max_bad_steps`` are skipped, then training stops
-    without saving). Returns ``{"step", "resumed_from", "finished"}``.
+    without saving); an applied step that leaves non-finite weights (:func:`weights_finite`)
+    stops training at once, before any save, so the last checkpoint stays the last good one.
+    Returns ``{"step", "resumed_from", "finished"}``.
     """
     logger = logger or RunLogger(None, desc="train")
     guard = FiniteGuard(max_bad_steps)
     ck = _Checkpointer(ckpt_path, model, optimizer, ema, state, extra_state, guard)
     start = (resumed_from := ck.restore()) or 0
+    if stop_after is not None:  # the bar (and its ETA) counts to where this run stops
+        logger.set_total(min(total_steps, max(stop_after, start + 1)))
     if resumed_from is not None:
         logger.resume_at(start)
         logger.event(event="resume", step=start, path=str(ckpt_path))

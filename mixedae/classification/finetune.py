@@ -35,6 +35,15 @@ which is first proven a fine-tuning checkpoint of this run (kind, settings, ever
 shape) and never copied over another OUT/checkpoint.pth. An unreadable training image is
 replaced and named; the val folder is never altered (refused naming its unreadable files, or
 ``--skip-unreadable-eval``: evaluated without them, the count in result.json).
+OUT/result.json (best and last top-1, ``finished``) is rewritten after every evaluation, at
+``--max-steps`` (the model evaluated as it is) and on Ctrl-C, so every exit leaves one.
+
+``--eval --resume CKPT`` (MAE's convention; ``--resume auto``: OUT/checkpoint.pth) evaluates a
+fine-tuning checkpoint and trains nothing: the classifier of the given ``--model`` /
+``--patch-size`` / ``--img-size`` loads ``CKPT['model']`` strictly (a mismatch names the keys;
+a checkpoint whose stored flags differ is refused naming them), the EMA weights too when the
+checkpoint has them; every metric goes to OUT/eval/ (``result.json``, ``per_class.csv``,
+``confusion.csv/png``); the checkpoint and the run's files are not touched.
 
 Examples::
 
@@ -42,6 +51,8 @@ Examples::
         --checkpoint work/mixedae_b1600/model.safetensors --model base --accum-iter 1 \\
         --output-dir work/ft_b1600 --resume auto
     mixedae finetune ... --layer-decay-sweep paper       # the paper's sweep 0.65,0.7,0.75
+    mixedae finetune --data /data/imagenet --model base --output-dir work/ft_b1600 \\
+        --eval --resume work/ft_b1600/checkpoint.pth                 # evaluate only
     # a 2-step smoke run on the small real data beside the repo:
     mixedae finetune --data ../shared/data/cls_tiny/cifar10 --val-folder test --model micro \\
         --patch-size 8 --img-size 32 --batch-size 16 --max-steps 2 --output-dir /tmp/ft
@@ -210,7 +221,8 @@ def _build(args, train_set, device):
     return model, ema, optimizer, loaded
 
 
-def _evaluator(args, model, ema, val_set, device, total, logger, best: dict, last: dict):
+def _evaluator(args, model, ema, val_set, device, total, logger, best: dict, last: dict,
+               out_dir: Path):
     """``on_epoch_end``: evaluate (model and EMA), track the best top-1 in ``best``."""
     def evaluate(epoch: int, step: int, force: bool = False) -> None:
         if not force and (epoch + 1) % args.eval_every and step < total:
@@ -230,7 +242,16 @@ def _evaluator(args, model, ema, val_set, device, total, logger, best: dict, las
                                   "ema_top5")})
         logger.info(f"[finetune] epoch {epoch} step {step}: top-1 {rec['top1']:.2f} "
                     f"top-5 {rec['top5']:.2f} (best {best['top1']:.2f})")
+        write_result(out_dir, step=step, finished=False, best_top1=best["top1"], last=rec,
+                     layer_decay=args.layer_decay)  # a later kill still leaves this one
     return evaluate
+
+
+def write_result(out_dir: Path, **result) -> dict:
+    """OUT/result.json (rank 0, atomic): the run's summary as of now."""
+    if is_main_process():
+        atomic_write_text(Path(out_dir) / "result.json", json.dumps(result, indent=1))
+    return result
 
 
 def run(args, out_dir: Path) -> dict:
@@ -266,9 +287,12 @@ def run(args, out_dir: Path) -> dict:
         logger.info(f"[finetune] {loaded['line']}")
     logger.info(f"[finetune] {args.model}/{args.patch_size} {len(train_set)} train / "
                 f"{len(val_set)} val, {len(train_set.classes)} classes; lr {args.abs_lr:.3g}, "
-                f"layer decay {args.layer_decay}, {total} steps")
+                f"layer decay {args.layer_decay}, {total} steps"
+                + (f" (this run stops at step {args.max_steps}: --max-steps)"
+                   if args.max_steps and args.max_steps < total else ""))
     best, last = {"top1": -1.0}, {}
-    evaluate = _evaluator(args, model, ema, val_set, device, total, logger, best, last)
+    evaluate = _evaluator(args, model, ema, val_set, device, total, logger, best, last,
+                          out_dir)
     t0 = time.time()
     try:
         out = E.train_loop(
@@ -283,15 +307,71 @@ def run(args, out_dir: Path) -> dict:
                                   if isinstance(v, (int, float, str, bool, type(None)))}})
         if not last:  # stopped early, or resumed after the end: report the model as it is
             evaluate((out["step"] - 1) // spe, out["step"], force=True)
+    except KeyboardInterrupt:  # the summary of the last evaluation, marked interrupted
+        if last:
+            write_result(out_dir, step=last["step"], finished=False, interrupted=True,
+                         best_top1=best["top1"], last=last, layer_decay=args.layer_decay)
+        raise
     finally:
         logger.close()
-    result = {"step": out["step"], "finished": out["finished"], "resumed_from":
-              out["resumed_from"], "best_top1": best["top1"], "last": last,
-              "layer_decay": args.layer_decay, "seconds": round(time.time() - t0, 2),
-              "val_skipped": len(val_set.skipped), "val_skipped_files": val_set.skipped[:20]}
+    return write_result(out_dir, step=out["step"], finished=out["finished"],
+                        resumed_from=out["resumed_from"], best_top1=best["top1"], last=last,
+                        layer_decay=args.layer_decay, seconds=round(time.time() - t0, 2),
+                        val_skipped=len(val_set.skipped),
+                        val_skipped_files=val_set.skipped[:20])
+
+
+def _eval_checkpoint(args, out_dir: Path) -> Path:
+    """The checkpoint of ``--eval`` (usage errors before any work)."""
+    if not args.resume:
+        raise UsageError("--eval evaluates a checkpoint: give --resume CKPT (or --resume auto "
+                         "for OUT/checkpoint.pth)")
+    if args.layer_decay_sweep:
+        raise UsageError("--eval takes one checkpoint: drop --layer-decay-sweep")
+    path = out_dir / CHECKPOINT_NAME if args.resume == "auto" else Path(args.resume)
+    if not path.is_file():
+        raise UsageError(f"--resume {args.resume}: no such file ({path})")
+    return path
+
+
+def evaluate_only(args, out_dir: Path, path: Path) -> dict:
+    """``--eval``: every metric of the checkpoint's classifier (and its EMA) → OUT/eval/."""
+    from mixedae.classification import results as R
+    from mixedae.runtime.checkpoint import load_model_state
+    from mixedae.runtime.errors import CheckpointError
+    info = init_distributed()
+    ck = load_checkpoint(path, required=("model",))
+    stored = ck.get("args") if isinstance(ck.get("args"), dict) else {}
+    diff = [f"--{k.replace('_', '-')} {stored[k]} (given {getattr(args, k)})"
+            for k in ("model", "patch_size", "img_size") if k in stored
+            and stored[k] != getattr(args, k)]
+    if diff:
+        raise CheckpointError(f"{path} was trained with {', '.join(diff)}: pass the same flags")
+    train_set, val_set = image_folders(args)
+    nets = {"model": ck["model"]}
+    if isinstance(ck.get("ema"), dict):  # timm ModelEmaV3 keeps the classifier as "module."
+        nets["ema"] = {k.removeprefix("module."): v for k, v in ck["ema"].items()}
+    out, kw = {}, dict(workers=args.workers, amp=not args.no_amp)
+    for name, state in nets.items():
+        model = create_vit(args.model, patch_size=args.patch_size, img_size=args.img_size,
+                           num_classes=len(train_set.classes), global_pool="avg",
+                           learnable_pos_embed=True)
+        load_model_state(model, state, source=f"{path} ({name})")  # strict, keys named
+        out[name] = E.evaluate(model.to(info.device), val_set, args.eval_batch_size,
+                               info.device, **kw)
+    ev, res = out["model"], {"eval_only": True, "checkpoint": str(path), "step": ck.get("step"),
+                             "n_val": len(val_set)}
+    res.update({k: ev[k] for k in ("top1", "top5", "mean_per_class", "loss")})
+    if "ema" in out:
+        res.update({f"ema_{k}": out["ema"][k] for k in ("top1", "top5", "mean_per_class")})
     if is_main_process():
-        atomic_write_text(out_dir / "result.json", json.dumps(result, indent=1))
-    return result
+        R.write_per_class(out_dir / "eval", val_set.classes, ev, f"{path.name} "
+                          f"({args.val_folder})")
+        write_result(out_dir / "eval", **res)
+        print(f"[finetune] eval {path} (step {res['step']}): top-1 {res['top1']:.2f} "
+              f"top-5 {res['top5']:.2f} on {len(val_set)} {args.val_folder} images"
+              + (f"; EMA top-1 {res['ema_top1']:.2f}" if "ema" in out else ""), flush=True)
+    return res
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +382,10 @@ def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
     sweep = check_args(args)  # every flag, before any work
     check_writable_dir(args.output_dir)
+    if args.eval:
+        evaluate_only(args, Path(args.output_dir), _eval_checkpoint(args, Path(args.output_dir)))
+        cleanup()
+        return 0
     return _run_all(args, Path(args.output_dir), sweep)
 
 

@@ -68,6 +68,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=1, help="epochs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", default="", help="'auto' (OUT/checkpoint.pth if present) or a path")
+    p.add_argument("--eval", action="store_true", help="evaluate the --resume checkpoint "
+                   "only (MAE's --eval): OUT/eval/, nothing trained")
     p.add_argument("--save-every-steps", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None,
                    help="stop after this global step (smoke tests); resumable")

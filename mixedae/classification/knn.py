@@ -3,21 +3,25 @@ protocol).
 
 Features are the frozen ViT's ``--feature`` (``cls``: the cls token after the pretrained final
 norm; ``avg``: the mean patch token → unit LayerNorm) on Resize 256 → CenterCrop 224 images,
-L2-normalised. For every test image the ``k`` (20) training images of highest cosine
-similarity ``s`` vote for their class with weight ``exp(s / T)`` (T = 0.07); the class with the
-largest vote wins (top-5: the five largest). Multi-label data (VOC) vote with their label
-vectors and are scored by mAP on the votes.
+L2-normalised. For every test image the ``k`` training images of highest cosine similarity
+``s`` vote for their class with weight ``exp(s / T)`` (T = 0.07); the class with the largest
+vote wins (top-5: the five largest). Several k are scored in one run from one feature
+extraction and one similarity search (the top max-k neighbours, cut to each k):
+``--nb-knn``, default 10 20 100 200 with T 0.07, the defaults of DINO's ``eval_knn.py``
+(``--k`` is the older name of the flag). Multi-label data (VOC) vote with their label vectors
+and are scored by mAP on the votes.
 
 Features are extracted once per data and split and cached atomically in
 ``OUT/<name>/features/{train,test}.pt`` (:mod:`mixedae.classification.features`; an
 interrupted extraction resumes from its last piece, a cache made by another checkpoint or
-transform is recomputed), so other ``--k`` / ``--temperature`` values cost seconds. Under
+transform is recomputed), so other ``--nb-knn`` / ``--temperature`` values cost seconds. Under
 torchrun the extraction and the test set are sharded over the ranks.
 
 Data: ``--data DIR`` (ImageFolder, ImageNet layout) or ``--datasets NAMES --root ROOT`` (the 11
 transfer datasets, train → test). Outputs per data ``OUT/<name>/``: ``result.json`` (every
-metric), ``per_class.csv``, ``confusion.csv/png``, ``log.jsonl``, ``tb/``; over all data
-``OUT/results.md`` / ``.csv``.
+metric of every k, ``by_k``), per k ``k<k>/`` with its ``result.json``, ``per_class.csv`` and
+``confusion.csv/png``, and ``log.jsonl``, ``tb/``; over all data of the run ``OUT/results.md``
+/ ``.csv`` with one row per k, rewritten after every data and on every exit.
 
 Examples::
 
@@ -28,9 +32,11 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -41,6 +47,7 @@ from mixedae.classification import results as R
 from mixedae.classification.evaluation import multilabel_stats, single_label_stats
 from mixedae.classification.features import cached_features, images_digest
 from mixedae.model.vit import create_vit
+from mixedae.runtime.checkpoint import atomic_write_text
 from mixedae.runtime.cli import run_main
 from mixedae.runtime.distributed import get_rank, get_world_size, is_main_process
 from mixedae.runtime.errors import ConfigError
@@ -48,9 +55,15 @@ from mixedae.runtime.run_logger import RunLogger, print0
 from mixedae.runtime.weights import resolve_checkpoint_path
 
 
+DINO_NB_KNN = (10, 20, 100, 200)  # facebookresearch/dino eval_knn.py, --nb_knn default
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = C.frozen_eval_parser("mixedae knn", __doc__)
-    p.add_argument("--k", type=int, default=20, help="neighbours")
+    p.add_argument("--nb-knn", "--k", dest="nb_knn", type=int, nargs="+",
+                   default=list(DINO_NB_KNN), metavar="K",
+                   help="numbers of neighbours, each scored (default: DINO's "
+                   + " ".join(map(str, DINO_NB_KNN)) + ")")
     p.add_argument("--temperature", type=float, default=0.07)
     p.add_argument("--batch-size", type=int, default=256, help="per-rank extraction batch")
     p.add_argument("--eval-crop-pct", type=float, default=0.875)
@@ -62,8 +75,11 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> list[str] | None:
-    C.check_flags(args, {"k": ">0", "temperature": ">0", "batch_size": ">0",
-                         "eval_crop_pct": "(0,1]", "chunk": ">0", "seed": ">=0"})
+    C.check_flags(args, {"temperature": ">0", "batch_size": ">0", "eval_crop_pct": "(0,1]",
+                         "chunk": ">0", "seed": ">=0"})
+    for k in args.nb_knn:
+        C.check_flags(argparse.Namespace(nb_knn=k), {"nb_knn": ">0"})
+    args.nb_knn = list(dict.fromkeys(args.nb_knn))  # each k once, in the order given
     C.resolve_model_args(args)
     C.resolve_workers(args, "knn")
     args.name = C.run_name(args)
@@ -81,22 +97,27 @@ def feature_key(args, images) -> dict:
             "seed": None if args.checkpoint else args.seed}
 
 
-def knn_votes(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor, k: int,
-              temperature: float, num_classes: int, chunk: int = 512) -> torch.Tensor:
+def knn_votes(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
+              k: int | Sequence[int], temperature: float, num_classes: int,
+              chunk: int = 512) -> torch.Tensor | dict[int, torch.Tensor]:
     """(M, C) weighted votes: Σ over the k most cosine-similar training rows of
     ``exp(sim / T)`` × their label (class index → one-hot; or a multi-label 0/1 row).
-    ``train`` and ``test`` are L2-normalised."""
-    out = []
+    ``train`` and ``test`` are L2-normalised. With several ``k`` (a sequence): ``{k: votes}``
+    from one search for the max-k neighbours (sorted by similarity, cut to each k)."""
+    ks = [k] if isinstance(k, int) else list(k)
+    out = {k_: [] for k_ in ks}
     multilabel = train_labels.ndim == 2
     for i in range(0, len(test), chunk):
-        sim, idx = (test[i:i + chunk] @ train.T).topk(k, dim=1)
-        w = (sim / temperature).exp()
-        if multilabel:
-            out.append((w[..., None] * train_labels[idx]).sum(dim=1))
-        else:
-            votes = torch.zeros(len(idx), num_classes, dtype=w.dtype, device=w.device)
-            out.append(votes.scatter_add_(1, train_labels[idx], w))
-    return torch.cat(out) if out else torch.zeros(0, num_classes)
+        sims, idxs = (test[i:i + chunk] @ train.T).topk(max(ks), dim=1)
+        for k_ in ks:
+            w, idx = (sims[:, :k_] / temperature).exp(), idxs[:, :k_]
+            if multilabel:
+                out[k_].append((w[..., None] * train_labels[idx]).sum(dim=1))
+            else:
+                votes = torch.zeros(len(idx), num_classes, dtype=w.dtype, device=w.device)
+                out[k_].append(votes.scatter_add_(1, train_labels[idx], w))
+    res = {k_: torch.cat(v) if v else torch.zeros(0, num_classes) for k_, v in out.items()}
+    return res[k] if isinstance(k, int) else res
 
 
 def _features(args, data: D.ClsData, model, ds_dir: Path, device, logger) -> list:
@@ -118,11 +139,12 @@ def _targets(targets: list, multilabel: bool) -> torch.Tensor:
 
 
 def knn_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict:
-    """Features (cached), k-NN votes on this rank's test share, every metric; the summary."""
+    """Features (cached), k-NN votes for every k on this rank's test share, every metric;
+    the summaries ``{k: summary}``."""
     ds_dir = out_dir / data.name
-    if args.k > len(data.train_targets):
-        raise ConfigError(f"--k {args.k} is larger than the {len(data.train_targets)} "
-                          f"training images of {data.name}")
+    if max(args.nb_knn) > len(data.train_targets):
+        raise ConfigError(f"--nb-knn {max(args.nb_knn)} is larger than the "
+                          f"{len(data.train_targets)} training images of {data.name}")
     torch.manual_seed(args.seed)  # a random-init baseline is reproducible
     model = create_vit(args.model, patch_size=args.patch_size, img_size=args.img_size,
                        num_classes=0, global_pool="token" if args.feature == "cls" else "avg")
@@ -132,26 +154,48 @@ def knn_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict:
                        total=-(-n_img // get_world_size()), progress=not args.no_progress)
     if loaded:
         logger.info(f"[knn] {loaded['line']}")
-    t0 = time.time()
+    t0, evs = time.time(), {}
     try:
         train, test = _features(args, data, model.to(device), ds_dir, device, logger)
         t_feat = time.time() - t0
         mine = slice(get_rank(), None, get_world_size())
         y_train = _targets(data.train_targets, data.multilabel).clamp(min=0).to(device)
         y_test = _targets(data.test_targets, data.multilabel)[mine]
-        votes = knn_votes(train.to(device), y_train, test[mine].to(device), args.k,
-                          args.temperature, data.num_classes).float().cpu()
-        ev = (multilabel_stats(votes, y_test) if data.multilabel else
-              single_label_stats(votes, y_test, data.num_classes, device, with_loss=False))
-        logger.log({"event": "knn", "step": 0, "k": args.k, "T": args.temperature,
-                    "feature_seconds": round(t_feat, 2), **R.public_eval(ev)},
-                   {f"knn/{k}": v for k, v in R.public_eval(ev).items() if k != "n"})
+        votes = knn_votes(train.to(device), y_train, test[mine].to(device), args.nb_knn,
+                          args.temperature, data.num_classes)
+        for k, v in votes.items():
+            v = v.float().cpu()
+            evs[k] = ev = (multilabel_stats(v, y_test) if data.multilabel else
+                           single_label_stats(v, y_test, data.num_classes, device,
+                                              with_loss=False))
+            logger.log({"event": "knn", "step": 0, "k": k, "T": args.temperature,
+                        "feature_seconds": round(t_feat, 2), **R.public_eval(ev)},
+                       {f"knn_k{k}/{m}": x for m, x in R.public_eval(ev).items() if m != "n"})
     finally:
         logger.close()
-    print0(f"[knn] {data.name}: {R.SHORT[data.metric]} {ev[data.metric]:.2f} (k {args.k}, "
-           f"T {args.temperature}; features {t_feat:.0f}s, all {time.time() - t0:.0f}s)")
-    return C.save_result(ds_dir, data, ev, args.name, method="knn", k=args.k,
-                         temperature=args.temperature, feature=args.feature)
+    print0(f"[knn] {data.name}: {R.SHORT[data.metric]} " + ", ".join(
+        f"k {k} {ev[data.metric]:.2f}" for k, ev in evs.items()) + f" (T {args.temperature}; "
+        f"features {t_feat:.0f}s, all {time.time() - t0:.0f}s)")
+    out = {k: C.save_result(ds_dir / f"k{k}", data, ev, args.name, method="knn", k=k,
+                            temperature=args.temperature, feature=args.feature)
+           for k, ev in evs.items()}
+    if is_main_process():
+        atomic_write_text(ds_dir / "result.json", json.dumps(
+            {"dataset": data.name, "method": "knn", "temperature": args.temperature,
+             "feature": args.feature, "metric": data.metric, "nb_knn": args.nb_knn,
+             "by_k": {str(k): s for k, s in out.items()}}, indent=1))
+    return out
+
+
+def write_tables(args, done: list[dict], note: str | None) -> Path | None:
+    """OUT/results.md / .csv of the data of this invocation (votes are recomputed every run):
+    one row per k."""
+    if not done:
+        return None
+    rows = {f"{args.name} k={k}": {s[k]["dataset"]: s[k] for s in done} for k in args.nb_knn}
+    return R.write_row_tables(Path(args.output_dir), args.name, rows,
+                              f"k-NN (k {', '.join(map(str, args.nb_knn))}, T "
+                              f"{args.temperature}, {args.feature} feature)", note=note)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,11 +203,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args, done = C.parse_and_run(get_parser, check_args, knn_dataset, argv)
-    # the tables of this invocation (votes are recomputed every run)
-    res = {s["dataset"]: s for s in done} if is_main_process() else None
-    return C.finish(args, res, f"k-NN (k {args.k}, T {args.temperature}, {args.feature} "
-                               f"feature)")
+    return C.parse_and_run(get_parser, check_args, knn_dataset, write_tables, argv)
 
 
 if __name__ == "__main__":

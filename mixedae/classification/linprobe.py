@@ -20,8 +20,10 @@ a masked binary cross-entropy). The batch of the recipe is larger than most of t
 lower ``--batch-size`` for them (the lr follows through blr). Per data ``OUT/<name>/``:
 ``log.jsonl``, ``tb/``, ``checkpoint.pth`` (atomic; a rerun resumes from it, ``--max-steps``
 stops early and resumably), then ``result.json`` (every metric), ``per_class.csv``,
-``confusion.csv/png``; ``OUT/results.md`` / ``.csv`` over all data. A finished data is
-skipped when rerun; other settings in the same OUT are refused.
+``confusion.csv/png``; ``OUT/results.md`` / ``.csv`` over all data, rewritten after every data
+and on every exit. A run stopped by ``--max-steps`` is evaluated as it is and written with
+``finished: false`` (marked † in the tables); a rerun resumes it. A finished data is skipped
+when rerun; other settings in the same OUT are refused.
 
 Examples::
 
@@ -47,8 +49,7 @@ from mixedae.classification.metrics import multilabel_bce
 from mixedae.model.vit import create_vit
 from mixedae.runtime.cli import run_main
 from mixedae.runtime.checkpoint import CHECKPOINT_NAME
-from mixedae.runtime.distributed import (get_world_size, init_distributed,
-                                         is_main_process, unwrap, wrap_ddp)
+from mixedae.runtime.distributed import get_world_size, init_distributed, unwrap, wrap_ddp
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.run_logger import RunLogger, print0
 from mixedae.runtime.schedules import cosine_lr
@@ -194,24 +195,41 @@ def _fit(args, data: D.ClsData, ds_dir: Path, plan: dict, device) -> tuple[dict,
 
 
 def probe_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict | None:
-    """Train and evaluate the probe on one data; its summary (None when stopped early)."""
+    """Train and evaluate the probe on one data; its summary (None when stopped early: the
+    summary of the partial probe is then written with ``finished: false``, and a rerun
+    resumes it from the checkpoint)."""
     ds_dir = out_dir / data.name
-    if (ds_dir / "result.json").is_file():
+    done = ds_dir / "result.json"
+    if done.is_file() and json.loads(done.read_text()).get("finished", True):
         C.check_settings(ds_dir, settings(args))
         print0(f"[linprobe] {data.name}: done before, skipped")
-        return json.loads((ds_dir / "result.json").read_text())
+        return json.loads(done.read_text())
     plan = _plan(args, data)
     C.check_settings(ds_dir, settings(args))
     t0 = time.time()
     ev, out = _fit(args, data, ds_dir, plan, device)
     print0(f"[linprobe] {data.name} step {out['step']}/{plan['total']}: "
            f"{R.SHORT[data.metric]} {ev[data.metric]:.2f} ({time.time() - t0:.0f}s)")
+    summary = C.save_result(ds_dir, data, ev, args.name, method="linprobe",
+                            feature=args.feature, lr=args.abs_lr, steps=plan["total"],
+                            step=out["step"], finished=out["finished"],
+                            resumed_from=out["resumed_from"], settings=settings(args))
     if not out["finished"]:
-        print0("[linprobe] stopped early (--max-steps); rerun the same command to resume")
+        print0("[linprobe] stopped early (--max-steps): partial result written; rerun the "
+               "same command to resume")
         return None
-    return C.save_result(ds_dir, data, ev, args.name, method="linprobe", feature=args.feature,
-                         lr=args.abs_lr, steps=plan["total"], resumed_from=out["resumed_from"],
-                         settings=settings(args))
+    return summary
+
+
+def write_tables(args, done: list[dict], note: str | None) -> Path | None:
+    """OUT/results.md / .csv over every data probed in OUT (partial ones marked)."""
+    out_dir = Path(args.output_dir)
+    res = R.collect(out_dir / d / "result.json" for d in sorted(
+        p.name for p in out_dir.iterdir() if p.is_dir()))
+    if not res:
+        return None
+    return R.write_tables(out_dir, args.name, res,
+                          f"Linear probing ({args.feature} feature, MAE recipe)", note=note)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,12 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    args, done = C.parse_and_run(get_parser, check_args, probe_dataset, argv)
-    out_dir, res = Path(args.output_dir), None
-    if is_main_process() and done:
-        res = R.collect(out_dir / d / "result.json" for d in sorted(
-            p.name for p in out_dir.iterdir() if p.is_dir()))
-    return C.finish(args, res, f"Linear probing ({args.feature} feature, MAE recipe)")
+    return C.parse_and_run(get_parser, check_args, probe_dataset, write_tables, argv)
 
 
 if __name__ == "__main__":

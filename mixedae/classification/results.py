@@ -122,47 +122,84 @@ def collect(paths) -> dict[str, dict]:
 
 
 def write_tables(out_dir: Path, name: str, res: dict[str, dict], what: str,
-                 paper_row: bool = False) -> tuple[Path, Path]:
+                 paper_row: bool = False, note: str | None = None) -> tuple[Path, Path]:
     """results.csv / results.md for the summaries ``res`` (dataset → summary with ``metric``,
     ``test_score``, ``test_eval``; optional ``chosen_lr``, ``val_scores``, ``split_note``,
-    ``notes``). The 11 datasets go in Table 2 column order; other data (ImageNet) in rows."""
+    ``notes``; ``finished: False`` with ``step`` / ``steps`` marks a partial run). The 11
+    datasets go in Table 2 column order; other data (ImageNet) in rows. ``note``: a line
+    under the heading (e.g. where an interrupted run ended)."""
+    return write_row_tables(out_dir, name, {name: res}, what, paper_row, note)
+
+
+def write_row_tables(out_dir: Path, name: str, rows: dict[str, dict[str, dict]], what: str,
+                     paper_row: bool = False, note: str | None = None) -> tuple[Path, Path]:
+    """:func:`write_tables` with one table row per entry of ``rows`` (row label → ``res``),
+    e.g. one per k of a k-NN run; ``name`` heads the file. A partial run's score is marked
+    ``†`` (CSV: the ``partial`` column names those data)."""
     out_dir = Path(out_dir)
-    table2 = [n for n in ORDER if n in res and _in_table2(res[n])]
-    others = [n for n in res if n not in table2]
-    scores = {n: res[n]["test_score"] for n in res}
-    have = [scores[n] for n in table2]
-    avg = float(np.mean(have)) if have else None
+    every = {n: r for res in rows.values() for n, r in res.items()}
+    table2 = [n for n in ORDER if n in every and _in_table2(every[n])]
+    others = [n for n in every if n not in table2]
     header = ["Method"] + [SPECS[n].column for n in ORDER] + ["Avg."]
-    rows = [[name] + [scores[n] if n in table2 else None for n in ORDER] + [avg]]
+    table, partial = [], {}
+    for label, res in rows.items():
+        have = [res[n]["test_score"] for n in table2 if n in res]
+        table.append([label] + [res[n]["test_score"] if n in res and n in table2 else None
+                                for n in ORDER] + [float(np.mean(have)) if have else None])
+        partial[label] = [n for n in res if res[n].get("finished") is False]
+    n_have = max((sum(v is not None for v in r[1:-1]) for r in table), default=0)
     if paper_row:
-        rows.append([PAPER_LABEL] + [PAPER_MIXEDAE_VITB[n] for n in ORDER]
-                    + [PAPER_MIXEDAE_VITB_AVG])
+        table.append([PAPER_LABEL] + [PAPER_MIXEDAE_VITB[n] for n in ORDER]
+                     + [PAPER_MIXEDAE_VITB_AVG])
     text = io.StringIO()
     w = csv.writer(text)
     if table2:  # wide: Table 2 columns
-        w.writerow(header + ["metric per column"])
+        w.writerow(header + ["metric per column", "partial"])
         metric_note = ";".join(f"{SPECS[n].column}={SPECS[n].metric}" for n in ORDER)
-        for r in rows:
+        for r in table:
             w.writerow([r[0]] + ["" if v is None else f"{v:.4f}" for v in r[1:]]
-                       + [metric_note])
+                       + [metric_note, ";".join(partial.get(r[0], []))])
     else:  # long: other data (ImageNet)
-        w.writerow(["Method", "data", "metric", "score"])
-        for n in others:
-            w.writerow([name, n, res[n]["metric"], f"{scores[n]:.4f}"])
+        w.writerow(["Method", "data", "metric", "score", "partial"])
+        for label, res in rows.items():
+            for n in others:
+                if n in res:
+                    w.writerow([label, n, res[n]["metric"], f"{res[n]['test_score']:.4f}",
+                                "yes" if n in partial[label] else ""])
     atomic_write_text(out_dir / "results.csv", text.getvalue())
-    lines = [f"# {what}: {name}", ""]
-    st = next((r["settings"] for r in res.values() if r.get("settings")), None)
+    lines = [f"# {what}: {name}", ""] + ([f"**Incomplete run: {note}.**", ""] if note else [])
+    st = next((r["settings"] for r in every.values() if r.get("settings")), None)
     if st:
         lines += ["Settings: " + ", ".join(f"{k} {v}" for k, v in st.items()), ""]
     if table2:
-        lines += _table2_md(header, rows, len(have))
+        lines += _table2_md(header, table, n_have, partial)
     if others:
-        lines += ["| data | metric | score |", "|---|---|---|"]
-        lines += [f"| {n} | {SHORT[res[n]['metric']]} | {fmt(scores[n], 2)} |" for n in others]
+        labels = list(rows)
+        cols = ["score"] if len(rows) == 1 else labels
+        lines += ["| data | metric | " + " | ".join(cols) + " |", "|" + "---|" * (2 + len(cols))]
+        lines += [f"| {n} | {SHORT[every[n]['metric']]} | " + " | ".join(
+            _cell(rows[lb].get(n), 2) for lb in labels) + " |" for n in others]
         lines.append("")
-    lines += _all_metrics_md(res) + _details_md(res)
+    for label, res in rows.items():
+        sub = f" ({label})" if len(rows) > 1 else ""
+        lines += _all_metrics_md(res, sub) + _details_md(res, sub)
+    lines += [f"Note: {x}" for x in dict.fromkeys(x for r in every.values()
+                                                   for x in r.get("notes", []))]
+    marked = [f"{n}: step {r.get('step')} of {r.get('steps')}" for res in rows.values()
+              for n, r in res.items() if r.get("finished") is False]
+    if marked:
+        lines += ["", "† partial run, not a result of the protocol: stopped early "
+                  f"(--max-steps or interrupted) at {'; '.join(dict.fromkeys(marked))}; rerun "
+                  "the same command to finish it."]
     atomic_write_text(out_dir / "results.md", "\n".join(lines) + "\n")
     return out_dir / "results.csv", out_dir / "results.md"
+
+
+def _cell(summary: dict | None, digits: int = 1) -> str:
+    """A score cell: the protocol metric, ``†`` for a partial run."""
+    if summary is None:
+        return fmt(None)
+    return fmt(summary["test_score"], digits) + ("†" if summary.get("finished") is False else "")
 
 
 def _in_table2(summary: dict) -> bool:
@@ -170,43 +207,50 @@ def _in_table2(summary: dict) -> bool:
     return summary["dataset"] in SPECS and summary.get("source") != "data-dir"
 
 
-def _table2_md(header: list[str], rows: list[list], n_have: int) -> list[str]:
+def _table2_md(header: list[str], rows: list[list], n_have: int,
+               partial: dict[str, list[str]]) -> list[str]:
     metric_row = ["metric"] + [SHORT[SPECS[n].metric] for n in ORDER] + [""]
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
            "| " + " | ".join(metric_row) + " |"]
-    out += ["| " + " | ".join([r[0]] + [fmt(v) for v in r[1:]]) + " |" for r in rows]
+    for r in rows:
+        marks = ["†" if n in partial.get(r[0], ()) else "" for n in ORDER]
+        out.append("| " + " | ".join([r[0]] + [fmt(v) + m for v, m in zip(r[1:-1], marks)]
+                                     + [fmt(r[-1]) + ("†" if any(marks) else "")]) + " |")
     out += ["", "Per column the protocol's metric (Ericsson et al., followed by the paper; this "
             "is the metric of Table 2): mean per-class accuracy for Aircraft, Caltech, Flowers, "
             "Pets; VOC2007 devkit 11-point mAP for VOC; top-1 accuracy otherwise (%). "
             f"Avg. over {n_have}/{len(ORDER)} datasets"
             + ("." if n_have == len(ORDER) else " (incomplete: not comparable to the paper's "
                "average).")]
-    if len(rows) > 1:
+    if any(r[0] == PAPER_LABEL for r in rows):
         out.append(f"The row '{PAPER_LABEL}' is copied from the paper, not measured here.")
     return out + [""]
 
 
-def _all_metrics_md(res: dict[str, dict]) -> list[str]:
-    out = ["## Every metric (%; * = the protocol metric, the one Table 2 uses)", "",
+def _all_metrics_md(res: dict[str, dict], sub: str = "") -> list[str]:
+    part = any(r.get("finished") is False for r in res.values())
+    out = [f"## Every metric{sub} (%; * = the protocol metric, the one Table 2 uses"
+           + ("; † = partial run)" if part else ")"), "",
            "| data | " + " | ".join(SHORT[m] for m in ALL_METRICS) + " | n test |",
            "|" + "---|" * (len(ALL_METRICS) + 2)]
     for n, r in sorted(res.items(), key=lambda kv: _order(kv[0])):
         ev = r["test_eval"]
         cells = [fmt(ev.get(m), 2) + ("*" if m == r["metric"] else "") for m in ALL_METRICS]
-        out.append(f"| {n} | " + " | ".join(cells) + f" | {ev.get('n', '')} |")
+        mark = "†" if r.get("finished") is False else ""
+        out.append(f"| {n}{mark} | " + " | ".join(cells) + f" | {ev.get('n', '')} |")
     return out + [""]
 
 
-def _details_md(res: dict[str, dict]) -> list[str]:
+def _details_md(res: dict[str, dict], sub: str = "") -> list[str]:
     lrs = sorted({float(k[2:]) for r in res.values() for k in r.get("val_scores", {})})
-    out = ["## Runs", ""]
+    out = [f"## Runs{sub}", ""]
     if lrs:
         out += ["| data | chosen lr | " + " | ".join(f"val lr{x:g}" for x in lrs)
                 + " | test | split |", "|" + "---|" * (4 + len(lrs))]
     else:
         out += ["| data | test | split |", "|---|---|---|"]
     for n, r in sorted(res.items(), key=lambda kv: _order(kv[0])):
-        test = f"{fmt(r['test_score'], 2)} ({SHORT[r['metric']]})"
+        test = f"{_cell(r, 2)} ({SHORT[r['metric']]})"
         if lrs:
             vs = [r.get("val_scores", {}).get(f"lr{x:g}") for x in lrs]
             cells = ["diverged" if f"lr{x:g}" in r.get("diverged", ()) else fmt(v, 2)
@@ -215,8 +259,7 @@ def _details_md(res: dict[str, dict]) -> list[str]:
                        f"lr search on: {r.get('val_split', '?')} |")
         else:
             out.append(f"| {n} | {test} | {r.get('split_note', '')} |")
-    notes = [x for r in res.values() for x in r.get("notes", [])]
-    return out + [""] + [f"Note: {x}" for x in notes]
+    return out + [""]
 
 
 def _order(name: str) -> int:

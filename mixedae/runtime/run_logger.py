@@ -3,13 +3,21 @@ in ``<dir>/tb`` and one JSON record per line in ``<dir>/log.jsonl``.
 
 On resume, records past the resume step are dropped from ``log.jsonl`` (and tensorboard purges
 them), so a resumed run's log reads like an uninterrupted one; a torn last line (a kill during
-a write) is dropped too. Console lines go through ``tqdm.write`` so the bar stays intact.
+a write) is dropped too.
+
+While the bar is shown, nothing is printed over it: :meth:`RunLogger.info` lines go through
+``tqdm.write``, and so does every ``logging`` record of the console handlers
+(``tqdm.contrib.logging.logging_redirect_tqdm`` from the bar's start to :meth:`RunLogger.close`),
+so the engines' own ``log.info`` / warnings of the runtime print above the bar, not into it
+(without any handler, as in the classification commands, the warnings that Python's
+last-resort handler would print are written the same way).
 """
 from __future__ import annotations
 
 import json
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 from mixedae.runtime.checkpoint import atomic_write_text
@@ -48,6 +56,12 @@ def read_jsonl(path: str | Path, skipped: list[str] | None = None) -> list[dict]
     return out
 
 
+def _is_console(handler: logging.Handler) -> bool:
+    """A logging handler that writes to the terminal (the ones tqdm's redirect replaces)."""
+    return isinstance(handler, logging.StreamHandler) and handler.stream in (sys.stdout,
+                                                                            sys.stderr)
+
+
 class RunLogger:
     """See module docstring. ``start_step``: records with a larger ``step`` are dropped from an
     existing log (``None`` keeps the whole log, e.g. a run directory shared by phases)."""
@@ -56,18 +70,28 @@ class RunLogger:
                  start_step: int | None = 0, progress: bool = True, tensorboard: bool = True):
         self.enabled = output_dir is not None and is_main_process()
         self.bar = self.tb = self.jsonl = None
-        self._tb_dir, self._purge = None, None
+        self._tb_dir, self._purge, self._redirect = None, None, ExitStack()
         if not self.enabled:
             return
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         self.jsonl = out / "log.jsonl"
         self._tb_dir = out / "tb" if tensorboard else None
-        from tqdm import tqdm
-        self.bar = tqdm(total=total, initial=0, disable=not progress, dynamic_ncols=True,
-                        desc=desc, mininterval=0.1 if sys.stderr.isatty() else 30.0)
+        self._bar_kw = dict(total=total, desc=desc, disable=not progress)
         if start_step is not None:
             self.resume_at(start_step)
+
+    def _open_bar(self):
+        """The bar, drawn from the first step on (so it starts with its final total)."""
+        if self.bar is None and self.enabled:
+            from tqdm import tqdm
+            self.bar = tqdm(initial=0, dynamic_ncols=True, **self._bar_kw,
+                            mininterval=0.1 if sys.stderr.isatty() else 30.0)
+            roots = logging.root.handlers  # none: Python's last-resort handler prints warnings
+            if not self.bar.disable and (not roots or any(_is_console(h) for h in roots)):
+                from tqdm.contrib.logging import logging_redirect_tqdm
+                self._redirect.enter_context(logging_redirect_tqdm())
+        return self.bar
 
     def resume_at(self, step: int) -> None:
         """Continue a run at ``step``: drop later records (log.jsonl and tensorboard)."""
@@ -77,8 +101,18 @@ class RunLogger:
             keep = [r for r in read_jsonl(self.jsonl) if r.get("step", 0) <= step]
             atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in keep))
         self._purge = step + 1
-        if self.bar is not None:
-            self.bar.n = self.bar.last_print_n = step
+        if step or self.bar is not None:
+            bar = self._open_bar()
+            bar.n = bar.last_print_n = step
+            bar.refresh()
+
+    def set_total(self, total: int) -> None:
+        """The number of steps the bar counts to (e.g. a run stopping early at --max-steps)."""
+        if not self.enabled:
+            return
+        self._bar_kw["total"] = total
+        if self.bar is not None and self.bar.total != total:
+            self.bar.total = total
             self.bar.refresh()
 
     def _writer(self):
@@ -92,8 +126,8 @@ class RunLogger:
         return self.tb
 
     def step(self, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
+        if self.enabled:
+            self._open_bar().update(n)
 
     def event(self, **record) -> None:
         """Append one record to ``log.jsonl`` only."""
@@ -115,8 +149,8 @@ class RunLogger:
                            and isinstance(v, (int, float)) and not isinstance(v, bool)}
             for k, v in scalars.items():
                 self.tb.add_scalar(prefix + k, v, record.get("step", 0))
-        if postfix and self.bar is not None:
-            self.bar.set_postfix(postfix, refresh=False)
+        if postfix:
+            self._open_bar().set_postfix(postfix, refresh=False)
 
     def info(self, msg: str) -> None:
         """One console line (rank 0), printed above the progress bar."""
@@ -130,5 +164,6 @@ class RunLogger:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        self._redirect.close()  # console logging as before the bar
         if self.tb is not None:
             self.tb.close()
