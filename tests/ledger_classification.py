@@ -70,8 +70,9 @@ ROWS = [
     Recipe(LP, "evaluation crop pct", 0.875, "MAE main_linprobe.py (Resize 256 → crop 224)",
            "linprobe --eval-crop-pct"),
     # ---- k-NN ------------------------------------------------------------------------------
-    Recipe(KNN, "k (the one reported)", 20, f"{DINO} (--nb_knn 10 20 100 200; DINO's tables "
-           "report 20-NN)", "knn --k"),
+    Recipe(KNN, "k values scored", (10, 20, 100, 200), f"{DINO} (--nb_knn 10 20 100 200)",
+           "knn --nb-knn", "one extraction and one search score every k; DINO's tables "
+           "report the 20-NN row"),
     Recipe(KNN, "temperature", 0.07, DINO, "knn --temperature"),
     Recipe(KNN, "crop pct", 0.875, f"{DINO} (Resize 256 → CenterCrop 224, train and test)",
            "knn --eval-crop-pct"),

@@ -104,7 +104,7 @@ GET = {
     "linprobe --min-lr": lambda: lp().min_lr,
     "linprobe --feature": lambda: lp().feature,
     "linprobe --eval-crop-pct": lambda: lp().eval_crop_pct,
-    "knn --k": lambda: knn().k,
+    "knn --nb-knn": lambda: tuple(knn().nb_knn),
     "knn --temperature": lambda: knn().temperature,
     "knn --eval-crop-pct": lambda: knn().eval_crop_pct,
     "transfer --iters": lambda: tr().iters,

@@ -181,7 +181,7 @@ def run_per_dataset(args, names: list[str] | None, run_one, tables) -> Path | No
             current = f"loading the data after {data.name}"
     except BaseException as e:
         what = "interrupted" if isinstance(e, KeyboardInterrupt) else "stopped by an error"
-        if is_main_process():
+        if is_main_process() and out_dir.is_dir():  # not when refused before any output
             try:
                 tables(args, done, f"{what} during {current}; rerun the same command to "
                                    f"continue (finished data are skipped, a started one resumes)")
