@@ -37,13 +37,25 @@ def guarded(main: Callable[[list | None], int], argv: list | None = None) -> int
     exit code 2 (the traceback only with ``--debug``)."""
     args = sys.argv[1:] if argv is None else argv
     try:
-        return main(argv)
+        rc = main(argv)
     except _EXPECTED as e:
         if "--debug" in args:
             raise
         text = str(e).strip() or type(e).__name__
         print(f"error: {text.splitlines()[0]}", file=sys.stderr)
         return 2
+    _end_process_group()
+    return rc
+
+
+def _end_process_group() -> None:
+    """Destroy the process group of a finished distributed run: a gloo group left to the
+    interpreter's exit can abort a rank ("terminate called without an active exception",
+    seen in CI on tools/dist_train.sh) after its work succeeded."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def add_launch_args(ap) -> None:
