@@ -22,9 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixedae.runtime.environment import require_torch  # noqa: E402
+
+require_torch(__file__)   # one line, not a traceback, outside the venv
+import torch  # noqa: E402
 from mixedae.pretrain.data import PretrainImages, list_images, pretrain_transform  # noqa: E402
 from mixedae.pretrain.input_pipeline import pretrain_batches  # noqa: E402
 from mixedae.runtime.sampler import EpochStreamSampler  # noqa: E402

@@ -29,10 +29,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from mixedae.runtime.environment import require_torch  # noqa: E402
+
+require_torch(__file__)   # one line, not a traceback, outside the venv
+import torch  # noqa: E402
 sys.path.insert(0, str(REPO / "tools"))
 import benchmark_loader  # noqa: E402
 import benchmark_pretrain  # noqa: E402
