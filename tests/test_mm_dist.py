@@ -43,8 +43,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def sh(*args, env=None, timeout=400):
-    e = dict(os.environ, PYTHON=sys.executable, **(env or {}))
+def free_slurm_port() -> int:
+    """A free port in the range Slurm jobs' ports are derived into (10000-29999)."""
+    for port in range(20000 + os.getpid() % 5000, 30000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port in 20000-29999")
+
+
+def sh(*args, env=None, timeout=400, base_env=None):
+    e = dict(base_env or os.environ, PYTHON=sys.executable, **(env or {}))
     r = subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, cwd=REPO,
                        env=e, timeout=timeout)
     return r, r.stdout + r.stderr
@@ -119,13 +131,36 @@ def test_slurm_scripts_with_a_stand_in_srun(seg_cfg, dist_run, single_metrics, t
                          "--cfg-options", "train_cfg.max_iters=1"]
     # slurm_test.sh: a task started the way Slurm would, mmengine's slurm launcher, the same
     # metrics as tools/test.py (two processes gathering: dist_test.sh above)
+    # no MASTER_PORT: the rendezvous port comes from the job id (10000 + SLURM_JOB_ID % 20000)
+    job = 1234567 + (free_slurm_port() - 10000 - 1234567) % 20000
+    port = 10000 + job % 20000
     env = dict(stand_in(tmp_path, FAKE_SRUN), GPUS="1", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(free_port()))
+               SLURM_JOB_ID=str(job))
+    env_run = {k: v for k, v in os.environ.items() if k != "MASTER_PORT"}
     r, log = sh("tools/slurm_test.sh", "debug", "job", seg_cfg, dist_run[1] / "iter_2.pth",
-                "--work-dir", tmp_path / "t", "--metrics-out", tmp_path / "m.json", env=env)
+                "--work-dir", tmp_path / "t", "--metrics-out", tmp_path / "m.json", env=env,
+                base_env=env_run)
     assert r.returncode == 0, log[-5000:]
+    assert f"slurm: MASTER_PORT={port}" in log
     assert "--launcher=slurm" in (tmp_path / "srun.txt").read_text().split()
     assert json.loads((tmp_path / "m.json").read_text()) == single_metrics
+
+
+def test_slurm_master_port_from_the_job_id(monkeypatch):
+    """Two jobs sharing a node get different rendezvous ports; the user's MASTER_PORT wins."""
+    from mixedae.mm.distributed import slurm_master_port
+    ports = []
+    for job in ("4242", "4243", "24242"):
+        monkeypatch.delenv("MASTER_PORT", raising=False)
+        monkeypatch.setenv("SLURM_JOB_ID", job)
+        ports.append(slurm_master_port())
+        assert os.environ["MASTER_PORT"] == ports[-1]
+    assert ports == ["14242", "14243", "14242"]   # 10000 + id % 20000
+    monkeypatch.setenv("MASTER_PORT", "23456")
+    assert slurm_master_port() == "23456"
+    monkeypatch.delenv("MASTER_PORT")
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert slurm_master_port() == "29500"   # not a Slurm job: torch's default
 
 
 def test_script_usage():

@@ -5,6 +5,12 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
 fi
 export PYTHONPATH="$ROOT:${PYTHONPATH:-}"
+# outside the project's environment: one line saying how to run it (mixedae/runtime/environment.py)
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  echo "error: $0: PYTHON=$PYTHON is not a program on PATH; leave PYTHON unset to use" \
+       "$ROOT/.venv/bin/python (create it with: bash tools/setup_env.sh)" >&2; exit 2
+fi
+"$PYTHON" -m mixedae.runtime.environment "$0" || exit 2
 
 # launch_torchrun NPROC TOOL ARGS...: NPROC processes per node with torchrun (CPU: gloo).
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT.

@@ -31,11 +31,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from torchvision import transforms
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixedae.runtime.environment import require_torch  # noqa: E402
+
+require_torch(__file__)   # one line, not a traceback, outside the venv
+import torch  # noqa: E402
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
+from torchvision import transforms  # noqa: E402
 from mixedae.pretrain.data import PretrainImages, list_images, pretrain_transform  # noqa: E402
 from mixedae.pretrain.decode import jpeg_library  # noqa: E402
 from mixedae.pretrain.input_pipeline import pretrain_batches  # noqa: E402

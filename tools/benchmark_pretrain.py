@@ -20,9 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixedae.runtime.environment import require_torch  # noqa: E402
+
+require_torch(__file__)   # one line, not a traceback, outside the venv
+import torch  # noqa: E402
 from mixedae.pretrain.config import get_preset  # noqa: E402
 from mixedae.model.homologous_attention import IMPLS  # noqa: E402
 from mixedae.model.mixed_autoencoder import build_model  # noqa: E402

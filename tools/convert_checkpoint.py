@@ -5,6 +5,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixedae.runtime.environment import require_torch  # noqa: E402
+
+require_torch(__file__)   # one line, not a traceback, outside the venv
 
 from mixedae.convert import main  # noqa: E402
 

@@ -41,10 +41,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from mixedae.runtime.environment import require_torch  # noqa: E402
+
+require_torch(__file__)   # one line, not a traceback, outside the venv
+import torch  # noqa: E402
 sys.path.insert(0, str(REPO / "tools"))
 import gpu_suite_checks as checks  # noqa: E402
 from mixedae.model.homologous_attention import IMPLS, TRITON_IMPLS  # noqa: E402

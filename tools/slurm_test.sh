@@ -2,6 +2,9 @@
 # Evaluation on a Slurm cluster, one task per GPU (mmengine's slurm launcher):
 #   GPUS=8 bash tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py args...]
 # GPUS (total, default 8), GPUS_PER_NODE (8), CPUS_PER_TASK (5), SRUN_ARGS (extra srun flags).
+# MASTER_PORT (the rendezvous port): when unset, every task takes 10000 + SLURM_JOB_ID % 20000
+# (mixedae/mm/distributed.py), so jobs sharing a node do not collide on 29500; set it to choose.
+# PYTHON defaults to the project's .venv/bin/python when present.
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 PARTITION JOB_NAME CONFIG CHECKPOINT [tools/test.py options]" >&2; exit 2

@@ -14,13 +14,18 @@ When its ViT (size, patch) differs from the config's, the exact ``--cfg-options`
 printed (``--match-pretrained`` applies them). Without ``--pretrained`` and with no checkpoint
 in the config the run is refused unless ``--from-scratch`` asks for random initialisation.
 Not distributed or no CUDA: SyncBN becomes BN;
-no CUDA: AMP is off and multi-process runs use gloo.
+no CUDA: AMP is off and multi-process runs use gloo. ``--auto-scale-lr`` (as in mmdet / mmseg)
+scales the lr linearly from the config's ``auto_scale_lr.base_batch_size`` (the reference
+recipes' total batch, 16) to this run's total batch.
 """
 import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixedae.runtime.environment import require_torch  # noqa: E402
+
+require_torch(__file__)   # one line, not a traceback, outside the venv
 
 
 def parse_args(argv=None):
@@ -38,6 +43,10 @@ def parse_args(argv=None):
     ap.add_argument("--resume", nargs="?", const="auto", default=None,
                     help="resume: a checkpoint path, or the latest in work-dir if no path")
     ap.add_argument("--amp", action="store_true", help="force AmpOptimWrapper (GPU)")
+    ap.add_argument("--auto-scale-lr", action="store_true",
+                    help="scale the lr by the total batch (GPUs x train_dataloader.batch_size) "
+                         "over the config's auto_scale_lr.base_batch_size (16 in this "
+                         "project's configs)")
     add_launch_args(ap)
     args = parse_launch_args(ap, argv)
     if args.match_pretrained and not args.pretrained:
@@ -50,8 +59,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mixedae.mm.pretrained import match_pretrained, require_weights
-    from mixedae.mm.runner import attach_pretrained, build_runner, load_config
+    from mixedae.mm.runner import (attach_pretrained, build_runner, enable_auto_scale_lr,
+                                   load_config)
     cfg = load_config(args.config, args.cfg_options)
+    if args.auto_scale_lr:
+        enable_auto_scale_lr(cfg)
     work_dir = args.work_dir or cfg.get("work_dir") or str(
         Path("work_dirs") / Path(args.config).stem)   # where build_runner puts the run
     require_weights(cfg, args.pretrained, args.from_scratch, args.resume, work_dir)

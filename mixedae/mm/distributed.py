@@ -6,7 +6,7 @@
   process group when none exists, so :func:`init_cpu_process_group` starts the gloo group
   first: ``env://`` from torchrun, or for Slurm the variables mmengine would derive
   (RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK = SLURM_LOCALID, MASTER_ADDR =
-  the first host of SLURM_NODELIST unless set, MASTER_PORT 29500 unless set);
+  the first host of SLURM_NODELIST unless set, MASTER_PORT from :func:`slurm_master_port`);
 * its default model wrapper passes ``device_ids=[LOCAL_RANK]``, which torch's DDP refuses for
   a CPU module; :class:`CPUDistributedDataParallel` (``model_wrapper_cfg``) drops it.
 
@@ -31,13 +31,30 @@ class CPUDistributedDataParallel(MMDistributedDataParallel):
         super().__init__(module=module, device_ids=None, **kwargs)
 
 
+# Slurm jobs' rendezvous ports: 10000 + SLURM_JOB_ID % 20000, below Linux's ephemeral range
+# (32768-60999), so two jobs sharing a node do not both take torch's default 29500
+SLURM_PORT_BASE, SLURM_PORT_SPAN = 10000, 20000
+
+
+def slurm_master_port() -> str:
+    """MASTER_PORT of a ``--launcher slurm`` task: the user's MASTER_PORT if set, else derived
+    from SLURM_JOB_ID (the same on every task of a job), else 29500; set in the environment,
+    where mmengine's launcher and :func:`init_cpu_process_group` read it."""
+    env = os.environ
+    if "MASTER_PORT" not in env:
+        job = env.get("SLURM_JOB_ID", "")
+        env["MASTER_PORT"] = (str(SLURM_PORT_BASE + int(job) % SLURM_PORT_SPAN)
+                              if job.isdigit() else "29500")
+    return env["MASTER_PORT"]
+
+
 def _slurm_env() -> None:
     env = os.environ
     if "MASTER_ADDR" not in env:
         hosts = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_NODELIST"]],
                                capture_output=True, text=True, check=True).stdout.split()
         env["MASTER_ADDR"] = hosts[0]
-    env.setdefault("MASTER_PORT", "29500")
+    slurm_master_port()
     env["RANK"], env["WORLD_SIZE"] = env["SLURM_PROCID"], env["SLURM_NTASKS"]
     env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
 

@@ -18,14 +18,15 @@ from mmengine.runner import Runner
 from mixedae import convert as cv
 from mixedae.runtime.weights_meta import read_key_names
 from mixedae.mm import compat, preflight
-from mixedae.mm.distributed import init_cpu_process_group
-from mixedae.runtime.errors import MixedAEError
+from mixedae.mm.distributed import init_cpu_process_group, slurm_master_port
+from mixedae.runtime.errors import ConfigError, MixedAEError
 
 compat.apply()
 
 TASKS = ("mmseg", "mmdet")
-__all__ = ["TASKS", "DictAction", "load_config", "detect_task", "adapt_to_machine",
-           "attach_pretrained", "build_runner", "check_full_checkpoint", "guarded"]
+__all__ = ["TASKS", "DictAction", "load_config", "detect_task", "register_task",
+           "adapt_to_machine", "attach_pretrained", "enable_auto_scale_lr", "build_runner",
+           "check_full_checkpoint", "guarded"]
 
 # expected failures (bad config, flag, file): one line, no traceback unless --debug
 _EXPECTED = (MixedAEError, ValueError, FileNotFoundError, KeyError, TypeError, AssertionError,
@@ -178,8 +179,23 @@ def attach_pretrained(cfg: Config, path: str) -> dict:
     return dict(source=source, dropped=dropped + more)
 
 
-def build_runner(cfg: Config, work_dir: str | None = None, launcher: str = "none",
-                 config_path: str | None = None) -> Runner:
+def enable_auto_scale_lr(cfg: Config) -> None:
+    """``--auto-scale-lr`` (mmdet / mmseg): switch on the config's ``auto_scale_lr``; mmengine's
+    ``Runner.train`` then multiplies every parameter group's lr by (world size x
+    ``train_dataloader.batch_size``) / ``base_batch_size`` before the schedulers are built
+    (the linear scaling rule). A config without ``auto_scale_lr.base_batch_size`` is refused."""
+    asl = cfg.get("auto_scale_lr")
+    base = asl.get("base_batch_size") if isinstance(asl, dict) else None
+    if isinstance(base, bool) or not isinstance(base, int) or base < 1:
+        raise ConfigError(f"--auto-scale-lr needs auto_scale_lr.base_batch_size (the total "
+                          f"batch the config's lr is set for) as a positive integer, got "
+                          f"{base!r}; e.g. --cfg-options auto_scale_lr.base_batch_size=16")
+    asl["enable"] = True
+
+
+def register_task(cfg: Config) -> str:
+    """Fill the registries of the config's task (mmseg or mmdet) and this project's modules;
+    sets and returns ``default_scope``."""
     task = detect_task(cfg)
     cfg.default_scope = task
     if task == "mmseg":
@@ -188,6 +204,12 @@ def build_runner(cfg: Config, work_dir: str | None = None, launcher: str = "none
         from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=False)
     import mixedae.mm  # noqa: F401  (registers MixedAEViT / the constructor)
+    return task
+
+
+def build_runner(cfg: Config, work_dir: str | None = None, launcher: str = "none",
+                 config_path: str | None = None) -> Runner:
+    register_task(cfg)
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -196,6 +218,9 @@ def build_runner(cfg: Config, work_dir: str | None = None, launcher: str = "none
         cfg.work_dir = osp.join("./work_dirs", name)
     adapt_to_machine(cfg, distributed=launcher != "none")
     preflight.check_strides(cfg)
+    if launcher == "slurm":   # before mmengine's slurm launcher would default it to 29500
+        port = slurm_master_port()
+        print_log(f"slurm: MASTER_PORT={port}", logger="current")
     init_cpu_process_group(launcher)
     if "runner_type" in cfg:
         from mmengine.registry import RUNNERS

@@ -18,10 +18,18 @@ from pathlib import Path
 
 from mmengine.config import Config
 
+from mixedae.runtime.errors import ConfigError
+
 REPO = Path(__file__).resolve().parents[2]
 SEG_CONFIG = REPO / "mmseg_configs" / "upernet_vit-b16_8xb2-amp-160k_ade20k-512x512.py"
 DET_CONFIG = REPO / "mmdet_configs" / "cascade-mask-rcnn_vit-b16_fpn_8xb2-amp-1x_coco.py"
 MICRO_DIM, MICRO_DEPTH = 64, 4
+# the production configs each task may derive from (--base), and the scope they declare
+BASE_DIRS = {"seg": (REPO / "mmseg_configs", "mmseg"), "det": (REPO / "mmdet_configs", "mmdet")}
+# what the smoke configs read below the data root: COCO (instances_*.json, images/ of
+# coco_tiny) and ADE20K's images/ + annotations/ pairs per split
+COCO_FILES = ("annotations/instances_train2017.json", "annotations/instances_val2017.json")
+ADE_SPLITS = ("training", "validation")
 
 
 def _loader(d, root, pipeline, batch=None, **dataset_kw):
@@ -58,12 +66,18 @@ def tiny_seg_config(data_root: str | Path, iters: int = 6, crop: int = 128,
     _loader(cfg.train_dataloader, data_root, train, batch=2)
     _loader(cfg.val_dataloader, data_root, test)
     cfg.test_dataloader = cfg.val_dataloader
-    cfg.test_pipeline = test   # what mmseg's inference_model reads
-    cfg.tta_pipeline = tta_pipeline(scale, ratios=(0.75, 1.25))
+    # the top-level names of the base config hold what this config runs (a config dump shows
+    # them first); test_pipeline is also what mmseg's inference_model reads
+    ratios = [0.75, 1.25]
+    cfg.update(data_root=str(data_root), crop_size=(crop, crop), train_pipeline=train,
+               test_pipeline=test, img_ratios=ratios, tta_pipeline=tta_pipeline(scale, ratios),
+               data_preprocessor=m.data_preprocessor)
     warm = max(1, iters // 3)
     cfg.param_scheduler = [
-        dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=warm),
-        dict(type="PolyLR", eta_min=0.0, power=1.0, by_epoch=False, begin=warm, end=iters)]
+        dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=warm)]
+    if iters > warm:   # (a 1-iteration run is all warm-up)
+        cfg.param_scheduler.append(
+            dict(type="PolyLR", eta_min=0.0, power=1.0, by_epoch=False, begin=warm, end=iters))
     cfg.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=iters)
     cfg.default_hooks.logger.interval = 1
     cfg.default_hooks.checkpoint.interval = iters
@@ -127,6 +141,8 @@ def tiny_det_config(data_root: str | Path, iters: int = 4, short: int = 192,
     _loader(cfg.val_dataloader, root, test, ann_file="annotations/instances_val2017.json",
             data_prefix=dict(img="images/"), indices=val_images)
     cfg.test_dataloader = cfg.val_dataloader
+    cfg.update(data_root=root, train_pipeline=train, test_pipeline=test)  # as seg
+    cfg._cfg_dict.pop("max_epochs", None)   # the 1x schedule's epochs: iteration-based here
     for ev in ("val_evaluator", "test_evaluator"):
         cfg[ev].ann_file = osp.join(root, "annotations/instances_val2017.json")
     cfg.param_scheduler = [dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,
@@ -136,6 +152,58 @@ def tiny_det_config(data_root: str | Path, iters: int = 4, short: int = 192,
     cfg.default_hooks.logger.interval = 1
     cfg.default_hooks.checkpoint.update(by_epoch=False, interval=iters)
     return cfg
+
+
+def _rel(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def check_base(task: str, base: str) -> None:
+    """``--base`` must be an existing config of ``task``'s library (one error line naming the
+    path and the valid bases otherwise)."""
+    folder, scope = BASE_DIRS[task]
+    valid = ", ".join(_rel(p) for p in sorted(folder.glob("*.py")))
+    if not Path(base).is_file():
+        raise ConfigError(f"--base {base}: no such config file; the {task} bases are: {valid}")
+    found = Config.fromfile(base).get("default_scope")
+    if found != scope:
+        what = f"an {found} config" if found else "a config without default_scope"
+        raise ConfigError(f"--base {base} is {what}; `smoke {task}` needs an {scope} one: "
+                          f"{valid}")
+
+
+def _missing(root: Path, task: str) -> list[str]:
+    """What ``root`` lacks for ``task`` (empty: usable)."""
+    if task == "det":
+        need = [f for f in COCO_FILES if not (root / f).is_file()]
+        return need + ([] if (root / "images").is_dir() else ["images/"])
+    missing = []
+    for split in ADE_SPLITS:
+        imgs, anns = root / "images" / split, root / "annotations" / split
+        if not imgs.is_dir() or not anns.is_dir():
+            missing += [f"{d.relative_to(root)}/" for d in (imgs, anns) if not d.is_dir()]
+        elif not any((anns / f"{p.stem}.png").is_file() for p in imgs.glob("*.jpg")):
+            missing.append(f"a pair images/{split}/NAME.jpg + annotations/{split}/NAME.png")
+    return missing
+
+
+def check_data_root(task: str, data_root: str) -> None:
+    """Refuse a data root without the layout ``task``'s smoke config reads (COCO
+    ``annotations/instances_{train,val}2017.json`` + ``images/``; ADE20K ``images/`` +
+    ``annotations/`` pairs per split), naming what is missing and the other task when the
+    folder fits that one."""
+    root = Path(data_root)
+    if not root.is_dir():
+        raise ConfigError(f"data root {data_root} is not a folder")
+    missing = _missing(root, task)
+    if not missing:
+        return
+    what = {"seg": "an ADE20K folder (ade_tiny layout)", "det": "a COCO folder (coco_tiny layout)"}
+    other = "det" if task == "seg" else "seg"
+    hint = (f"; it is {what[other].split(' (')[0]}: use `smoke {other}`"
+            if not _missing(root, other) else "")
+    raise ConfigError(f"data root {data_root} is not {what[task]} for `smoke {task}`: missing "
+                      f"{', '.join(missing)}{hint}")
 
 
 def main(argv=None) -> int:
@@ -148,10 +216,13 @@ def main(argv=None) -> int:
     ap.add_argument("--base", help=f"production config to derive from (default: "
                                    f"{SEG_CONFIG.name} / {DET_CONFIG.name})")
     ap.add_argument("--iters", type=int, help="training iterations (default 6 seg, 4 det)")
+    ap.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = ap.parse_args(argv)
-    if not Path(args.data_root).is_dir():
-        print(f"error: data root {args.data_root} is not a folder", file=sys.stderr)
-        return 2
+    if args.iters is not None and args.iters < 1:
+        ap.error(f"--iters must be >= 1, got {args.iters}")
+    check_data_root(args.task, args.data_root)
+    if args.base is not None:
+        check_base(args.task, args.base)
     fn = tiny_seg_config if args.task == "seg" else tiny_det_config
     kw = {k: v for k, v in (("base", args.base), ("iters", args.iters)) if v is not None}
     fn(args.data_root, **kw).dump(args.out)
@@ -160,4 +231,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mixedae.mm.runner import guarded
+    sys.exit(guarded(main))
