@@ -294,7 +294,8 @@ def test_auto_scale_lr_scales_every_group_as_mmengine(tmp_path):
     tiny_seg_config(data_dir("ade_tiny"), iters=1).dump(str(path))
     assert Config.fromfile(str(path)).auto_scale_lr.base_batch_size == 16
     no_val = ["val_cfg=None", "val_dataloader=None", "val_evaluator=None"]
-    r = run_tool("tools/train.py", path, "--auto-scale-lr", "--work-dir", tmp_path / "wd",
+    r = run_tool("tools/train.py", path, "--auto-scale-lr", "--from-scratch",
+                 "--work-dir", tmp_path / "wd",
                  "--cfg-options", *no_val)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "Scaling the original LR by 0.125" in r.stdout + r.stderr

@@ -246,12 +246,12 @@ def test_engine_schedule_follows_epochs_warmup_and_min_lr(tmp_path):
 
 def test_crop_scale_reaches_the_random_resized_crop(tmp_path):
     """Tab. 4: RandomResizedCrop with MAE's scale (0.2, 1) by default, from the config."""
-    from torchvision import transforms
+    from torchvision.transforms import v2
 
     from mixedae.pretrain.data import build_pretrain_dataset
     from test_train import synthetic_folder
     data = synthetic_folder(tmp_path / "d", n=4)
     for scale in ((0.2, 1.0), (0.35, 0.9)):
         ds = build_pretrain_dataset(data, 32, scale)
-        crops = [t for t in ds.transform.transforms if isinstance(t, transforms.RandomResizedCrop)]
+        crops = [t for t in ds.transform.crop.transforms if isinstance(t, v2.RandomResizedCrop)]
         assert len(crops) == 1 and tuple(crops[0].scale) == scale

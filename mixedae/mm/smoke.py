@@ -143,6 +143,7 @@ def tiny_det_config(data_root: str | Path, iters: int = 4, short: int = 192,
     cfg.test_dataloader = cfg.val_dataloader
     cfg.update(data_root=root, train_pipeline=train, test_pipeline=test)  # as seg
     cfg._cfg_dict.pop("max_epochs", None)   # the 1x schedule's epochs: iteration-based here
+    cfg._cfg_dict.pop("ms_scales", None)    # iBOT's multi-scale list: this pipeline has its own
     for ev in ("val_evaluator", "test_evaluator"):
         cfg[ev].ann_file = osp.join(root, "annotations/instances_val2017.json")
     cfg.param_scheduler = [dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0,

@@ -160,5 +160,5 @@ def packaged_photos() -> dict[str, Image.Image]:
         raise ConfigError("the demo needs scikit-image and/or scikit-learn sample images "
                            f"(found {len(photos)}); pip install scikit-image scikit-learn")
     # pre-shrink (short side 256) so that cropping stays cheap; crops are ≤ 64-112 px anyway
-    return {k: transforms.Resize(256, transforms.InterpolationMode.BICUBIC)(load_rgb(v))
+    return {k: v2.Resize(256, v2.InterpolationMode.BICUBIC)(load_rgb(v))
             for k, v in photos.items()}
