@@ -211,7 +211,7 @@ def write_pretrained_record(work_dir: str, source: str | None) -> None:
     null for random initialisation, ``{"path"}`` alone for weights that are no local file (a
     URL: nothing to fingerprint). What ``mixedae report`` credits the work dir's results by."""
     import json
-    from mixedae.runtime.checkpoint import atomic_write_text
+    from mixedae.runtime.atomic import atomic_write_text
     from mixedae.runtime.provenance import checkpoint_record
     rec = None
     if source is not None:
