@@ -166,8 +166,8 @@ def checkpoint_of(path: Path, recorded: list, fallback_path=None) -> dict | None
     training started from); else only the path the producer named (``{"path": ...}``, not
     enough to credit), else None."""
     if recorded:
-        kinds = {r["sha256"] if is_record(r) else repr(r) for r in recorded}
-        if len(kinds) > 1:
+        distinct = {r["sha256"] if is_record(r) else repr(r) for r in recorded}
+        if len(distinct) > 1:
             return {"path": "several checkpoints (the results' records differ)"}
         return _own(recorded[0])
     marker = pipeline_marker(path).get("pretrained")
