@@ -182,6 +182,7 @@ def test_linprobe_cls_tiny_resumes_exactly(tmp_path):
     assert (a / "caltech101" / "checkpoint.pth").is_file()
     part = json.loads((a / "caltech101" / "result.json").read_text())  # the probe at step 5
     assert part["finished"] is False and part["step"] == 5 and part["steps"] == 8
+    assert part["pretrained"] is None  # no --checkpoint: random initialisation, recorded
     md = (a / "results.md").read_text()
     assert f"| {part['test_score']:.1f}† |" in md and "at caltech101: step 5 of 8" in md
     assert "caltech101" in (a / "results.csv").read_text().splitlines()[1].split(",")[-1]

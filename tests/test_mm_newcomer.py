@@ -129,6 +129,8 @@ def test_match_pretrained_trains_patch8_detection(tmp_path):
     assert r.returncode == 0, log[-4000:]
     assert "MixedAEViT: loaded" in log and "warning: no CUDA" not in log
     assert (tmp_path / "wd/iter_1.pth").is_file()
+    from mixedae.runtime.provenance import checkpoint_record  # with mmengine's real Runner
+    assert json.loads((tmp_path / "wd/pretrained.json").read_text()) == checkpoint_record(run)
 
 
 def test_cpu_warning_threshold():

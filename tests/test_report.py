@@ -156,7 +156,7 @@ def _write_transfer_outputs(root):
     (root / "ft").mkdir()
     (root / "ft" / "result.json").write_text(json.dumps(
         {"step": 10, "finished": True, "best_top1": 12.5, "last": {"top1": 11.0}}))
-    (root / "cls").mkdir()
+    (root / "cls" / "runs").mkdir(parents=True)       # mixedae transfer's per-dataset runs
     (root / "cls" / "results.csv").write_text("Method,Aircraft,Caltech,Cars,C10,C100,DTD,"
                                               "Flowers,Food,Pets,SUN,VOC,Avg.\n"
                                               "r,,61.0000,,33.5000,,,,,,,,47.2500\n")

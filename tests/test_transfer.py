@@ -1,6 +1,7 @@
 """``mixedae transfer`` on the real tiny data (cls_tiny) with a micro ViT, and the strict
 pretrained-weight loader."""
 import csv
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -212,7 +213,8 @@ def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, c
 
 def test_pretrained_checkpoint_cifar10_and_caltech(tmp_path, capsys):
     root = data_dir("cls_tiny")
-    write_pretrain_checkpoint(tmp_path / "mixedae_micro", img_size=16)
+    ck = write_pretrain_checkpoint(tmp_path / "mixedae_micro", img_size=16)
+    digest = hashlib.sha256(ck.read_bytes()).hexdigest()
     out = tmp_path / "out"
     argv = ["--datasets", "caltech101,cifar10", "--root", str(root), "--output-dir", str(out),
             "--checkpoint", str(tmp_path / "mixedae_micro"), "--img-size", "32",
@@ -230,6 +232,10 @@ def test_pretrained_checkpoint_cifar10_and_caltech(tmp_path, capsys):
         assert start["pretrained"]["format"] == "pretrain" and start["pretrained"]["resized"]
         assert s["metric"] == ("mean_per_class" if name == "caltech101" else "top1")
         assert s["test_score"] == s["test_eval"][s["metric"]]
+        # every run and the summary record the weights they came from (runtime.provenance)
+        for f in (out / "runs" / name).glob("*/result.json"):
+            assert json.loads(f.read_text())["pretrained"]["sha256"] == digest, f
+        assert s["pretrained"]["sha256"] == digest and s["pretrained"]["path"] == str(ck)
     with capsys.disabled():
         print(f"\n[measured] pretrain-format micro checkpoint: test (protocol metric) {scores}")
     assert all(v >= 20.0 for v in scores.values())

@@ -13,6 +13,10 @@ backbone's checked loader (every dropped/missing key reported, unexpected ones a
 When its ViT (size, patch) differs from the config's, the exact ``--cfg-options`` to use are
 printed (``--match-pretrained`` applies them). Without ``--pretrained`` and with no checkpoint
 in the config the run is refused unless ``--from-scratch`` asks for random initialisation.
+Before training, ``<work_dir>/pretrained.json`` records which weights the run starts from (the
+``mixedae.runtime.provenance`` record: path, size, sha256; null from scratch), which is what
+``mixedae report`` credits the work dir's results (tools/test.py metrics too) by; a resumed
+run keeps the record its first run wrote.
 Not distributed or no CUDA: SyncBN becomes BN;
 no CUDA: AMP is off and multi-process runs use gloo. ``--auto-scale-lr`` (as in mmdet / mmseg)
 scales the lr linearly from the config's ``auto_scale_lr.base_batch_size`` (the reference
@@ -58,7 +62,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from mixedae.mm.pretrained import match_pretrained, require_weights
+    from mixedae.mm.pretrained import (match_pretrained, require_weights, resumed,
+                                       start_weights, write_pretrained_record)
     from mixedae.mm.runner import (attach_pretrained, build_runner, enable_auto_scale_lr,
                                    load_config)
     cfg = load_config(args.config, args.cfg_options)
@@ -77,7 +82,11 @@ def main(argv=None) -> int:
         cfg.resume, cfg.load_from = True, None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
+    source = start_weights(cfg)   # what the backbone (or load_from, the whole model) loads
     runner = build_runner(cfg, args.work_dir, args.launcher, args.config)
+    from mmengine.dist import is_main_process
+    if is_main_process() and not resumed(cfg, runner.work_dir):  # a resumed run keeps its own
+        write_pretrained_record(runner.work_dir, source)
     runner.train()
     return 0
 

@@ -35,8 +35,10 @@ which is first proven a fine-tuning checkpoint of this run (kind, settings, ever
 shape) and never copied over another OUT/checkpoint.pth. An unreadable training image is
 replaced and named; the val folder is never altered (refused naming its unreadable files, or
 ``--skip-unreadable-eval``: evaluated without them, the count in result.json).
-OUT/result.json (best and last top-1, ``finished``) is rewritten after every evaluation, at
-``--max-steps`` (the model evaluated as it is) and on Ctrl-C, so every exit leaves one.
+OUT/result.json (best and last top-1, ``finished``; ``pretrained``: the
+:mod:`mixedae.runtime.provenance` record of the ``--checkpoint`` file, null without one) is
+rewritten after every evaluation, at ``--max-steps`` (the model evaluated as it is) and on
+Ctrl-C, so every exit leaves one.
 
 ``--eval --resume CKPT`` (MAE's convention; ``--resume auto``: OUT/checkpoint.pth) evaluates a
 fine-tuning checkpoint and trains nothing: the classifier of the given ``--model`` /
@@ -85,6 +87,7 @@ from mixedae.runtime.distributed import (barrier, cleanup, init_distributed, is_
 from mixedae.runtime.errors import CheckpointError
 from mixedae.runtime.errors import ConfigError as UsageError
 from mixedae.runtime.layer_decay import layer_decay_param_groups
+from mixedae.runtime.provenance import pretrained_record
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.weights import match_state_dict
 from mixedae.runtime.schedules import cosine_lr
@@ -222,7 +225,7 @@ def _build(args, train_set, device):
 
 
 def _evaluator(args, model, ema, val_set, device, total, logger, best: dict, last: dict,
-               out_dir: Path):
+               out_dir: Path, pretrained: dict | None):
     """``on_epoch_end``: evaluate (model and EMA), track the best top-1 in ``best``."""
     def evaluate(epoch: int, step: int, force: bool = False) -> None:
         if not force and (epoch + 1) % args.eval_every and step < total:
@@ -243,7 +246,8 @@ def _evaluator(args, model, ema, val_set, device, total, logger, best: dict, las
         logger.info(f"[finetune] epoch {epoch} step {step}: top-1 {rec['top1']:.2f} "
                     f"top-5 {rec['top5']:.2f} (best {best['top1']:.2f})")
         write_result(out_dir, step=step, finished=False, best_top1=best["top1"], last=rec,
-                     layer_decay=args.layer_decay)  # a later kill still leaves this one
+                     layer_decay=args.layer_decay,  # a later kill still leaves this one
+                     pretrained=pretrained)
     return evaluate
 
 
@@ -252,6 +256,17 @@ def write_result(out_dir: Path, **result) -> dict:
     if is_main_process():
         atomic_write_text(Path(out_dir) / "result.json", json.dumps(result, indent=1))
     return result
+
+
+def _pretrained(args, resume_ck: dict | None) -> dict | None:
+    """The record of the weights this run started from (rank 0; None elsewhere, and for a run
+    from random initialisation): a resumed run's own (stored in its checkpoint, whatever
+    ``--checkpoint`` says now: the resumed weights replace them), else ``--checkpoint``'s."""
+    if not is_main_process():
+        return None
+    if resume_ck is not None and "pretrained" in resume_ck:
+        return resume_ck["pretrained"]
+    return pretrained_record(args.checkpoint)
 
 
 def run(args, out_dir: Path) -> dict:
@@ -271,6 +286,7 @@ def run(args, out_dir: Path) -> dict:
         raise UsageError(f"mixup/cutmix need an even per-rank batch, got {per_rank}")
     spe = E.steps_per_epoch(len(train_set), per_rank, args.accum_iter)  # the engine's count
     total, warmup = args.epochs * spe, int(round(args.warmup_epochs * spe))
+    pretrained = _pretrained(args, resume_ck)  # before training: every result.json has it
     model, ema, optimizer, loaded = _build(args, train_set, device)
     if resume_ck is not None:
         _check_resume_model(src, resume_ck, model)
@@ -292,7 +308,7 @@ def run(args, out_dir: Path) -> dict:
                    if args.max_steps and args.max_steps < total else ""))
     best, last = {"top1": -1.0}, {}
     evaluate = _evaluator(args, model, ema, val_set, device, total, logger, best, last,
-                          out_dir)
+                          out_dir, pretrained)
     t0 = time.time()
     try:
         out = E.train_loop(
@@ -304,13 +320,15 @@ def run(args, out_dir: Path) -> dict:
             log_every=args.log_every, mixup_fn=mixup, ema=ema, clip_grad=args.clip_grad,
             amp=not args.no_amp, stop_after=args.max_steps, on_epoch_end=evaluate, state=best,
             extra_state={"args": {k: v for k, v in vars(args).items()
-                                  if isinstance(v, (int, float, str, bool, type(None)))}})
+                                  if isinstance(v, (int, float, str, bool, type(None)))},
+                         "pretrained": pretrained})
         if not last:  # stopped early, or resumed after the end: report the model as it is
             evaluate((out["step"] - 1) // spe, out["step"], force=True)
     except KeyboardInterrupt:  # the summary of the last evaluation, marked interrupted
         if last:
             write_result(out_dir, step=last["step"], finished=False, interrupted=True,
-                         best_top1=best["top1"], last=last, layer_decay=args.layer_decay)
+                         best_top1=best["top1"], last=last, layer_decay=args.layer_decay,
+                         pretrained=pretrained)
         raise
     finally:
         logger.close()
@@ -318,7 +336,7 @@ def run(args, out_dir: Path) -> dict:
                         resumed_from=out["resumed_from"], best_top1=best["top1"], last=last,
                         layer_decay=args.layer_decay, seconds=round(time.time() - t0, 2),
                         val_skipped=len(val_set.skipped),
-                        val_skipped_files=val_set.skipped[:20])
+                        val_skipped_files=val_set.skipped[:20], pretrained=pretrained)
 
 
 def _eval_checkpoint(args, out_dir: Path) -> Path:
@@ -361,6 +379,8 @@ def evaluate_only(args, out_dir: Path, path: Path) -> dict:
                                info.device, **kw)
     ev, res = out["model"], {"eval_only": True, "checkpoint": str(path), "step": ck.get("step"),
                              "n_val": len(val_set)}
+    if "pretrained" in ck:  # the weights its fine-tuning started from (runtime.provenance)
+        res["pretrained"] = ck["pretrained"]
     res.update({k: ev[k] for k in ("top1", "top5", "mean_per_class", "loss")})
     if "ema" in out:
         res.update({f"ema_{k}": out["ema"][k] for k in ("top1", "top5", "mean_per_class")})

@@ -21,7 +21,9 @@ Data: ``--data DIR`` (ImageFolder, ImageNet layout) or ``--datasets NAMES --root
 transfer datasets, train → test). Outputs per data ``OUT/<name>/``: ``result.json`` (every
 metric of every k, ``by_k``), per k ``k<k>/`` with its ``result.json``, ``per_class.csv`` and
 ``confusion.csv/png``, and ``log.jsonl``, ``tb/``; over all data of the run ``OUT/results.md``
-/ ``.csv`` with one row per k, rewritten after every data and on every exit.
+/ ``.csv`` with one row per k, rewritten after every data and on every exit. Every
+``result.json`` records ``pretrained``: the :mod:`mixedae.runtime.provenance` record of the
+``--checkpoint`` file (null without one).
 
 Examples::
 
@@ -51,6 +53,7 @@ from mixedae.runtime.checkpoint import atomic_write_text
 from mixedae.runtime.cli import run_main
 from mixedae.runtime.distributed import get_rank, get_world_size, is_main_process
 from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.provenance import pretrained_record
 from mixedae.runtime.run_logger import RunLogger, print0
 from mixedae.runtime.weights import resolve_checkpoint_path
 
@@ -149,6 +152,7 @@ def knn_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict:
     model = create_vit(args.model, patch_size=args.patch_size, img_size=args.img_size,
                        num_classes=0, global_pool="token" if args.feature == "cls" else "avg")
     loaded = E.load_pretrained(model, args.checkpoint) if args.checkpoint else None
+    pretrained = pretrained_record(args.checkpoint) if is_main_process() else None
     n_img = len(data.train_images) + len(data.test_images)
     logger = RunLogger(ds_dir, desc=f"knn {data.name} features",
                        total=-(-n_img // get_world_size()), progress=not args.no_progress)
@@ -177,13 +181,14 @@ def knn_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict:
         f"k {k} {ev[data.metric]:.2f}" for k, ev in evs.items()) + f" (T {args.temperature}; "
         f"features {t_feat:.0f}s, all {time.time() - t0:.0f}s)")
     out = {k: C.save_result(ds_dir / f"k{k}", data, ev, args.name, method="knn", k=k,
-                            temperature=args.temperature, feature=args.feature)
+                            temperature=args.temperature, feature=args.feature,
+                            pretrained=pretrained)
            for k, ev in evs.items()}
     if is_main_process():
         atomic_write_text(ds_dir / "result.json", json.dumps(
             {"dataset": data.name, "method": "knn", "temperature": args.temperature,
              "feature": args.feature, "metric": data.metric, "nb_knn": args.nb_knn,
-             "by_k": {str(k): s for k, s in out.items()}}, indent=1))
+             "by_k": {str(k): s for k, s in out.items()}, "pretrained": pretrained}, indent=1))
     return out
 
 

@@ -23,7 +23,9 @@ stops early and resumably), then ``result.json`` (every metric), ``per_class.csv
 ``confusion.csv/png``; ``OUT/results.md`` / ``.csv`` over all data, rewritten after every data
 and on every exit. A run stopped by ``--max-steps`` is evaluated as it is and written with
 ``finished: false`` (marked † in the tables); a rerun resumes it. A finished data is skipped
-when rerun; other settings in the same OUT are refused.
+when rerun; other settings in the same OUT are refused. Every ``result.json`` records
+``pretrained``: the :mod:`mixedae.runtime.provenance` record of the ``--checkpoint`` file
+(null without one).
 
 Examples::
 
@@ -49,8 +51,10 @@ from mixedae.classification.metrics import multilabel_bce
 from mixedae.model.vit import create_vit
 from mixedae.runtime.cli import run_main
 from mixedae.runtime.checkpoint import CHECKPOINT_NAME
-from mixedae.runtime.distributed import get_world_size, init_distributed, unwrap, wrap_ddp
+from mixedae.runtime.distributed import (get_world_size, init_distributed, is_main_process,
+                                         unwrap, wrap_ddp)
 from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.provenance import pretrained_record
 from mixedae.runtime.run_logger import RunLogger, print0
 from mixedae.runtime.schedules import cosine_lr
 
@@ -206,6 +210,7 @@ def probe_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict | None:
         return json.loads(done.read_text())
     plan = _plan(args, data)
     C.check_settings(ds_dir, settings(args))
+    pretrained = pretrained_record(args.checkpoint) if is_main_process() else None
     t0 = time.time()
     ev, out = _fit(args, data, ds_dir, plan, device)
     print0(f"[linprobe] {data.name} step {out['step']}/{plan['total']}: "
@@ -213,7 +218,8 @@ def probe_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict | None:
     summary = C.save_result(ds_dir, data, ev, args.name, method="linprobe",
                             feature=args.feature, lr=args.abs_lr, steps=plan["total"],
                             step=out["step"], finished=out["finished"],
-                            resumed_from=out["resumed_from"], settings=settings(args))
+                            resumed_from=out["resumed_from"], settings=settings(args),
+                            pretrained=pretrained)
     if not out["finished"]:
         print0("[linprobe] stopped early (--max-steps): partial result written; rerun the "
                "same command to resume")

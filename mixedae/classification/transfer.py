@@ -42,6 +42,10 @@ Outputs in ``--output-dir OUT``::
                                         per_class_ap.png)
     OUT/runs/<dataset>/result.json      dataset summary (val scores, chosen lr, test metrics)
 
+Every result.json above records ``pretrained``: the :mod:`mixedae.runtime.provenance` record
+of the ``--checkpoint`` file its run started from (null without one; the summary: its final
+run's).
+
 A diverging lr of the search is recorded (``diverged`` in its result.json and in the runs
 table) and the lr is chosen among the finite scores; only all of them diverging stops the
 dataset. Test and lr-search validation images are never altered: a set with unreadable images

@@ -21,6 +21,7 @@ from mixedae.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text
 from mixedae.runtime.distributed import barrier, get_world_size, init_distributed, \
     is_main_process, wrap_ddp
 from mixedae.runtime.errors import ConfigError, TrainingDiverged
+from mixedae.runtime.provenance import pretrained_record
 from mixedae.runtime.run_logger import RunLogger, print0
 from mixedae.runtime.schedules import cosine_lr
 from mixedae.runtime.weights import resolve_checkpoint_path
@@ -105,6 +106,7 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
     if args.batch_size % get_world_size():
         raise ConfigError(f"--batch-size {args.batch_size} is not divisible by "
                           f"{get_world_size()} ranks")
+    pretrained = pretrained_record(args.checkpoint) if is_main_process() else None
     E.seed_everything(args.seed)
     model, loaded = build_model(args, data.num_classes, device)
     model = wrap_ddp(model, init_distributed())
@@ -132,7 +134,7 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
                    "score": None, "diverged": True, "reason": out["diverged"],
                    "eval_split": eval_split, "n_train": len(train_set), "iters": args.iters,
                    "seconds": round(time.time() - t0, 2), "settings": settings(args),
-                   "finished": True}
+                   "finished": True, "pretrained": pretrained}
             logger.event(event="diverged", lr=lr, reason=out["diverged"])
             print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: diverged "
                    f"({out['diverged']}); recorded, the search goes on")
@@ -148,9 +150,10 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
                    "score": ev[data.metric], "eval": R.public_eval(ev), "eval_split": eval_split,
                    "n_train": len(train_set), "n_eval": len(eval_set), "iters": args.iters,
                    "resumed_from": out["resumed_from"], "seconds": round(time.time() - t0, 2),
-                   "split_note": data.split_note, "settings": settings(args), "finished": True}
+                   "split_note": data.split_note, "settings": settings(args), "finished": True,
+                   "pretrained": pretrained}
             logger.log({"event": "eval", "step": out["step"],
-                        **{k: v for k, v in res.items() if k != "settings"}},
+                        **{k: v for k, v in res.items() if k not in ("settings", "pretrained")}},
                        {f"{eval_split}/{k}": v for k, v in res["eval"].items() if k != "n"})
     finally:
         logger.close()
@@ -240,6 +243,8 @@ def run_dataset(args, data: D.ClsData, lrs: list[float], out_dir: Path,
                "split_note": data.split_note, "notes": data.notes, "source": data.source,
                "settings": settings(args), "name": args.name, "diverged": sorted(diverged),
                "eval_skipped": {k: len(v) for k, v in data.skipped.items()}}
+    if "pretrained" in final:  # the weights the test score comes from (runtime.provenance)
+        summary["pretrained"] = final["pretrained"]
     summary["notes"] = summary["notes"] + [
         f"{data.name} {k}: diverged in the lr search, not chosen ({v})"
         for k, v in diverged.items()]

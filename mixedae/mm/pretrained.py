@@ -181,6 +181,47 @@ def require_weights(cfg: Config, pretrained: str | None, from_scratch: bool,
                           f"random initialisation on purpose")
 
 
+def start_weights(cfg: Config) -> str | None:
+    """The checkpoint a training run's weights come from: ``load_from`` (the whole model,
+    loaded over the backbone's own initialisation), else the backbone's ``init_cfg``
+    Pretrained checkpoint (where ``--pretrained`` goes), ``model.backbone.pretrained`` or
+    ``model.pretrained``; None: random initialisation."""
+    if cfg.get("load_from"):
+        return str(cfg.load_from)
+    model = cfg.get("model") or {}
+    bb = model.get("backbone") or {}
+    init = bb.get("init_cfg")
+    for c in (init if isinstance(init, (list, tuple)) else [init]):
+        if isinstance(c, dict) and c.get("type") == "Pretrained" and c.get("checkpoint"):
+            return str(c["checkpoint"])
+    named = bb.get("pretrained") or model.get("pretrained")
+    return str(named) if named else None
+
+
+def resumed(cfg: Config, work_dir: str) -> bool:
+    """Whether mmengine will continue a checkpoint (``resume`` with ``load_from``, or with a
+    ``last_checkpoint`` in ``work_dir``) rather than start from :func:`start_weights`."""
+    return bool(cfg.get("resume")) and bool(
+        cfg.get("load_from") or osp.isfile(osp.join(work_dir, "last_checkpoint")))
+
+
+def write_pretrained_record(work_dir: str, source: str | None) -> None:
+    """``<work_dir>/pretrained.json`` (atomic; rank 0, before training): the
+    :mod:`mixedae.runtime.provenance` record of ``source`` (the run's :func:`start_weights`),
+    null for random initialisation, ``{"path"}`` alone for weights that are no local file (a
+    URL: nothing to fingerprint). What ``mixedae report`` credits the work dir's results by."""
+    import json
+    from mixedae.runtime.atomic import atomic_write_text
+    from mixedae.runtime.provenance import checkpoint_record
+    rec = None
+    if source is not None:
+        try:
+            rec = checkpoint_record(source)
+        except OSError:
+            rec = {"path": source}
+    atomic_write_text(osp.join(work_dir, "pretrained.json"), json.dumps(rec, indent=1))
+
+
 # ---- the model a trained checkpoint holds -----------------------------------------------------
 def _grid(img_size, patch: int) -> tuple[int, int]:
     h, w = (img_size, img_size) if isinstance(img_size, (int, float)) else img_size

@@ -9,7 +9,13 @@ Transfer folders understood (the layouts the project's commands write):
   written by ``tools/test.py --out`` (preferred: the metrics of the final checkpoint);
 * ``finetune``: ``mixedae finetune`` output (``result.json`` with ``best_top1``, or a
   layer-decay sweep's ``sweep.json``);
-* ``cls11``: ``mixedae transfer`` output (``results.csv`` / ``runs/<dataset>/result.json``).
+* ``cls11``: ``mixedae transfer`` output (``results.csv`` / ``runs/<dataset>/result.json``);
+* ``linprobe`` / ``knn``: one data folder ``OUT/<data>/`` of ``mixedae linprobe`` / ``knn``
+  (``result.json`` with its ``method``); their ``OUT`` is searched one level down.
+
+Which checkpoint a result comes from (:func:`checkpoint_of`) is the producers' own
+:mod:`mixedae.runtime.provenance` record (``"pretrained"`` in result.json, ``pretrained.json``
+of an mm work dir, a pipeline stage marker).
 
 A folder that holds none of these is searched one level down (a ``mixedae pipeline`` output;
 its set-aside ``<stage>.prev-N`` folders are ignored).
@@ -29,7 +35,7 @@ from mixedae.runtime.provenance import is_record
 from mixedae.runtime.run_logger import read_jsonl
 from mixedae.runtime.torch_files import safetensors_metadata
 
-KINDS = ("ade", "coco", "finetune", "cls11")
+KINDS = ("ade", "coco", "finetune", "cls11", "linprobe", "knn")
 PREVIOUS = re.compile(r"\.prev-\d+$")  # outputs a pipeline set aside when a stage re-ran
 
 
@@ -142,20 +148,36 @@ def pipeline_marker(path: Path) -> dict:
     return rec if isinstance(rec, dict) else {}
 
 
+SCRATCH = {"path": None, "scratch": True}  # a producer recorded no checkpoint: random init
+
+
+def _own(rec) -> dict | None:
+    """A producer's ``pretrained`` entry as :func:`checkpoint_of` returns it."""
+    return SCRATCH if rec is None else rec if isinstance(rec, dict) else \
+        {"path": f"an unreadable record ({rec!r:.60})"}
+
+
 def checkpoint_of(path: Path, recorded: list, fallback_path=None) -> dict | None:
-    """The provenance of the result in ``path``: the producers' own records (``recorded``: the
-    ``pretrained`` entries of its result files; all must agree), ``path/pretrained.json``, or
-    the pipeline's stage marker (``runtime.provenance`` records); else only the path the
-    producer named (``{"path": ...}``, not enough to credit), else None."""
-    full = [r for r in recorded if is_record(r)]
-    if full:
-        if len({r["sha256"] for r in full}) > 1 or len(full) < len(recorded):
+    """The provenance of the result in ``path`` (``runtime.provenance`` records): the producers'
+    own (``recorded``: the ``pretrained`` entries of its result files, all must agree; null:
+    random initialisation), which alone decide when there are any; else the pipeline's stage
+    marker (the run's weights it handed the stage, which an mm stage reads through the convert
+    stage's copy); else ``path/pretrained.json`` (``tools/train.py``: what the work dir's
+    training started from); else only the path the producer named (``{"path": ...}``, not
+    enough to credit), else None."""
+    if recorded:
+        distinct = {r["sha256"] if is_record(r) else repr(r) for r in recorded}
+        if len(distinct) > 1:
             return {"path": "several checkpoints (the results' records differ)"}
-        return full[0]
-    own = _json(path / "pretrained.json") if (path / "pretrained.json").is_file() else None
-    for rec in (own, pipeline_marker(path).get("pretrained")):
-        if is_record(rec):
-            return rec
+        return _own(recorded[0])
+    marker = pipeline_marker(path).get("pretrained")
+    if is_record(marker):
+        return marker
+    if (path / "pretrained.json").is_file():
+        try:
+            return _own(json.loads((path / "pretrained.json").read_text()))
+        except (OSError, json.JSONDecodeError):
+            return {"path": f"{path / 'pretrained.json'} (unreadable)"}
     return {"path": str(fallback_path)} if fallback_path else None
 
 
@@ -249,6 +271,8 @@ def finetune_result(path: Path) -> TransferResult | None:
 
 
 def cls11_result(path: Path) -> TransferResult | None:
+    if not (path / "runs").is_dir():  # a linprobe / knn OUT has a results.csv of its own
+        return None
     scores = {}
     if (path / "results.csv").is_file():
         with open(path / "results.csv", newline="") as f:
@@ -263,8 +287,9 @@ def cls11_result(path: Path) -> TransferResult | None:
     if not scores:
         return None
     named = {(r.get("settings") or {}).get("checkpoint") for r in summaries} - {None}
-    ck = checkpoint_of(path, [r["pretrained"] for r in summaries if "pretrained" in r],
-                       named.pop() if len(named) == 1 else None)
+    recorded = ([r.get("pretrained", "not recorded") for r in summaries]  # all, or none
+                if any("pretrained" in r for r in summaries) else [])
+    ck = checkpoint_of(path, recorded, named.pop() if len(named) == 1 else None)
     n = sum(c in scores for c in CLS11_COLUMNS[:-1])
     note = f"{n}/11 datasets"
     if n < 11:
@@ -273,10 +298,39 @@ def cls11_result(path: Path) -> TransferResult | None:
                           checkpoint=ck)
 
 
+def frozen_result(path: Path) -> TransferResult | None:
+    """One data folder of ``mixedae linprobe`` / ``mixedae knn`` (``path/result.json``)."""
+    res = _json(path / "result.json") if (path / "result.json").is_file() else None
+    if not isinstance(res, dict) or res.get("method") not in ("linprobe", "knn"):
+        return None
+    metric = res.get("metric", "score")
+    if res["method"] == "knn":
+        by_k = res.get("by_k") or {}
+        metrics = {f"k={k}": float(s["test_score"]) for k, s in by_k.items()
+                   if isinstance(s, dict) and finite(s.get("test_score"))}
+        if not metrics:
+            return None
+        note = f"k-NN, {metric}, T {res.get('temperature')}, {res.get('feature')} feature"
+        named = next((s.get("settings", {}).get("checkpoint") for s in by_k.values()
+                      if isinstance(s, dict) and s.get("settings")), None)
+    else:
+        if not finite(res.get("test_score")):
+            return None
+        metrics = {"linprobe": float(res["test_score"])}
+        state = "finished" if res.get("finished", True) else "NOT finished (stopped early)"
+        note = (f"linear probe, {metric}, {res.get('feature')} feature; step "
+                f"{res.get('step')}, {state}")
+        named = (res.get("settings") or {}).get("checkpoint")
+    return TransferResult(res["method"], path, metrics, note, data=res.get("dataset"),
+                          checkpoint=checkpoint_of(path, [res["pretrained"]]
+                                                   if "pretrained" in res else [], named))
+
+
 def find_transfers(path: str | Path, depth: int = 1) -> list[TransferResult]:
     """Every transfer result in ``path`` (or, if it holds none, in its sub-folders)."""
     path = Path(path)
-    found = [r for r in (mm_result(path), finetune_result(path), cls11_result(path)) if r]
+    found = [r for r in (mm_result(path), finetune_result(path), cls11_result(path),
+                         frozen_result(path)) if r]
     if found or depth == 0:
         return found
     subs = sorted(p for p in path.iterdir() if p.is_dir() and not PREVIOUS.search(p.name))

@@ -4,7 +4,9 @@ size (rows labelled "paper, Table N").
 A result is credited to the reported run ("this run (measured)") only when the checkpoint it
 records (``runtime.provenance``: path, size, sha256) is one of the run's weight files, byte for
 byte; any other result is still shown, as "another checkpoint" or "checkpoint unknown" with
-the path it names. Each row names its dataset; the paper's rows name theirs.
+the path it names ("no checkpoint" where it records random initialisation). Each row names
+its dataset; the paper's rows name theirs. Linear probe and k-NN results (which the paper
+does not report) get one section of their own, shown when there are any.
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ def credit(r: TransferResult, run: PretrainRun) -> tuple[str, str | None]:
     if is_record(ck):
         return "another checkpoint (measured)", (f"not this run's weights: {ck['path']} (sha256 "
                                                  f"{ck['sha256'][:12]}…, step {ck.get('step')})")
+    if ck and ck.get("scratch"):
+        return "no checkpoint (measured)", (f"trained from random initialisation (its record "
+                                            f"names no checkpoint): not credited to {run.name}")
     named = f" (it names {ck['path']})" if ck and ck.get("path") else ""
     return "checkpoint unknown (measured)", (f"no checkpoint fingerprint recorded{named}: not "
                                              f"credited to {run.name}")
@@ -95,6 +100,27 @@ def comparison(kind: str, ours: list[TransferResult], run: PretrainRun) -> Secti
     return sec
 
 
+FROZEN = {"linprobe": "linear probe (MAE's recipe)", "knn": "k-NN (DINO's)"}
+
+
+def frozen_section(ours: list[TransferResult], run: PretrainRun) -> Section:
+    """``mixedae linprobe`` / ``knn`` results, one row per data (the paper reports neither)."""
+    sec = Section("Frozen-encoder evaluations: linear probe and k-NN")
+    cols = list(dict.fromkeys(c for r in ours for c in r.metrics))
+    credits = [credit(r, run) for r in ours]
+    rows = [[run.name if who.startswith("this run") else r.path.parent.name, who, FROZEN[r.kind],
+             r.data or "not recorded"] + [fmt(r.metrics.get(c)) for c in cols]
+            for r, (who, _) in zip(ours, credits)]
+    sec.add(Table(["method", "source", "evaluation", "data"] + cols, rows,
+                  caption="values in % (each data's protocol metric); the paper reports no "
+                  "linear probe or k-NN numbers to compare with", source_col=1))
+    for r, (_, why) in zip(ours, credits):
+        sec.add(Text(f"{r.path}: {r.note}; {why}.", "note"))
+    return sec
+
+
 def transfer_sections(run: PretrainRun, results: list[TransferResult]) -> list[Section]:
+    frozen = [r for r in results if r.kind in FROZEN]
     return [comparison(kind, [r for r in results if r.kind == kind], run)
-            for kind in ("finetune", "ade", "coco", "cls11")]
+            for kind in ("finetune", "ade", "coco", "cls11")] + (
+        [frozen_section(frozen, run)] if frozen else [])

@@ -39,6 +39,12 @@ def checkpoint_record(path: str | Path) -> dict:
             "step": stored_step(f)}
 
 
+def pretrained_record(path: str | Path | None) -> dict | None:
+    """What a command records under ``"pretrained"`` for its ``--checkpoint``: the record of
+    ``path``, or None for a run from random initialisation (no checkpoint given)."""
+    return checkpoint_record(path) if path else None
+
+
 def is_record(rec) -> bool:
     return isinstance(rec, dict) and isinstance(rec.get("sha256"), str) and \
         isinstance(rec.get("size"), int)
