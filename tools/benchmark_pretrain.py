@@ -26,16 +26,18 @@ from mixedae.runtime.environment import require_torch  # noqa: E402
 require_torch(__file__)   # one line, not a traceback, outside the venv
 import torch  # noqa: E402
 from mixedae.pretrain.config import get_preset  # noqa: E402
-from mixedae.model.homologous_attention import IMPLS  # noqa: E402
-from mixedae.model.mixed_autoencoder import build_model  # noqa: E402
+from mixedae.model.attention.homologous import IMPLS  # noqa: E402
+from mixedae.model.mixed_autoencoder import MixedAutoencoder  # noqa: E402
 
 
 def mode_attn(opts: set) -> dict:
     """Config fields of a benchmark mode's options (see --modes)."""
-    impls = [o for o in opts if o in IMPLS]
-    return dict(attn_impl=impls[0] if impls else "sdpa",
-                topk_select="sort" if "sort" in opts else "topk",
-                topk_select_fp32="lowp" not in opts)
+    unknown = sorted(opts - set(IMPLS))
+    if unknown:
+        raise SystemExit(f"benchmark_pretrain: unknown mode option(s) {unknown}; an attention "
+                         f"impl, one of {IMPLS}")
+    impls = sorted(opts)
+    return dict(attn_impl=impls[0] if impls else "sdpa")
 
 
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("H20", 148.0),
@@ -56,7 +58,7 @@ def step_flops(cfg, batch_size: int, device: torch.device) -> float:
     g = cfg.group_size
     cfg = dataclasses.replace(cfg, attn_impl="sdpa", batch_size=g)
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
+    model = MixedAutoencoder(cfg.model_config()).to(device)
     x = torch.randn(g, 3, cfg.img_size, cfg.img_size, device=device)
     with FlopCounterMode(display=False) as fc:
         model(x)["loss"].backward()
@@ -72,7 +74,7 @@ def bench(preset: str, args, compiled: bool, attn: dict | None = None) -> dict:
     cfg = get_preset(preset, model=args.model, batch_size=args.batch_size,
                      mixing=args.mixing if preset.startswith("mixedae") else "none",
                      **getattr(args, "overrides", {}), **(attn or {}))
-    model = build_model(cfg).to(dev)
+    model = MixedAutoencoder(cfg.model_config()).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95),
                             fused=dev.type == "cuda")
     fwd = torch.compile(model) if compiled else model
@@ -124,9 +126,8 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--modes", default="eager,compiled",
                     help="comma list of eager|compiled, optionally with ':' and '+'-joined "
-                         f"options: an attention impl ({'|'.join(IMPLS)}; default sdpa), "
-                         "sort (sort-based TopK selection), lowp (rank keys in the compute "
-                         "dtype instead of fp32), e.g. eager:fused,compiled:sort+lowp")
+                         f"option: an attention impl ({'|'.join(IMPLS)}; default sdpa), "
+                         "e.g. eager,eager:fused,compiled:triton")
     ap.add_argument("--json", help="append results as JSON lines to this file")
     args = ap.parse_args(argv)
     if args.device == "cuda":

@@ -31,24 +31,21 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from timm.layers.pos_embed_rel import gen_relative_position_index
 
-from mixedae.model.homologous_attention import HomologousContext, homologous_attention
+from mixedae.model.attention.homologous import HomologousContext, homologous_attention
 from mixedae.model.pos_embed import resize_pos_embed, sincos_2d
 
 
 class Attention(nn.Module):
     """Multi-head self-attention; global, masked or homologous (TopK) depending on inputs."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def heads(self, x: torch.Tensor, qk_embed: torch.Tensor | None = None):
         """q, k, v (B, H, N, d) of ``x`` as ``forward`` computes them (``qk_embed``: below)."""
@@ -64,23 +61,21 @@ class Attention(nn.Module):
         """``qk_embed`` (B or 1, N, C), if given, is added to x for the queries and keys only."""
         B, N, C = x.shape
         q, k, v = self.heads(x, qk_embed)
-        drop = self.attn_drop if self.training else 0.0
         if homo is not None:
-            x = homologous_attention(q, k, v, homo, dropout_p=drop)
+            x = homologous_attention(q, k, v, homo)
         else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with a pluggable attention layer."""
+    """Pre-norm transformer block (the attention's kind is chosen by ``forward``'s inputs)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0, norm_layer: Callable = partial(nn.LayerNorm, eps=1e-6),
-                 attn_layer: Callable = Attention):
+                 drop_path: float = 0.0, norm_layer: Callable = partial(nn.LayerNorm, eps=1e-6)):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = attn_layer(dim, num_heads, qkv_bias=qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
@@ -154,8 +149,7 @@ class VisionTransformer(nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
                  num_classes: int = 0, global_pool: str = "", fc_norm: bool | None = None,
                  learnable_pos_embed: bool = False, dynamic_img_size: bool = True,
-                 attn_layer: Callable = Attention, block_layer: Callable = Block,
-                 rel_pos_bias: bool = False):
+                 block_layer: Callable = Block, rel_pos_bias: bool = False):
         super().__init__()
         if global_pool not in ("", "avg", "token"):
             raise ValueError(f"global_pool must be '', 'avg' or 'token', got {global_pool!r}")
@@ -176,7 +170,7 @@ class VisionTransformer(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList([
             block_layer(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i],
-                        norm_layer=norm_layer, attn_layer=attn_layer) for i in range(depth)])
+                        norm_layer=norm_layer) for i in range(depth)])
         self.use_rel_pos_bias = rel_pos_bias
         if rel_pos_bias:  # zero init: starts as plain absolute-position attention (BEiT/MAE)
             size = relative_position_table_size(self.grid_size)
