@@ -331,3 +331,20 @@ def test_norm_pix_targets_are_per_patch_standardised_and_finite_on_flat_patches(
     assert torch.isfinite(model(torch.cat([x, x])[:8])["loss"])
     assert not MixedAutoencoder(get_preset("mixedae_tiny", **MICRO, norm_pix_loss=False).model_config()).targets(
         x).equal(t)
+
+
+def test_model_takes_model_arguments_not_the_training_config():
+    """The paper's model is built from a ModelConfig; training fields (batch size, decode, lr)
+    are the pretraining config's, checked by it when it builds the ModelConfig."""
+    from mixedae.model.mixed_autoencoder import ModelConfig
+    from mixedae.pretrain.config import ConfigError, PretrainConfig
+    mc = ModelConfig(model="micro", img_size=32, patch_size=8, mask_patch_size=16,
+                     decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    torch.manual_seed(0)
+    out = MixedAutoencoder(mc)(torch.randn(4, 3, 32, 32))
+    assert torch.isfinite(out["loss"]) and out["topk_acc"].numel() == 3   # 4 blocks, 1 global
+    assert mc.topk == 4 and mc.group_size == 4                      # K = rL = 0.25 · 16
+    cfg = PretrainConfig(**{**MICRO, "img_size": 32, "mask_patch_size": 16})
+    assert cfg.model_config() == mc and cfg.topk == mc.topk
+    with pytest.raises(ConfigError, match="batch_size=6 is not divisible"):
+        cfg.replace(batch_size=6).model_config()

@@ -162,8 +162,8 @@ def test_attention_mode_without_query_key_weights_is_the_model_without_segments(
 @pytest.mark.parametrize("mode", ["attention", "input"])
 def test_variants_train_with_gradients_everywhere(mode, cls_mode):
     torch.manual_seed(0)
-    model = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO, seg_embed_mode=mode,
-                                   homo_cls=cls_mode).model_config())
+    cfg = get_preset("mixedae_tiny", **MICRO, seg_embed_mode=mode, homo_cls=cls_mode)
+    model = MixedAutoencoder(cfg.model_config())
     out = model(torch.randn(8, 3, 64, 64))
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and out["topk_acc"].shape == (3,)
@@ -198,3 +198,21 @@ def test_configs_with_the_old_boolean_seg_embed_still_load():
         PretrainConfig.from_dict({**old, "seg_embed": False, "seg_embed_mode": "residual"})
     with pytest.raises(ConfigError, match="seg_embed='yes'"):
         PretrainConfig.from_dict({**old, "seg_embed": "yes"})
+
+
+def test_configs_with_the_removed_topk_select_knobs_still_load():
+    """config.json files of 2026-12-07 and before hold ``topk_select`` / ``topk_select_fp32``
+    (benchmark switches, now gone): the values every preset ran load silently as the same
+    config; the others load with one note naming the key."""
+    new = json.loads(get_preset("mixedae_tiny").to_json())
+    assert "topk_select" not in new and "topk_select_fp32" not in new
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = PretrainConfig.from_dict({**new, "topk_select": "topk", "topk_select_fp32": True})
+    assert old == PretrainConfig.from_dict(new)
+    with pytest.warns(UserWarning, match="topk_select='sort' is no longer used") as notes:
+        sort = PretrainConfig.from_dict({**new, "topk_select": "sort"})
+    assert sort == old and len(notes) == 1
+    with pytest.warns(UserWarning, match="topk_select_fp32=False is no longer used.*fp32"):
+        PretrainConfig.from_dict({**new, "topk_select_fp32": False})

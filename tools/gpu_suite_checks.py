@@ -330,8 +330,8 @@ def compiled_vs_eager(s, impl):
     torch._dynamo.reset()  # a fresh compile cache (see benchmark_pretrain.bench)
     try:
         torch.manual_seed(0)
-        m = MixedAutoencoder(get_preset("mixedae_base", model="small", batch_size=16,
-                                   attn_impl=impl).model_config()).to(dev)
+        cfg = get_preset("mixedae_base", model="small", batch_size=16, attn_impl=impl)
+        m = MixedAutoencoder(cfg.model_config()).to(dev)
         x = torch.randn(16, 3, 224, 224, device=dev)
         losses = []
         for fn in (m, torch.compile(m)):
