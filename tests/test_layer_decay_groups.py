@@ -73,3 +73,21 @@ def test_mm_constructor_groups_are_todays(tmp_path):
         assert got[n][0] == lid, n
         assert got[n][1] == pytest.approx(3e-4 * 0.65 ** (5 - lid), rel=1e-12), n
         assert got[n][2] == (0.05 if wd else 0.0), n
+
+
+def test_base_vit_describes_its_layers_for_timm_and_mmpretrain():
+    """``get_layer_depth`` (mmpretrain) and ``group_matcher`` (timm, read by timm's own
+    ``group_parameters``) of the base ViT give the layers of the table above."""
+    from timm.models import group_parameters
+    m = create_vit("micro", img_size=32, patch_size=8, num_classes=5, global_pool="avg",
+                   learnable_pos_embed=True, rel_pos_bias=True)
+    names = dict(m.named_parameters())
+    assert {n: m.get_layer_depth(n) for n in names} == {n: (lid, 6)
+                                                         for n, (lid, _) in FINETUNE.items()}
+    assert m.get_layer_depth("backbone.blocks.2.mlp.fc1.weight", "backbone.") == (3, 6)
+    assert m.get_layer_depth("decode_head.conv_seg.weight", "backbone.") == (5, 6)
+    timm_groups = group_parameters(m, m.group_matcher(coarse=False))   # ordinal -> names
+    assert len(timm_groups) == 6
+    by_timm = {n: i for i, group in enumerate(timm_groups.values()) for n in group}
+    assert by_timm == {n: lid for n, (lid, _) in FINETUNE.items()}
+    assert m.group_matcher(coarse=True) == m.group_matcher(coarse=False)

@@ -22,6 +22,7 @@ move between timm, MAE and this code without renaming.
 """
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Callable, Sequence
 
@@ -137,6 +138,10 @@ def init_weights_xavier(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+_STEM = re.compile(r"^(?:cls_token|pos_embed|patch_embed)(?:\.|$)")  # layer depth 0
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")                                # block i: depth i + 1
+
+
 class VisionTransformer(nn.Module):
     """ViT with cls token and fixed (optionally learnable) 2-D sin-cos position embedding.
 
@@ -192,9 +197,31 @@ class VisionTransformer(nn.Module):
         if isinstance(self.head, nn.Linear):  # small head init for fine-tuning (MAE)
             trunc_normal_(self.head.weight, std=2e-5)
 
+    # ---- what the model says about its parameters (timm / mmpretrain protocols) ---------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter grouping: the stem (embeddings), then one group per block; the
+        final norm last (timm's ``(99999,)``), as do the parameters no pattern matches (head,
+        fc_norm, adapters). ``coarse`` gives the same groups (one block is the finest unit)."""
+        return dict(stem=_STEM.pattern, blocks=[(_BLOCK.pattern, None), (r"^norm", (99999,))])
+
+    def get_layer_depth(self, param_name: str, prefix: str = "") -> tuple[int, int]:
+        """(layer depth of ``param_name``, number of depths) as mmpretrain's ViT reports it for
+        layer-wise lr decay (BEiT / MAE): 0 = stem (patch embedding, cls token, position
+        embedding), i + 1 = block i, ``depth + 1`` = everything else, including names without
+        ``prefix`` (e.g. 'backbone.' inside a segmentor); there are ``depth + 2`` depths."""
+        num_depths = self.depth + 2
+        if not param_name.startswith(prefix):
+            return num_depths - 1, num_depths
+        name = param_name[len(prefix):]
+        if _STEM.match(name):
+            return 0, num_depths
+        block = _BLOCK.match(name)
+        return (int(block.group(1)) + 1 if block else num_depths - 1), num_depths
 
     # ---- embedding -------------------------------------------------------------------------
     def pos_embed_for(self, grid_hw: Sequence[int]) -> torch.Tensor:
