@@ -348,3 +348,25 @@ def test_model_takes_model_arguments_not_the_training_config():
     assert cfg.model_config() == mc and cfg.topk == mc.topk
     with pytest.raises(ConfigError, match="batch_size=6 is not divisible"):
         cfg.replace(batch_size=6).model_config()
+
+
+def test_vit_load_state_dict_resamples_another_grids_pos_embed():
+    """A 14x14 checkpoint's position embedding loads into a 16x16 ViT through plain
+    load_state_dict (the ViT's pre-hook) and equals timm's bicubic resample; the caller's dict
+    is untouched and a non-square embedding is still refused by load_state_dict."""
+    from timm.layers import resample_abs_pos_embed
+    from mixedae.model.vit import create_vit
+    src = create_vit("micro", img_size=112, patch_size=8, learnable_pos_embed=True)  # 14x14
+    dst = create_vit("micro", img_size=128, patch_size=8, learnable_pos_embed=True)  # 16x16
+    with torch.no_grad():
+        src.pos_embed.add_(torch.randn_like(src.pos_embed))
+    sd = src.state_dict()
+    assert dst.load_state_dict(sd, strict=True).missing_keys == []
+    want = resample_abs_pos_embed(sd["pos_embed"], new_size=[16, 16], old_size=[14, 14],
+                                  num_prefix_tokens=1, interpolation="bicubic",
+                                  antialias=False)
+    assert torch.equal(dst.pos_embed.data, want) and sd["pos_embed"].shape == (1, 197, 64)
+    torch.testing.assert_close(dst.pos_embed[:, :1], src.pos_embed[:, :1])  # cls row kept
+    torch.testing.assert_close(dst.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    with pytest.raises(RuntimeError, match="size mismatch for pos_embed"):
+        dst.load_state_dict({**sd, "pos_embed": torch.zeros(1, 1 + 15, 64)})

@@ -16,7 +16,7 @@ timm/MAE checkpoints all agree on them.
   the depth written in a config;
 * absolute position embedding learnable at the grid of ``img_size`` (square or (h, w), e.g.
   iBOT's 672x1092 training grid for COCO): a checkpoint's embedding is resized to that grid
-  once, at load (iBOT, BEiT), and learnt there; inputs of other sizes (multi-scale training,
+  once, at load (iBOT, BEiT; the base ViT's ``load_state_dict`` pre-hook), and learnt there; inputs of other sizes (multi-scale training,
   inference) get it resized bicubically (patch part) on the fly, as iBOT's
   ``interpolate_pos_encoding`` does; optional BEiT relative position bias
   (``use_rel_pos_bias``), zero init, stored and resized the same way;
@@ -259,8 +259,8 @@ class MixedAEViT(VisionTransformer):
             own = tuple(self.grid_size)
             ckpt_grid = own if n == own[0] * own[1] else cv.square_grid(n, f"{path}: pos_embed")
 
-        def resize_pos(t, shape):
-            return cv.resize_pos_embed(t, ckpt_grid, self.grid_size, self.num_prefix_tokens)
+        def resize_pos(t, shape):  # checked square above; resampled by the ViT's load hook
+            return t
 
         def resize_rel(t, shape):
             if t.shape[0] == relative_position_table_size(self.grid_size):

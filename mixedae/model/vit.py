@@ -6,7 +6,9 @@ Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls
 move between timm, MAE and this code without renaming.
 
 * Fixed 2-D sine-cosine position embedding (learnable when fine-tuning), resized bicubically
-  (patch part only) for other input sizes.
+  (patch part only) for other input sizes; a checkpoint's embedding made for another square
+  grid is resampled to the model's grid when it is loaded (a ``load_state_dict`` pre-hook,
+  mmpretrain's ``_prepare_pos_embed``), so every loader gets the same resize.
 * Optional BEiT-style relative position bias (``rel_pos_bias=True``, dense fine-tuning): one
   zero-initialised table per block, stored as ``blocks.N.attn.relative_position_bias_table``
   and added to the attention logits as an additive ``attn_mask``; resized bicubically for
@@ -22,6 +24,7 @@ move between timm, MAE and this code without renaming.
 """
 from __future__ import annotations
 
+import math
 import re
 from functools import partial
 from typing import Callable, Sequence
@@ -188,6 +191,7 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
+        self.register_load_state_dict_pre_hook(_prepare_pos_embed)
 
     def init_weights(self) -> None:
         w = self.patch_embed.proj.weight.data  # init patch embed like a Linear (MAE)
@@ -295,6 +299,23 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _prepare_pos_embed(vit: VisionTransformer, state_dict, prefix: str, *args) -> None:
+    """``load_state_dict`` pre-hook: a (1, prefix + s·s, D) position embedding of a square s×s
+    grid other than the model's is resampled to the model's grid (``resize_pos_embed``:
+    timm's ``resample_abs_pos_embed``, bicubic), in ``state_dict`` itself. Any other shape is
+    left as it is, for ``load_state_dict`` (or the caller's check) to report."""
+    key = prefix + "pos_embed"
+    pos = state_dict.get(key)
+    own = vit.pos_embed.shape
+    if pos is None or pos.shape == own or pos.ndim != 3 or pos.shape[-1] != own[-1]:
+        return
+    n = pos.shape[1] - vit.num_prefix_tokens
+    side = math.isqrt(max(n, 0))
+    if n > 0 and side * side == n:
+        state_dict[key] = resize_pos_embed(pos, (side, side), vit.grid_size,
+                                           vit.num_prefix_tokens)
 
 
 # ---- sizes -----------------------------------------------------------------------------------
