@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mixedae.model.attention.homologous import (TRITON_IMPLS, HomologousContext,
+from mixedae.model.attention.homologous import (CLS_MODES, TRITON_IMPLS, HomologousContext,
                                                 homologous_attention, topk_attn_bias)
 from mixedae.model.mixed_autoencoder import MixedAutoencoder
 from mixedae.model.vit import create_vit
@@ -31,7 +31,6 @@ MM_PREFIXES = ("mmcv", "mmengine", "mmdet", "mmseg", "mmpretrain")
 KERNELS = dict(triton=("attention.triton_select", ("_select_kernel",)),
                fused=("attention.triton_fused", ("_fwd_kernel", "_bwd_dq_kernel",
                                                      "_bwd_dkdv_kernel")))
-HAS_CLS_MODE = "cls_mode" in HomologousContext.__dataclass_fields__
 
 
 def configure(a) -> None:
@@ -151,8 +150,7 @@ def check_attention(s, part, impl, dtype, mode, shape, K, dev):
     grads = not (impl == "flex" and dev.type == "cpu")
     q, k, v = (torch.randn(shape, device=dev, dtype=dtype, requires_grad=grads)
                for _ in range(3))
-    ctx = HomologousContext(k=K, impl=impl)
-    ctx.cls_mode = mode
+    ctx = HomologousContext(k=K, impl=impl, cls_mode=mode)
     out = homologous_attention(q, k, v, ctx)
     if impl in TRITON_IMPLS:  # the kernel's own keys (checked against torch.topk below)
         from mixedae.model.attention.triton_select import homologous_select
@@ -180,10 +178,8 @@ def check_impl_rows(s, part, impl):
     a, dev = s.args, torch.device(s.args.device)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 references in true fp32
     torch.backends.cudnn.allow_tf32 = False
-    modes = ("always_visible", "topk") if impl in TRITON_IMPLS or HAS_CLS_MODE \
-        else ("always_visible",)
     for dtype in (torch.float32, torch.bfloat16):
-        for mode in modes:
+        for mode in CLS_MODES:
             name = f"{impl} {str(dtype)[6:]} cls={mode}"
             try:
                 check_attention(s, part, impl, dtype, mode, a.shape, a.K, dev)

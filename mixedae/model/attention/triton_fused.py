@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from mixedae.model.attention.triton_select import (_ieee, block_sizes, num_warps, prepare,
-                                                   triton)
+from mixedae.model.attention.triton_select import (_ieee, block_sizes, num_warps,
+                                                   padded_width, prepare, triton)
 
 if triton is not None:
     import triton.language as tl
@@ -124,16 +124,12 @@ if triton is not None:
         tl.store(DV + ko, dv.to(DV.dtype.element_ty), mask=cm[:, None] & dm)
 
 
-def _flags(q):
-    B, H, N, D = q.shape
-    return B, H, N, D, block_sizes(N, D), -(-N // 16) * 16, _ieee(q)
-
-
 @torch.library.custom_op("mixedae::homologous_fused_fwd", mutates_args=())
 def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, prefix: int,
             cls_topk: bool, src: torch.Tensor | None
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, H, N, D, (BM, BN, BD), WP, ieee = _flags(q)
+    B, H, N, D = q.shape
+    (BM, BN, BD), WP, ieee = block_sizes(N, D), padded_width(N), _ieee(q)
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = q.new_empty((B, N, H, D))  # heads last: merging them after attention is free
@@ -152,9 +148,10 @@ def _fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, topk: int, prefix
 
 @_fwd_op.register_fake
 def _(q, k, v, topk, prefix, cls_topk, src):
-    B, H, N, D, (BM, _, _), WP, _ = _flags(q)
+    B, H, N, D = q.shape
+    BM = block_sizes(N, D)[0]
     return (q.new_empty((B, N, H, D)), q.new_empty((B, H, N), dtype=torch.float32),
-            q.new_empty((B, H, N, WP), dtype=torch.int8),
+            q.new_empty((B, H, N, padded_width(N)), dtype=torch.int8),
             q.new_empty((B * H * -(-N // BM),), dtype=torch.int32))
 
 
@@ -162,7 +159,8 @@ def _(q, k, v, topk, prefix, cls_topk, src):
 def _bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             o: torch.Tensor, lse: torch.Tensor, keep: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    B, H, N, D, (BM, BN, BD), WP, ieee = _flags(q)
+    B, H, N, D = q.shape
+    (BM, BN, BD), WP, ieee = block_sizes(N, D), padded_width(N), _ieee(q)
     do, o = do.transpose(1, 2), o.transpose(1, 2)  # (B, N, H, D) → (B, H, N, D)
     delta = (do.float() * o.float()).sum(-1).contiguous()
     do, q, k, v = (t.contiguous() for t in (do, q, k, v))

@@ -148,6 +148,12 @@ def block_sizes(N: int, D: int) -> tuple[int, int, int]:
     return min(32, BN), BN, max(16, triton.next_power_of_2(D))
 
 
+def padded_width(n: int) -> int:
+    """Last dim of the bias / keep buffers: ``n`` rounded up to a multiple of 16 (the rows of
+    an SDPA bias must be 16-aligned for CUDA's memory-efficient kernel)."""
+    return -(-n // 16) * 16
+
+
 def num_warps(block_n: int) -> int:
     """8 warps once a (32 × 256) fp32 logit tile is held (fewer registers per thread); the
     choice is untuned: the GPU suite times it."""
@@ -184,8 +190,7 @@ def _select_op(q: torch.Tensor, k: torch.Tensor, topk: int, prefix: int, cls_top
                bias: bool, src: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, N, D = q.shape
     BM, BN, BD = block_sizes(N, D)
-    width = -(-N // 16) * 16  # padded last dim (SDPA's mem-efficient kernel wants 16-aligned)
-    out = torch.empty((B, H, N, width), device=q.device,
+    out = torch.empty((B, H, N, padded_width(N)), device=q.device,
                       dtype=q.dtype if bias else torch.int8)
     grid = (B * H, triton.cdiv(N, BM))
     hits = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=q.device)
@@ -201,8 +206,7 @@ def _select_op(q: torch.Tensor, k: torch.Tensor, topk: int, prefix: int, cls_top
 def _(q, k, topk, prefix, cls_topk, bias, src):
     B, H, N, D = q.shape
     BM = block_sizes(N, D)[0]
-    width = -(-N // 16) * 16
-    out = q.new_empty((B, H, N, width), dtype=q.dtype if bias else torch.int8)
+    out = q.new_empty((B, H, N, padded_width(N)), dtype=q.dtype if bias else torch.int8)
     return out, q.new_empty((B * H * -(-N // BM),), dtype=torch.int32)
 
 
