@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 
-from mixedae.model.pos_embed import resize_pos_embed  # noqa: F401  (re-exported)
 from mixedae.model.vit import VIT_SIZES, VisionTransformer
 from mixedae.runtime.atomic import (atomic_write_many, remove_stale_temps, safetensors_writer,
                                     torch_save)

@@ -9,7 +9,7 @@ import torch
 
 from mixedae.runtime import checkpoint as ckpt
 from mixedae.pretrain.config import get_preset
-from mixedae.model.mixed_autoencoder import build_model
+from mixedae.model.mixed_autoencoder import MixedAutoencoder
 
 MICRO = dict(model="micro", img_size=32, patch_size=8, mask_patch_size=16, decoder_dim=32,
              decoder_depth=1, decoder_heads=2, homo_con_dim=16, batch_size=8)
@@ -19,7 +19,7 @@ MICRO = dict(model="micro", img_size=32, patch_size=8, mask_patch_size=16, decod
 def cfg_model():
     cfg = get_preset("mixedae_tiny", **MICRO)
     torch.manual_seed(0)
-    return cfg, build_model(cfg)
+    return cfg, MixedAutoencoder(cfg.model_config())
 
 
 def save(path, model, cfg, step=3):
@@ -37,7 +37,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path, cfg_model):
     state = ckpt.load_checkpoint(tmp_path / "checkpoint.pth")  # torch.load(weights_only=True)
     assert state["step"] == 3 and state["epoch"] == 1 and state["step_in_epoch"] == 1
     assert json.loads(state["config"]) == json.loads(cfg.to_json())
-    fresh = build_model(cfg)
+    fresh = MixedAutoencoder(cfg.model_config())
     ckpt.load_model_state(fresh, state["model"])
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
                                                  model.state_dict().values()))
@@ -108,4 +108,4 @@ def test_safetensors_with_metadata(tmp_path, cfg_model):
     assert meta["step"] == "7" and json.loads(meta["config"]) == json.loads(cfg.to_json())
     assert set(sd) == set(model.state_dict())
     assert all(k.split(".")[0] in ("encoder", "decoder", "projector", "seg_embed") for k in sd)
-    ckpt.load_model_state(build_model(cfg), sd)
+    ckpt.load_model_state(MixedAutoencoder(cfg.model_config()), sd)

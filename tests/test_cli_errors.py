@@ -11,8 +11,7 @@ from safetensors.torch import save_file
 from mixedae import cli
 from mixedae.classification import finetune as F
 from mixedae.classification import transfer as T
-from mixedae.model import mixed_autoencoder as mae_module
-from mixedae.pretrain import command, demo
+from mixedae.pretrain import command, demo, engine
 from mixedae.runtime.distributed import timeout_seconds
 from mixedae.runtime.errors import ConfigError
 
@@ -36,7 +35,7 @@ def no_model(monkeypatch):
     """Any of these failures must come before a model is built."""
     def refuse(*a, **k):
         raise AssertionError("a model was built before the input was checked")
-    monkeypatch.setattr(mae_module, "build_model", refuse)
+    monkeypatch.setattr(engine, "MixedAutoencoder", refuse)
     monkeypatch.setattr(F, "create_vit", refuse)
     from mixedae.classification import transfer_protocol
     monkeypatch.setattr(transfer_protocol, "create_vit", refuse)

@@ -19,7 +19,7 @@ from PIL import Image
 
 from mixedae.pretrain.config import get_preset
 from mixedae.runtime.distributed import cleanup, init_distributed, unused_parameters, wrap_ddp
-from mixedae.model.mixed_autoencoder import build_model
+from mixedae.model.mixed_autoencoder import MixedAutoencoder
 from mixedae.pretrain.step import train_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def rank_grads(model_step, rank):
     imgs = torch.randn(cfg.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     micro = imgs.chunk(WORLD * cfg.accum_iter)[rank * cfg.accum_iter:(rank + 1) * cfg.accum_iter]
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = MixedAutoencoder(cfg.model_config())
     wrapped = model_step(model)
     torch.manual_seed(100 + rank)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -66,7 +66,7 @@ def test_unused_parameter_probe_keeps_rng():
     torch.manual_seed(0)
     assert torch.equal(torch.get_rng_state(), state)
     cfg = get_preset("mixedae_tiny", **MICRO)
-    assert unused_parameters(build_model(cfg), torch.randn(4, 3, 32, 32)) == []
+    assert unused_parameters(MixedAutoencoder(cfg.model_config()), torch.randn(4, 3, 32, 32)) == []
 
 
 def _worker(rank, port, out):

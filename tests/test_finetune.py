@@ -10,7 +10,7 @@ import torch
 from mixedae.classification import engine as E
 from mixedae.runtime.schedules import set_lr
 from mixedae.classification import finetune as F
-from mixedae.runtime.layer_decay import get_layer_id, is_no_weight_decay
+from mixedae.runtime.layer_decay import is_no_weight_decay
 from mixedae.model.vit import create_vit
 
 from conftest import data_dir
@@ -50,7 +50,7 @@ def test_layer_decay_groups_match_the_project_rule():
     named = dict(model.named_parameters())
     assert set(got) == set(named)  # every trainable parameter exactly once
     for n, p in named.items():
-        lid = get_layer_id(n, depth, backbone_prefix="")
+        lid = model.get_layer_depth(n)[0]
         nd = is_no_weight_decay(n, p, model.no_weight_decay())
         scale = ld ** (depth + 1 - lid)
         assert got[n] == (lid, pytest.approx(scale), pytest.approx(lr * scale),

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 import mixedae.mm  # noqa: F401  (a failing import must fail the tests: the stack is required)
 from mixedae import convert as cv
 from mixedae.mm import MixedAEViT
+from mixedae.model.pos_embed import resize_pos_embed
 from mixedae.model.vit import create_vit
 from mmdet.registry import MODELS as DET_MODELS
 from mmengine.registry import DefaultScope
@@ -115,7 +116,7 @@ def test_pretrain_checkpoint_loads_with_only_expected_missing(tmp_path):
         if k == "pos_embed" or k.startswith("norm."):
             continue
         assert torch.equal(sd[k], v), k
-    ref = cv.resize_pos_embed(enc.pos_embed.data, (14, 14), (32, 32))
+    ref = resize_pos_embed(enc.pos_embed.data, (14, 14), (32, 32))
     assert torch.equal(sd["pos_embed"], ref)
 
 

@@ -178,7 +178,7 @@ def test_one_grouping_implementation(tmp_path):
     mm = {n: (g["lr"], g["weight_decay"], g["layer_id"]) for g in ow.optimizer.param_groups
           for n in g["param_names"]}
     ref = {n: (g["lr"], g["weight_decay"], g["layer_id"])
-           for g in layer_decay_param_groups(model, 1e-4, 0.05, 0.75, 4, "backbone.")
+           for g in layer_decay_param_groups(model, 1e-4, 0.05, 0.75, "backbone.")
            for n in g["param_names"]}
     assert mm == ref and len(mm) == sum(p.requires_grad for p in model.parameters())
 

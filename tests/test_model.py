@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from mixedae.pretrain.config import PRESETS, get_preset
-from mixedae.model.homologous_attention import (HomologousContext, homologous_attention,
-                                          homologous_attention_reference, topk_accuracy,
-                                          topk_attn_bias)
+from mixedae.model.attention.homologous import (HomologousContext, homologous_attention,
+                                                homologous_attention_reference, topk_accuracy,
+                                                topk_attn_bias)
 from mixedae.model.homologous_contrastive import homologous_contrastive_loss
-from mixedae.model.mixed_autoencoder import build_model, patchify, unpatchify
+from mixedae.model.mixed_autoencoder import MixedAutoencoder, patchify, unpatchify
 from mixedae.model.mixing import mix_images, mixing_masks, source_onehot, unmix_tokens
 
 MICRO = dict(model="micro", img_size=64, patch_size=8, mask_patch_size=16, batch_size=8,
@@ -97,12 +97,11 @@ def _qkv(B=2, H=3, N=17, d=8, seed=0):
             for _ in range(3)]
 
 
-@pytest.mark.parametrize("select", ["topk", "sort"])
 @pytest.mark.parametrize("impl", ["sdpa", "explicit"])
 @pytest.mark.parametrize("K", [1, 4, 9])
-def test_topk_attention_matches_reference_values_and_grads(K, impl, select):
+def test_topk_attention_matches_reference_values_and_grads(K, impl):
     q, k, v = _qkv()
-    out = homologous_attention(q, k, v, HomologousContext(k=K, impl=impl, select=select))
+    out = homologous_attention(q, k, v, HomologousContext(k=K, impl=impl))
     ref = homologous_attention_reference(q, k, v, K)
     torch.testing.assert_close(out, ref)
     gout = torch.randn_like(out)
@@ -150,8 +149,8 @@ def test_topk_accuracy_counts_homologous_keys():
 
 def test_model_topk_with_k_equal_l_matches_global_attention():
     torch.manual_seed(0)
-    m_topk = build_model(get_preset("mixedae_tiny", **MICRO, topk_ratio=1.0))
-    m_glob = build_model(get_preset("mixedae_tiny", **MICRO, attention="global"))
+    m_topk = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO, topk_ratio=1.0).model_config())
+    m_glob = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO, attention="global").model_config())
     m_glob.load_state_dict(m_topk.state_dict())
     x = torch.randn(8, 3, 64, 64)
     torch.manual_seed(5); a = m_topk(x)
@@ -195,7 +194,7 @@ def test_contrastive_loss_prefers_homologous_clusters():
 # ---- segment embedding ----------------------------------------------------------------------------
 def test_segment_embedding_reaches_every_layer():
     torch.manual_seed(0)
-    model = build_model(get_preset("mixedae_tiny", **MICRO, seg_embed_mode="residual"))
+    model = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO, seg_embed_mode="residual").model_config())
     seen, ins, outs = {}, [], []
     model.seg_embed.register_forward_hook(lambda m, a, o: seen.setdefault("seg", o))
     for blk in model.encoder.blocks:
@@ -227,7 +226,7 @@ BASELINES = ["mixedae_base", "mixedae_base_full", "mae_base", "naive_mix_base",
 def test_every_baseline_builds_trains_and_grads_reach_all_params(preset):
     torch.manual_seed(0)
     cfg = get_preset(preset, **{**MICRO})
-    model = build_model(cfg)
+    model = MixedAutoencoder(cfg.model_config())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.randn(8, 3, 64, 64)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -266,7 +265,7 @@ def test_presets_are_valid_and_paper_defaults():
 
 def test_recon_loss_ignores_visible_patches():
     torch.manual_seed(0)
-    m = build_model(get_preset("mixedae_tiny", **MICRO))
+    m = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO).model_config())
     pred, target = torch.randn(2, 1, 4, 64, 192), torch.randn(2, 1, 4, 64, 192)
     hidden = torch.rand(2, 1, 4, 64) > 0.5
     base = m._recon_loss(pred, target, hidden)
@@ -291,7 +290,7 @@ def test_forward_recon_loss_is_on_the_hidden_patches_forward_builds(preset):
     sees; the loss of forward() must be the error on the former (Eq. 4), from the masks that
     forward() itself drew."""
     torch.manual_seed(0)
-    model = build_model(get_preset(preset, **MICRO))
+    model = MixedAutoencoder(get_preset(preset, **MICRO).model_config())
     g, mae = model.group_size, model.cfg.mixing == "none"
     enc = _capture(model, "encode_masked" if mae else "encode_mixed")
     x = torch.randn(8, 3, 64, 64)
@@ -318,7 +317,7 @@ def test_forward_recon_loss_is_on_the_hidden_patches_forward_builds(preset):
 
 def test_norm_pix_targets_are_per_patch_standardised_and_finite_on_flat_patches():
     torch.manual_seed(0)
-    model = build_model(get_preset("mixedae_tiny", **MICRO))
+    model = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO).model_config())
     x = torch.randn(4, 3, 64, 64) * 3 + 1
     t = model.targets(x)                                         # (B, L, p·p·3)
     assert t.shape == (4, 64, 8 * 8 * 3)
@@ -330,5 +329,44 @@ def test_norm_pix_targets_are_per_patch_standardised_and_finite_on_flat_patches(
     assert torch.isfinite(t).all() and t[0].abs().max() == 0
     torch.manual_seed(1)
     assert torch.isfinite(model(torch.cat([x, x])[:8])["loss"])
-    assert not build_model(get_preset("mixedae_tiny", **MICRO, norm_pix_loss=False)).targets(
+    assert not MixedAutoencoder(get_preset("mixedae_tiny", **MICRO, norm_pix_loss=False).model_config()).targets(
         x).equal(t)
+
+
+def test_model_takes_model_arguments_not_the_training_config():
+    """The paper's model is built from a ModelConfig; training fields (batch size, decode, lr)
+    are the pretraining config's, checked by it when it builds the ModelConfig."""
+    from mixedae.model.mixed_autoencoder import ModelConfig
+    from mixedae.pretrain.config import ConfigError, PretrainConfig
+    mc = ModelConfig(model="micro", img_size=32, patch_size=8, mask_patch_size=16,
+                     decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    torch.manual_seed(0)
+    out = MixedAutoencoder(mc)(torch.randn(4, 3, 32, 32))
+    assert torch.isfinite(out["loss"]) and out["topk_acc"].numel() == 3   # 4 blocks, 1 global
+    assert mc.topk == 4 and mc.group_size == 4                      # K = rL = 0.25 · 16
+    cfg = PretrainConfig(**{**MICRO, "img_size": 32, "mask_patch_size": 16})
+    assert cfg.model_config() == mc and cfg.topk == mc.topk
+    with pytest.raises(ConfigError, match="batch_size=6 is not divisible"):
+        cfg.replace(batch_size=6).model_config()
+
+
+def test_vit_load_state_dict_resamples_another_grids_pos_embed():
+    """A 14x14 checkpoint's position embedding loads into a 16x16 ViT through plain
+    load_state_dict (the ViT's pre-hook) and equals timm's bicubic resample; the caller's dict
+    is untouched and a non-square embedding is still refused by load_state_dict."""
+    from timm.layers import resample_abs_pos_embed
+    from mixedae.model.vit import create_vit
+    src = create_vit("micro", img_size=112, patch_size=8, learnable_pos_embed=True)  # 14x14
+    dst = create_vit("micro", img_size=128, patch_size=8, learnable_pos_embed=True)  # 16x16
+    with torch.no_grad():
+        src.pos_embed.add_(torch.randn_like(src.pos_embed))
+    sd = src.state_dict()
+    assert dst.load_state_dict(sd, strict=True).missing_keys == []
+    want = resample_abs_pos_embed(sd["pos_embed"], new_size=[16, 16], old_size=[14, 14],
+                                  num_prefix_tokens=1, interpolation="bicubic",
+                                  antialias=False)
+    assert torch.equal(dst.pos_embed.data, want) and sd["pos_embed"].shape == (1, 197, 64)
+    torch.testing.assert_close(dst.pos_embed[:, :1], src.pos_embed[:, :1])  # cls row kept
+    torch.testing.assert_close(dst.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
+    with pytest.raises(RuntimeError, match="size mismatch for pos_embed"):
+        dst.load_state_dict({**sd, "pos_embed": torch.zeros(1, 1 + 15, 64)})

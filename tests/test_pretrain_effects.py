@@ -16,7 +16,7 @@ import torch
 
 import mixedae.model.mixed_autoencoder as mae_module
 from mixedae.model.homologous_contrastive import homologous_contrastive_loss
-from mixedae.model.mixed_autoencoder import build_model
+from mixedae.model.mixed_autoencoder import MixedAutoencoder
 from mixedae.pretrain.config import PretrainConfig, get_preset
 
 MICRO = dict(model="micro", img_size=64, patch_size=8, mask_patch_size=16, batch_size=8,
@@ -25,7 +25,7 @@ MICRO = dict(model="micro", img_size=64, patch_size=8, mask_patch_size=16, batch
 
 def _model(preset="mixedae_tiny", **kw):
     torch.manual_seed(0)
-    return build_model(get_preset(preset, **{**MICRO, **kw}))
+    return MixedAutoencoder(get_preset(preset, **{**MICRO, **kw}).model_config())
 
 
 def _block_calls(model):
@@ -219,7 +219,7 @@ def test_optimizer_reads_lr_weight_decay_and_betas():
     from mixedae.pretrain.step import build_optimizer
     cfg = get_preset("mixedae_tiny", **{**MICRO, "batch_size": 64}, blr=2e-4, weight_decay=0.07,
                      betas=(0.8, 0.9))
-    opt = build_optimizer(build_model(cfg), cfg)
+    opt = build_optimizer(MixedAutoencoder(cfg.model_config()), cfg)
     assert {g["weight_decay"] for g in opt.param_groups} == {0.0, 0.07}
     assert all(g["betas"] == (0.8, 0.9) for g in opt.param_groups)
     assert all(g["lr"] == pytest.approx(2e-4 * 64 / 256) for g in opt.param_groups)

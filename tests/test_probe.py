@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mixedae.model.homologous_contrastive import (homologous_contrastive_floor,
                                                   homologous_contrastive_loss)
-from mixedae.model.mixed_autoencoder import build_model
+from mixedae.model.mixed_autoencoder import MixedAutoencoder
 from mixedae.pretrain import command, engine as train
 from mixedae.pretrain.config import get_preset
 from mixedae.pretrain.data import PretrainImages, pretrain_transform
@@ -49,7 +49,7 @@ def test_probe_reads_the_residual_segment_code_at_init_and_not_without_it(single
     for mode in ("residual", "none"):
         torch.manual_seed(0)
         cfg = get_preset("mixedae_tiny", **PROBE_CFG, seg_embed_mode=mode)
-        probe, model = SourceProbe(cfg, ds, "cpu", num_images=64), build_model(cfg)
+        probe, model = SourceProbe(cfg, ds, "cpu", num_images=64), MixedAutoencoder(cfg.model_config())
         rng = torch.get_rng_state()
         acc[mode] = probe(model)
         assert torch.equal(rng, torch.get_rng_state())          # the training RNG is untouched

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from mixedae.model import mixed_autoencoder as mae_module
-from mixedae.pretrain import command
+from mixedae.pretrain import command, engine
 from mixedae.runtime import checkpoint as ckpt
 from mixedae.runtime import weights as W
 from mixedae.runtime.torch_files import stored_step
@@ -35,7 +35,7 @@ def args_for(data, out, *extra):
 
 def poison_gradients(monkeypatch, bad_steps: set[int]):
     """The engine's model gets NaN gradients (loss stays finite) on the given 1-based steps."""
-    real = mae_module.build_model
+    real = mae_module.MixedAutoencoder
 
     def build(cfg):
         model = real(cfg)
@@ -46,7 +46,7 @@ def poison_gradients(monkeypatch, bad_steps: set[int]):
             return grad * float("nan") if calls["n"] in bad_steps else grad
         model.encoder.patch_embed.proj.weight.register_hook(hook)
         return model
-    monkeypatch.setattr(mae_module, "build_model", build)
+    monkeypatch.setattr(engine, "MixedAutoencoder", build)
 
 
 def all_finite(sd) -> bool:
@@ -146,7 +146,7 @@ def test_reader_prefers_the_newer_file_of_a_torn_pair(tmp_path):
     from test_checkpoint import MICRO, save
     from mixedae.pretrain.config import get_preset
     cfg = get_preset("mixedae_tiny", **MICRO)
-    model = mae_module.build_model(cfg)
+    model = mae_module.MixedAutoencoder(cfg.model_config())
     ckpt.save_safetensors(tmp_path / "model.safetensors", model, cfg, step=4)
     save(tmp_path / "checkpoint.pth", model, cfg, step=4)
     assert W.resolve_checkpoint_path(tmp_path).name == "model.safetensors"  # same step

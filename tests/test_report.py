@@ -91,11 +91,11 @@ def test_drawn_selection_is_the_models_own(homo_cls, seg):
     """The drawn TopK selection and weights are what the last block used, for both cls modes
     and with the segment code in q/k (``seg_embed_mode='attention'``): probs @ v equals the
     block's real attention output; with literal Eq. 6 the cls row keeps K keys too."""
-    from mixedae.model.mixed_autoencoder import build_model
+    from mixedae.model.mixed_autoencoder import MixedAutoencoder
     cfg = get_preset("mixedae_tiny", model="micro", img_size=32, patch_size=8,
                      mask_patch_size=16, batch_size=8, homo_cls=homo_cls, seg_embed_mode=seg)
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = MixedAutoencoder(cfg.model_config()).eval()
     imgs = torch.randn(2 * cfg.group_size, 3, 32, 32)
     got = []
     h = model.encoder.blocks[-1].attn.proj.register_forward_hook(lambda m, i, o: got.append(i[0]))

@@ -1,6 +1,7 @@
 """Triton homologous attention (impl triton / flex / fused) on the CPU through Triton's
 interpreter, against a Python loop reference of Eq. (6): kept keys, the tie rule, both cls
-modes, values, gradients, K = 1 and K = L, TopK accuracy, bf16 ranking, the model end to end.
+modes, values, gradients, K = 1 and K = L, TopK accuracy, fp32 ranking of bf16 inputs, the
+model end to end.
 
 Triton builds its own and our kernels as interpreted or compiled when they are decorated (at
 import) and reads TRITON_INTERPRET again at launch. So: if Triton is not imported yet (or was
@@ -19,8 +20,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mixedae.model.homologous_attention import HomologousContext, homologous_attention
+from mixedae.model.attention.homologous import HomologousContext, homologous_attention
 from mixedae.runtime.errors import ConfigError
+
 
 def _triton_state() -> str:
     """'absent', 'interpreted' or 'compiled' (how Triton's own library was decorated)."""
@@ -42,8 +44,8 @@ if IN_PROCESS:
     try:
         pytest.importorskip("triton", reason="Triton is not installed (the triton/flex/fused "
                                              "impls need it; sdpa does not)")
-        hat = importlib.import_module("mixedae.model.homologous_attention_triton")
-        importlib.import_module("mixedae.model.homologous_attention_fused")
+        hat = importlib.import_module("mixedae.model.attention.triton_select")
+        importlib.import_module("mixedae.model.attention.triton_fused")
     finally:
         if _old is None:
             os.environ.pop("TRITON_INTERPRET")
@@ -151,8 +153,7 @@ def test_values_and_grads_equal_loop_reference(impl, cls_mode, K):
     q, k, v = (t.requires_grad_() for t in qkv(seed=2, d=16))
     N = q.shape[2]
     K = (N if cls_mode == "topk" else N - 1) if K == "all" else K
-    ctx = HomologousContext(k=K, impl=impl)
-    ctx.cls_mode = cls_mode                         # field of HomologousContext where present
+    ctx = HomologousContext(k=K, impl=impl, cls_mode=cls_mode)
     out = homologous_attention(q, k, v, ctx)
     keep = loop_keep(q.detach(), k.detach(), K, 1, cls_mode)
     ref = loop_attention(*(t.double() for t in (q, k, v)), keep)
@@ -168,8 +169,7 @@ def test_values_and_grads_equal_loop_reference(impl, cls_mode, K):
 @pytest.mark.parametrize("cls_mode", MODES)
 def test_flex_forward_equals_loop_reference(cls_mode):
     q, k, v = qkv(seed=3, d=16)                     # CPU FlexAttention has no backward
-    ctx = HomologousContext(k=5, impl="flex")
-    ctx.cls_mode = cls_mode
+    ctx = HomologousContext(k=5, impl="flex", cls_mode=cls_mode)
     out = homologous_attention(q, k, v, ctx)
     ref = loop_attention(*(t.double() for t in (q, k, v)), loop_keep(q, k, 5, 1, cls_mode))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
@@ -186,30 +186,27 @@ def test_topk_accuracy_counts_same_source_keys(impl):
     assert ctx.accuracies[0].item() == pytest.approx((keep & same).sum().item() / keep.sum().item())
 
 
-def test_bf16_inputs_rank_on_fp32_logits_and_lowp_option():
+def test_bf16_inputs_rank_on_fp32_logits():
     g = torch.Generator().manual_seed(5)
     q, k = (torch.randn(1, 2, 65, 32, generator=g).bfloat16() for _ in range(2))
     exact = q.float() @ k.float().transpose(-1, -2)
     keep = hat.homologous_select(q, k, 16, out="keep")[0]
     kth = exact[:, :, 1:, 1:].topk(16, -1).values[..., -1:]
     assert torch.equal(keep[:, :, 1:, 1:], exact[:, :, 1:, 1:] >= kth)
-    low = exact.bfloat16().float()                  # select_fp32=False: bf16-rounded logits
-    keep_low = hat.homologous_select(q, k, 16, select_fp32=False, out="keep")[0]
-    assert torch.equal(keep_low, keep_from_logits(low, 16))  # ties (bf16) go by key index
+    low = exact.bfloat16().float()                  # bf16-rounded logits would tie
     assert (low[:, :, 1:, 1:] == low[:, :, 1:, 1:].topk(16, -1).values[..., -1:]).sum(-1).gt(
-        1).any()                                    # ... and there are ties to break
+        1).any()
 
 
 def test_custom_ops_fake_kernels_and_autograd_pass_opcheck():
     """torch.compile sees the kernels as custom ops: their fake (meta) kernels must give the
     real outputs' shapes, dtypes and strides, and the fused op's autograd must be sound."""
-    fused = importlib.import_module("mixedae.model.homologous_attention_fused")
+    fused = importlib.import_module("mixedae.model.attention.triton_fused")
     q, k, v = qkv(B=1, H=2, N=9, d=16, seed=6)
     qkv_view = torch.stack([q, k, v], -2)[..., 0, :]  # strided like the ViT's q
     src = torch.tensor([[0, 1, 0, 1, 2, 2, 0, 1]])
-    torch.library.opcheck(hat._select_op, (qkv_view, k, 3, 1, False, False, True, src))
-    args = (qkv_view.requires_grad_(), k.requires_grad_(), v.requires_grad_(), 3, 1, True, False,
-            None)
+    torch.library.opcheck(hat._select_op, (qkv_view, k, 3, 1, False, True, src))
+    args = (qkv_view.requires_grad_(), k.requires_grad_(), v.requires_grad_(), 3, 1, True, None)
     torch.library.opcheck(fused._fwd_op, args)
 
 
@@ -222,8 +219,8 @@ def test_bad_device_and_k_fail_with_one_clear_line():
         hat.homologous_select(q, k, 17)             # 16 patch keys in always_visible mode
     with pytest.raises(ValueError, match="cls_mode"):
         hat.homologous_select(q, k, 3, cls_mode="never")
-    with pytest.raises(ConfigError, match="dropout"):
-        homologous_attention(q, k, q, HomologousContext(k=3, impl="flex"), dropout_p=0.1)
+    with pytest.raises(ValueError, match="attn_impl='triton'.*CUDA"):
+        hat.homologous_select(q.to("meta"), k.to("meta"), 3)   # no silent fallback
 
 
 def test_pretrain_refuses_triton_impl_on_cpu_before_any_work(tmp_path, capsys, monkeypatch):
@@ -253,13 +250,13 @@ def test_config_accepts_triton_impls():
 
 @pytest.mark.parametrize("impl", ["triton", "fused"])
 def test_micro_model_loss_and_grads_equal_sdpa(impl, single_thread):
-    from mixedae.model.mixed_autoencoder import build_model
+    from mixedae.model.mixed_autoencoder import MixedAutoencoder
     from mixedae.pretrain.config import get_preset
     kw = dict(model="micro", img_size=32, patch_size=8, mask_patch_size=8, batch_size=4,
               decoder_dim=32, decoder_depth=1, decoder_heads=2)
     torch.manual_seed(0)
-    ref_model = build_model(get_preset("mixedae_tiny", **kw))
-    model = build_model(get_preset("mixedae_tiny", **kw, attn_impl=impl))
+    ref_model = MixedAutoencoder(get_preset("mixedae_tiny", **kw).model_config())
+    model = MixedAutoencoder(get_preset("mixedae_tiny", **kw, attn_impl=impl).model_config())
     model.load_state_dict(ref_model.state_dict())
     x = torch.randn(4, 3, 32, 32)
     outs = []

@@ -12,7 +12,7 @@ from mixedae.pretrain import command, engine as train
 from mixedae.pretrain.config import ConfigError, get_preset
 from mixedae.pretrain.data import PretrainImages, build_pretrain_dataset, pretrain_transform
 from mixedae.runtime.schedules import cosine_lr
-from mixedae.model.mixed_autoencoder import build_model
+from mixedae.model.mixed_autoencoder import MixedAutoencoder
 
 MICRO = dict(model="micro", img_size=32, patch_size=8, mask_patch_size=16, decoder_dim=32,
              decoder_depth=1, decoder_heads=2, homo_con_dim=16)
@@ -166,7 +166,7 @@ def test_dataset_smaller_than_batch(tmp_path):
 def test_optimizer_groups_and_schedule():
     cfg = get_preset("mixedae_tiny", **MICRO, batch_size=512, blr=1.5e-4)
     assert math.isclose(cfg.effective_lr(), 3e-4)
-    model = build_model(cfg)
+    model = MixedAutoencoder(cfg.model_config())
     opt = train.build_optimizer(model, cfg)
     decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     names = {n for n, p in model.named_parameters() if id(p) in decay}

@@ -26,16 +26,13 @@ from mixedae.runtime.environment import require_torch  # noqa: E402
 require_torch(__file__)   # one line, not a traceback, outside the venv
 import torch  # noqa: E402
 from mixedae.pretrain.config import get_preset  # noqa: E402
-from mixedae.model.homologous_attention import IMPLS  # noqa: E402
-from mixedae.model.mixed_autoencoder import build_model  # noqa: E402
+from mixedae.model.attention.homologous import IMPLS  # noqa: E402
+from mixedae.model.mixed_autoencoder import MixedAutoencoder  # noqa: E402
 
 
 def mode_attn(opts: set) -> dict:
-    """Config fields of a benchmark mode's options (see --modes)."""
-    impls = [o for o in opts if o in IMPLS]
-    return dict(attn_impl=impls[0] if impls else "sdpa",
-                topk_select="sort" if "sort" in opts else "topk",
-                topk_select_fp32="lowp" not in opts)
+    """Config fields of a benchmark mode's options (see --modes; checked in ``main``)."""
+    return dict(attn_impl=next(iter(opts), "sdpa"))
 
 
 PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("H20", 148.0),
@@ -56,7 +53,7 @@ def step_flops(cfg, batch_size: int, device: torch.device) -> float:
     g = cfg.group_size
     cfg = dataclasses.replace(cfg, attn_impl="sdpa", batch_size=g)
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
+    model = MixedAutoencoder(cfg.model_config()).to(device)
     x = torch.randn(g, 3, cfg.img_size, cfg.img_size, device=device)
     with FlopCounterMode(display=False) as fc:
         model(x)["loss"].backward()
@@ -72,7 +69,7 @@ def bench(preset: str, args, compiled: bool, attn: dict | None = None) -> dict:
     cfg = get_preset(preset, model=args.model, batch_size=args.batch_size,
                      mixing=args.mixing if preset.startswith("mixedae") else "none",
                      **getattr(args, "overrides", {}), **(attn or {}))
-    model = build_model(cfg).to(dev)
+    model = MixedAutoencoder(cfg.model_config()).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95),
                             fused=dev.type == "cuda")
     fwd = torch.compile(model) if compiled else model
@@ -124,11 +121,15 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--modes", default="eager,compiled",
                     help="comma list of eager|compiled, optionally with ':' and '+'-joined "
-                         f"options: an attention impl ({'|'.join(IMPLS)}; default sdpa), "
-                         "sort (sort-based TopK selection), lowp (rank keys in the compute "
-                         "dtype instead of fp32), e.g. eager:fused,compiled:sort+lowp")
+                         f"option: an attention impl ({'|'.join(IMPLS)}; default sdpa), "
+                         "e.g. eager,eager:fused,compiled:triton")
     ap.add_argument("--json", help="append results as JSON lines to this file")
     args = ap.parse_args(argv)
+    for mode in args.modes.split(","):   # before any work
+        base, _, opts = mode.partition(":")
+        opts = set(filter(None, opts.split("+")))
+        if base not in ("eager", "compiled") or len(opts) > 1 or opts - set(IMPLS):
+            ap.error(f"--modes: {mode!r} is not eager|compiled[:IMPL] with IMPL one of {IMPLS}")
     if args.device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -49,7 +49,7 @@ require_torch(__file__)   # one line, not a traceback, outside the venv
 import torch  # noqa: E402
 sys.path.insert(0, str(REPO / "tools"))
 import gpu_suite_checks as checks  # noqa: E402
-from mixedae.model.homologous_attention import IMPLS, TRITON_IMPLS  # noqa: E402
+from mixedae.model.attention.homologous import IMPLS, TRITON_IMPLS  # noqa: E402
 
 EXIT_PASS, EXIT_FAIL, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 PARTS = ("preflight", "headline", "loader", "correctness", "eager", "compiled", "presets",

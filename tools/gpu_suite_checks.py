@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from mixedae.model.homologous_attention import (TRITON_IMPLS, HomologousContext,
+from mixedae.model.attention.homologous import (CLS_MODES, TRITON_IMPLS, HomologousContext,
                                                 homologous_attention, topk_attn_bias)
-from mixedae.model.mixed_autoencoder import build_model
+from mixedae.model.mixed_autoencoder import MixedAutoencoder
 from mixedae.model.vit import create_vit
 from mixedae.pretrain.config import get_preset
 
@@ -28,10 +28,9 @@ MICRO = dict(model="micro", img_size=32, patch_size=8, mask_patch_size=8, decode
 COMPILED_ORDER = ("sdpa", "fused", "triton", "flex", "explicit")  # compiled runs, most wanted
 MM_PREFIXES = ("mmcv", "mmengine", "mmdet", "mmseg", "mmpretrain")
 # the kernels of each Triton impl (module, jit function names) for n_regs / n_spills rows
-KERNELS = dict(triton=("homologous_attention_triton", ("_select_kernel",)),
-               fused=("homologous_attention_fused", ("_fwd_kernel", "_bwd_dq_kernel",
+KERNELS = dict(triton=("attention.triton_select", ("_select_kernel",)),
+               fused=("attention.triton_fused", ("_fwd_kernel", "_bwd_dq_kernel",
                                                      "_bwd_dkdv_kernel")))
-HAS_CLS_MODE = "cls_mode" in HomologousContext.__dataclass_fields__
 
 
 def configure(a) -> None:
@@ -49,7 +48,7 @@ def configure(a) -> None:
 def impl_unavailable(impl: str, device: str, checking: bool = False) -> str | None:
     if impl in ("mae", "sdpa", "explicit"):
         return None
-    from mixedae.model.homologous_attention_triton import unavailable_reason
+    from mixedae.model.attention.triton_select import unavailable_reason
     reason = unavailable_reason(torch.device(device), impl)
     if reason is None and impl == "flex" and device == "cpu" and not checking:
         return "FlexAttention has no backward on the CPU"
@@ -151,11 +150,10 @@ def check_attention(s, part, impl, dtype, mode, shape, K, dev):
     grads = not (impl == "flex" and dev.type == "cpu")
     q, k, v = (torch.randn(shape, device=dev, dtype=dtype, requires_grad=grads)
                for _ in range(3))
-    ctx = HomologousContext(k=K, impl=impl)
-    ctx.cls_mode = mode
+    ctx = HomologousContext(k=K, impl=impl, cls_mode=mode)
     out = homologous_attention(q, k, v, ctx)
     if impl in TRITON_IMPLS:  # the kernel's own keys (checked against torch.topk below)
-        from mixedae.model.homologous_attention_triton import homologous_select
+        from mixedae.model.attention.triton_select import homologous_select
         keep = homologous_select(q, k, K, cls_mode=mode, out="keep")[0]
     else:
         keep = keep_topk(q, k, K, mode)
@@ -180,10 +178,8 @@ def check_impl_rows(s, part, impl):
     a, dev = s.args, torch.device(s.args.device)
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 references in true fp32
     torch.backends.cudnn.allow_tf32 = False
-    modes = ("always_visible", "topk") if impl in TRITON_IMPLS or HAS_CLS_MODE \
-        else ("always_visible",)
     for dtype in (torch.float32, torch.bfloat16):
-        for mode in modes:
+        for mode in CLS_MODES:
             name = f"{impl} {str(dtype)[6:]} cls={mode}"
             try:
                 check_attention(s, part, impl, dtype, mode, a.shape, a.K, dev)
@@ -199,7 +195,7 @@ def kernel_rows(s, part, impl, shape):
     """n_regs, n_spills, warps, stages, shared memory of each compiled kernel of ``impl`` (from
     Triton's cache; None under the interpreter) and the block sizes / warps of its launch rule
     (``block_sizes``, ``num_warps``) at ``shape``."""
-    from mixedae.model.homologous_attention_triton import INTERPRET, block_sizes, num_warps
+    from mixedae.model.attention.triton_select import INTERPRET, block_sizes, num_warps
     mod = importlib.import_module(f"mixedae.model.{KERNELS[impl][0]}")
     _, _, N, D = shape
     BM, BN, BD = block_sizes(N, D)
@@ -246,7 +242,7 @@ def _compiled(fn) -> list[dict]:
 def selection(s):
     """Triton keys == torch.topk keys (rows with a near-tie at the K-th value may differ),
     exactly K per row; and the selection's time against today's topk_attn_bias."""
-    from mixedae.model.homologous_attention_triton import homologous_select
+    from mixedae.model.attention.triton_select import homologous_select
     if s.checked.get("triton") is not True:
         s.skip("correctness", "selection vs torch.topk", "the triton check did not pass")
         return
@@ -302,7 +298,7 @@ def preset_row(s, preset, impl):
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     size = MICRO if s.args.quick else dict(model="small")
     torch.manual_seed(0)
-    m = build_model(get_preset(preset, **size, batch_size=16, attn_impl=impl)).to(dev)
+    m = MixedAutoencoder(get_preset(preset, **size, batch_size=16, attn_impl=impl).model_config()).to(dev)
     img = size.get("img_size", 224)
     with amp:
         out = m(torch.randn(16, 3, img, img, device=dev))
@@ -330,8 +326,8 @@ def compiled_vs_eager(s, impl):
     torch._dynamo.reset()  # a fresh compile cache (see benchmark_pretrain.bench)
     try:
         torch.manual_seed(0)
-        m = build_model(get_preset("mixedae_base", model="small", batch_size=16,
-                                   attn_impl=impl)).to(dev)
+        cfg = get_preset("mixedae_base", model="small", batch_size=16, attn_impl=impl)
+        m = MixedAutoencoder(cfg.model_config()).to(dev)
         x = torch.randn(16, 3, 224, 224, device=dev)
         losses = []
         for fn in (m, torch.compile(m)):

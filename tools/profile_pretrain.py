@@ -17,7 +17,7 @@ require_torch(__file__)   # one line, not a traceback, outside the venv
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from mixedae.pretrain.config import get_preset  # noqa: E402
-from mixedae.model.mixed_autoencoder import build_model  # noqa: E402
+from mixedae.model.mixed_autoencoder import MixedAutoencoder  # noqa: E402
 
 
 def main(argv=None):
@@ -32,7 +32,7 @@ def main(argv=None):
     cuda = dev.type == "cuda"
     for preset in args.presets.split(","):
         cfg = get_preset(preset, model=args.model, batch_size=args.batch_size)
-        model = build_model(cfg).to(dev)
+        model = MixedAutoencoder(cfg.model_config()).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
         x = torch.randn(args.batch_size, 3, cfg.img_size, cfg.img_size, device=dev)
 

@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader, Dataset
 from mixedae.classification.evaluation import (autocast, evaluate,  # noqa: F401 (re-exported)
                                                predict)
 from mixedae.classification.datasets import stratified_split  # noqa: F401 (re-exported)
-from mixedae.model.pos_embed import resize_pos_embed
 from mixedae.runtime import weights as W
 from mixedae.runtime.checkpoint import (atomic_torch_save, load_checkpoint, remove_stale_temps,
                                         rng_state, set_rng_state)
@@ -52,8 +51,9 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
     projector / mask-token / segment-embedding tensors, any ``head.*`` (the task head is
     always fresh) and the norm the model does not use: the final ``norm.*`` for an avg-pool
     classifier (it has ``fc_norm``), ``fc_norm.*`` for a cls-token model (it pools after the
-    pretrained final ``norm``). ``pos_embed`` is resampled bicubically when the patch grid
-    differs. Anything else that does not fit raises ``CheckpointError`` naming the keys.
+    pretrained final ``norm``). ``pos_embed`` of another square patch grid is resampled
+    bicubically by the ViT itself when it is loaded (its ``load_state_dict`` pre-hook).
+    Anything else that does not fit raises ``CheckpointError`` naming the keys.
     Returns ``{"path", "format", "source", "dropped", "fresh", "resized", "line"}``
     (``line``: the one-line report every command prints)."""
     m = unwrap(model)
@@ -71,8 +71,9 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
     resized = []
 
     def resize_pos(v: torch.Tensor, shape) -> torch.Tensor:
-        resized.append(True)
-        return resize_pos_embed(v, W.square_grid(v.shape[1] - 1), m.grid_size, 1)
+        """Another grid passes the check if it is square; the ViT's load hook resamples it."""
+        resized.append(W.square_grid(v.shape[1] - m.num_prefix_tokens))
+        return v
 
     pe = state.get("pos_embed")
     same_dim = pe is not None and pe.ndim == 3 and pe.shape[-1] == m.pos_embed.shape[-1]

@@ -94,9 +94,9 @@ from mixedae.runtime.schedules import cosine_lr
 
 def build_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float):
     """The classifier's AdamW groups: :func:`mixedae.runtime.layer_decay.layer_decay_param_groups`
-    with ``num_layers = depth`` and the model's own no-weight-decay names."""
+    with the layers the ViT reports and the model's own no-weight-decay names."""
     m = unwrap(model)
-    return layer_decay_param_groups(m, lr, weight_decay, layer_decay, num_layers=len(m.blocks),
+    return layer_decay_param_groups(m, lr, weight_decay, layer_decay,
                                     backbone_prefix="", no_weight_decay=m.no_weight_decay())
 
 

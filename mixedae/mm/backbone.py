@@ -11,12 +11,12 @@ timm/MAE checkpoints all agree on them.
   ConvTranspose2d(2, 2); ×2 = ConvTranspose2d(2, 2); ×1 = identity; ×1/2, ×1/4 = MaxPool2d.
   Patch 16 gives exactly BEiT's fpn1..fpn4; a stride the patch size cannot reach (patch 14,
   or 32 for stride 4) is refused at construction;
-* depth for layer decay: ``num_layers`` and mmpretrain's ``get_layer_depth(name, prefix)``,
-  from the project's one rule (:mod:`mixedae.runtime.layer_decay`), so the optimizer
-  constructor never needs the depth written in a config;
+* depth for layer decay: ``num_layers`` and mmpretrain's ``get_layer_depth(name, prefix)``
+  (the base ViT's; the adapter is "everything else"), so the optimizer constructor never needs
+  the depth written in a config;
 * absolute position embedding learnable at the grid of ``img_size`` (square or (h, w), e.g.
   iBOT's 672x1092 training grid for COCO): a checkpoint's embedding is resized to that grid
-  once, at load (iBOT, BEiT), and learnt there; inputs of other sizes (multi-scale training,
+  once, at load (iBOT, BEiT; the base ViT's ``load_state_dict`` pre-hook), and learnt there; inputs of other sizes (multi-scale training,
   inference) get it resized bicubically (patch part) on the fly, as iBOT's
   ``interpolate_pos_encoding`` does; optional BEiT relative position bias
   (``use_rel_pos_bias``), zero init, stored and resized the same way;
@@ -51,7 +51,6 @@ from mmengine.logging import print_log
 from mixedae import convert as cv
 from mixedae.model.vit import VIT_SIZES, Block, VisionTransformer, \
     relative_position_table_size, resize_relative_position_table
-from mixedae.runtime.layer_decay import get_layer_id
 
 
 DEFAULT_OUT_INDICES = {12: (3, 5, 7, 11), 24: (7, 11, 15, 23)}
@@ -188,12 +187,6 @@ class MixedAEViT(VisionTransformer):
     def num_layers(self) -> int:
         return self.depth
 
-    def get_layer_depth(self, param_name: str, prefix: str = "") -> tuple[int, int]:
-        """(layer depth of ``param_name``, number of depths) as mmpretrain's ViT reports it:
-        0 = embeddings, i + 1 = block i, ``num_layers + 1`` = adapter and everything outside
-        ``prefix``; the project's rule (``mixedae.runtime.layer_decay.get_layer_id``)."""
-        return get_layer_id(param_name, self.num_layers, prefix), self.num_layers + 2
-
     def _freeze(self) -> None:
         if self.frozen_stages < 0:
             return
@@ -266,8 +259,8 @@ class MixedAEViT(VisionTransformer):
             own = tuple(self.grid_size)
             ckpt_grid = own if n == own[0] * own[1] else cv.square_grid(n, f"{path}: pos_embed")
 
-        def resize_pos(t, shape):
-            return cv.resize_pos_embed(t, ckpt_grid, self.grid_size, self.num_prefix_tokens)
+        def resize_pos(t, shape):  # checked square above; resampled by the ViT's load hook
+            return t
 
         def resize_rel(t, shape):
             if t.shape[0] == relative_position_table_size(self.grid_size):

@@ -16,12 +16,12 @@ is optional and, when given, must equal the backbone's depth (else one error nam
 
 The param groups are the project's one implementation,
 :func:`mixedae.runtime.layer_decay.layer_decay_param_groups` (also used by ImageNet / downstream
-fine-tuning): lr = base_lr · decay^(num_layers+1-id) and weight decay = 0 for norms and
+fine-tuning), which asks the backbone for each parameter's layer (``get_layer_depth``): lr = base_lr · decay^(num_layers+1-id) and weight decay = 0 for norms and
 biases (ndim 1), else base_wd — the cls token, position embedding and relative position tables
 included, as in the runs of BEiT (ADE20K) and iBOT (COCO), whose constructors' name test for
 them never matches (see :mod:`mixedae.runtime.layer_decay`); exempt them with
-``custom_keys={'pos_embed': dict(decay_mult=0.)}`` if wanted. This class only checks that the backbone's
-own ``get_layer_depth`` agrees with that rule and then applies mmengine's ``custom_keys``: the
+``custom_keys={'pos_embed': dict(decay_mult=0.)}`` if wanted. This class then applies
+mmengine's ``custom_keys``: the
 longest key contained in a name multiplies that parameter's lr by ``lr_mult`` and its weight
 decay by ``decay_mult`` (default 1).
 """
@@ -52,17 +52,6 @@ def backbone_depth(model: nn.Module, prefix: str = "backbone.") -> int:
         raise ConfigError(f"{_NAME}: backbone {type(backbone).__name__} does not report its "
                           f"depth (no get_layer_depth); layer decay needs MixedAEViT")
     return int(backbone.get_layer_depth("", "")[1]) - 2
-
-
-def _check_rule(model: nn.Module, groups: list[dict], prefix: str) -> None:
-    """The backbone's own depth of every parameter equals the group's layer id."""
-    backbone = model.get_submodule(prefix.rstrip(".")) if prefix else model
-    for g in groups:
-        for name in g["param_names"]:
-            depth = backbone.get_layer_depth(name, prefix)[0]
-            if depth != g["layer_id"]:
-                raise ConfigError(f"{_NAME}: {type(backbone).__name__}.get_layer_depth({name!r}) "
-                                  f"= {depth} but the layer-decay rule gives {g['layer_id']}")
 
 
 def apply_custom_keys(groups: list[dict], custom: dict) -> list[dict]:
@@ -110,9 +99,8 @@ class MixedAELayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         if stated is not None and int(stated) != depth:
             raise ConfigError(f"{_NAME}: paramwise_cfg.num_layers={stated} but the backbone has "
                               f"{depth} blocks; remove num_layers (the backbone reports it)")
-        groups = layer_decay_param_groups(module, self.base_lr, self.base_wd, decay, depth,
+        groups = layer_decay_param_groups(module, self.base_lr, self.base_wd, decay,
                                           backbone_prefix=prefix)
-        _check_rule(module, groups, prefix)
         groups = apply_custom_keys(groups, cfg.get("custom_keys", {}) or {})
         params.extend(groups)
         print_log(f"layer decay {decay} over the backbone's {depth} blocks: {len(groups)} param "

@@ -8,7 +8,8 @@ vit                     the one ViT (encoder, classifier, mm backbone)  §4.1, A
 pos_embed               2-D / 1-D sine-cosine embeddings                App. B
 mixing                  mixing masks, mixing, unmixing with [MASK]      Eq. 1, 2, 3
 segment_embedding       segment embeddings                              §3.2, App. B
-homologous_attention    softmax(TopK(q kᵀ/√d)), TopK accuracy           Eq. 6, Fig. 6
+attention/              softmax(TopK(q kᵀ/√d)) (reference, SDPA,        Eq. 6, Fig. 6
+                        Triton), TopK accuracy; one dispatcher
 homologous_contrastive  homologous contrastive loss                     Eq. 7
 decoder                 MAE decoder                                     Eq. 3–4
 mixed_autoencoder       MixedAE / MAE / baselines, L_recon + λ L_HomoCon  Eq. 4, 8

@@ -2,9 +2,9 @@
 
 Forward pass for mixing = 'compose' | 'full' (Sec. 3):
   1. groups of g = 1/r images are mixed by random symmetric masks (Eq. 1–2, ``mixing``);
-  2. the encoder (the project's ViT) sees the mixed samples with segment embeddings (as the
-     config's ``seg_embed_mode`` says, ``segment_embedding``); layers after the first
-     ``num_global_layers`` use homologous TopK attention (Eq. 6, ``homologous_attention``, cls
+  2. the encoder (the project's ViT) sees the mixed samples with segment embeddings (as
+     ``seg_embed_mode`` says, ``segment_embedding``); layers after the first
+     ``num_global_layers`` use homologous TopK attention (Eq. 6, ``attention.homologous``, cls
      per ``homo_cls``), or, for the Tab. 7a baseline, self-attention masked to the true
      homologous patches;
   3. the homologous contrastive loss (Eq. 7) runs on the post-LayerNorm patch features through
@@ -16,10 +16,13 @@ mixing = 'none' is MAE (random masking of 1 − r of the patches); with homo_con
 Eq. 7 across the visible patches of groups of g images (MAE + HomoCon, Tab. 7c), with the
 segment embedding of each image's place in its group when ``seg_embed_mode`` is not 'none'
 (Tab. 7c marks that row with segment embeddings).
+
+The model takes its own arguments, ``ModelConfig`` (the pretraining config builds it with
+``PretrainConfig.model_config()`` and validates every field before).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -27,14 +30,52 @@ from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 from mixedae.model.decoder import MAEDecoder
-from mixedae.model.homologous_attention import HomologousContext
+from mixedae.model.attention.homologous import HomologousContext
 from mixedae.model.homologous_contrastive import homologous_contrastive_loss
 from mixedae.model.mixing import mix_images, mixing_masks, source_onehot, unmix_tokens
 from mixedae.model.segment_embedding import SegmentEmbedding
 from mixedae.model.vit import create_vit
 
-if TYPE_CHECKING:  # the model reads its config; it does not import the pretraining package
-    from mixedae.pretrain.config import PretrainConfig
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The arguments of ``MixedAutoencoder`` (same names as the pretraining config's fields;
+    values are checked by ``PretrainConfig.validate``)."""
+    model: str = "base"                 # ViT size (``vit.VIT_SIZES``)
+    img_size: int = 224
+    patch_size: int = 16
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix_loss: bool = True          # normalized-pixel targets (Eq. 4, MAE)
+    mixing: str = "compose"             # none (MAE) | compose | full
+    mix_ratio: float = 0.25             # r; also the MAE keep ratio
+    mask_patch_size: int = 32           # mixing-mask granularity in pixels
+    attention: str = "topk"             # global | topk (Eq. 6) | masked (Tab. 7a)
+    topk_ratio: float | None = None     # K = topk_ratio · L; None → r
+    num_global_layers: int = 1          # leading layers with global self-attention
+    attn_impl: str = "sdpa"             # how Eq. 6 is computed (``attention.homologous.IMPLS``)
+    homo_cls: str = "always_visible"    # cls token in Eq. 6 (``attention.homologous``)
+    homo_con: bool = True               # Eq. 7
+    homo_con_weight: float = 0.1        # λ (Eq. 8)
+    homo_con_tau: float = 0.25          # τ (Eq. 7)
+    homo_con_dim: int = 128             # projector output
+    seg_embed_mode: str = "residual"    # ``segment_embedding.MODES``
+
+    @property
+    def group_size(self) -> int:
+        """g = 1/r images per mixed group."""
+        return round(1 / self.mix_ratio)
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def topk(self) -> int:
+        """K of Eq. 6."""
+        ratio = self.mix_ratio if self.topk_ratio is None else self.topk_ratio
+        return max(1, round(ratio * self.num_patches))
 
 
 def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
@@ -52,9 +93,9 @@ def unpatchify(x: torch.Tensor, p: int, grid_hw: tuple[int, int]) -> torch.Tenso
 
 
 class MixedAutoencoder(nn.Module):
-    def __init__(self, cfg: PretrainConfig):
+    def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg.validate()
+        self.cfg = cfg
         self.encoder = create_vit(cfg.model, patch_size=cfg.patch_size, img_size=cfg.img_size,
                                   dynamic_img_size=False)
         D = self.encoder.embed_dim
@@ -100,7 +141,6 @@ class MixedAutoencoder(nn.Module):
         homo, attn_mask = None, None
         if cfg.attention == "topk":
             homo = HomologousContext(k=cfg.topk, src=flat_src, impl=cfg.attn_impl,
-                                     select=cfg.topk_select, select_fp32=cfg.topk_select_fp32,
                                      cls_mode=cfg.homo_cls)
         elif cfg.attention == "masked":
             same = flat_src[:, :, None] == flat_src[:, None, :]
@@ -202,6 +242,3 @@ class MixedAutoencoder(nn.Module):
         return dict(original=to01(imgs), mixed=to01(mixed.view(G, M, *mixed.shape[1:])[:, 0]),
                     reconstruction=to01(unpatchify(recon, p, self.grid)), group_size=g)
 
-
-def build_model(cfg: PretrainConfig) -> MixedAutoencoder:
-    return MixedAutoencoder(cfg)

@@ -6,7 +6,9 @@ Parameter names follow timm's ``VisionTransformer`` (``patch_embed.proj``, ``cls
 move between timm, MAE and this code without renaming.
 
 * Fixed 2-D sine-cosine position embedding (learnable when fine-tuning), resized bicubically
-  (patch part only) for other input sizes.
+  (patch part only) for other input sizes; a checkpoint's embedding made for another square
+  grid is resampled to the model's grid when it is loaded (a ``load_state_dict`` pre-hook,
+  mmpretrain's ``_prepare_pos_embed``), so every loader gets the same resize.
 * Optional BEiT-style relative position bias (``rel_pos_bias=True``, dense fine-tuning): one
   zero-initialised table per block, stored as ``blocks.N.attn.relative_position_bias_table``
   and added to the attention logits as an additive ``attn_mask``; resized bicubically for
@@ -22,6 +24,8 @@ move between timm, MAE and this code without renaming.
 """
 from __future__ import annotations
 
+import math
+import re
 from functools import partial
 from typing import Callable, Sequence
 
@@ -31,24 +35,21 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_
 from timm.layers.pos_embed_rel import gen_relative_position_index
 
-from mixedae.model.homologous_attention import HomologousContext, homologous_attention
+from mixedae.model.attention.homologous import HomologousContext, homologous_attention
 from mixedae.model.pos_embed import resize_pos_embed, sincos_2d
 
 
 class Attention(nn.Module):
     """Multi-head self-attention; global, masked or homologous (TopK) depending on inputs."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"embed dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def heads(self, x: torch.Tensor, qk_embed: torch.Tensor | None = None):
         """q, k, v (B, H, N, d) of ``x`` as ``forward`` computes them (``qk_embed``: below)."""
@@ -64,23 +65,21 @@ class Attention(nn.Module):
         """``qk_embed`` (B or 1, N, C), if given, is added to x for the queries and keys only."""
         B, N, C = x.shape
         q, k, v = self.heads(x, qk_embed)
-        drop = self.attn_drop if self.training else 0.0
         if homo is not None:
-            x = homologous_attention(q, k, v, homo, dropout_p=drop)
+            x = homologous_attention(q, k, v, homo)
         else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block with a pluggable attention layer."""
+    """Pre-norm transformer block (the attention's kind is chosen by ``forward``'s inputs)."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0, norm_layer: Callable = partial(nn.LayerNorm, eps=1e-6),
-                 attn_layer: Callable = Attention):
+                 drop_path: float = 0.0, norm_layer: Callable = partial(nn.LayerNorm, eps=1e-6)):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = attn_layer(dim, num_heads, qkv_bias=qkv_bias)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU)
@@ -142,6 +141,10 @@ def init_weights_xavier(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+_STEM = re.compile(r"^(?:cls_token|pos_embed|patch_embed)(?:\.|$)")  # layer depth 0
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")                                # block i: depth i + 1
+
+
 class VisionTransformer(nn.Module):
     """ViT with cls token and fixed (optionally learnable) 2-D sin-cos position embedding.
 
@@ -154,8 +157,7 @@ class VisionTransformer(nn.Module):
                  mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_path_rate: float = 0.0,
                  num_classes: int = 0, global_pool: str = "", fc_norm: bool | None = None,
                  learnable_pos_embed: bool = False, dynamic_img_size: bool = True,
-                 attn_layer: Callable = Attention, block_layer: Callable = Block,
-                 rel_pos_bias: bool = False):
+                 block_layer: Callable = Block, rel_pos_bias: bool = False):
         super().__init__()
         if global_pool not in ("", "avg", "token"):
             raise ValueError(f"global_pool must be '', 'avg' or 'token', got {global_pool!r}")
@@ -176,7 +178,7 @@ class VisionTransformer(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList([
             block_layer(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dpr[i],
-                        norm_layer=norm_layer, attn_layer=attn_layer) for i in range(depth)])
+                        norm_layer=norm_layer) for i in range(depth)])
         self.use_rel_pos_bias = rel_pos_bias
         if rel_pos_bias:  # zero init: starts as plain absolute-position attention (BEiT/MAE)
             size = relative_position_table_size(self.grid_size)
@@ -189,6 +191,7 @@ class VisionTransformer(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
+        self.register_load_state_dict_pre_hook(_prepare_pos_embed)
 
     def init_weights(self) -> None:
         w = self.patch_embed.proj.weight.data  # init patch embed like a Linear (MAE)
@@ -198,9 +201,31 @@ class VisionTransformer(nn.Module):
         if isinstance(self.head, nn.Linear):  # small head init for fine-tuning (MAE)
             trunc_normal_(self.head.weight, std=2e-5)
 
+    # ---- what the model says about its parameters (timm / mmpretrain protocols) ---------------
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {"pos_embed", "cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter grouping: the stem (embeddings), then one group per block; the
+        final norm last (timm's ``(99999,)``), as do the parameters no pattern matches (head,
+        fc_norm, adapters). ``coarse`` gives the same groups (one block is the finest unit)."""
+        return dict(stem=_STEM.pattern, blocks=[(_BLOCK.pattern, None), (r"^norm", (99999,))])
+
+    def get_layer_depth(self, param_name: str, prefix: str = "") -> tuple[int, int]:
+        """(layer depth of ``param_name``, number of depths) as mmpretrain's ViT reports it for
+        layer-wise lr decay (BEiT / MAE): 0 = stem (patch embedding, cls token, position
+        embedding), i + 1 = block i, ``depth + 1`` = everything else, including names without
+        ``prefix`` (e.g. 'backbone.' inside a segmentor); there are ``depth + 2`` depths."""
+        num_depths = self.depth + 2
+        if not param_name.startswith(prefix):
+            return num_depths - 1, num_depths
+        name = param_name[len(prefix):]
+        if _STEM.match(name):
+            return 0, num_depths
+        block = _BLOCK.match(name)
+        return (int(block.group(1)) + 1 if block else num_depths - 1), num_depths
 
     # ---- embedding -------------------------------------------------------------------------
     def pos_embed_for(self, grid_hw: Sequence[int]) -> torch.Tensor:
@@ -274,6 +299,23 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _prepare_pos_embed(vit: VisionTransformer, state_dict, prefix: str, *args) -> None:
+    """``load_state_dict`` pre-hook: a (1, prefix + s·s, D) position embedding of a square s×s
+    grid other than the model's is resampled to the model's grid (``resize_pos_embed``:
+    timm's ``resample_abs_pos_embed``, bicubic), in ``state_dict`` itself. Any other shape is
+    left as it is, for ``load_state_dict`` (or the caller's check) to report."""
+    key = prefix + "pos_embed"
+    pos = state_dict.get(key)
+    own = vit.pos_embed.shape
+    if pos is None or pos.shape == own or pos.ndim != 3 or pos.shape[-1] != own[-1]:
+        return
+    n = pos.shape[1] - vit.num_prefix_tokens
+    side = math.isqrt(max(n, 0))
+    if n > 0 and side * side == n:
+        state_dict[key] = resize_pos_embed(pos, (side, side), vit.grid_size,
+                                           vit.num_prefix_tokens)
 
 
 # ---- sizes -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ Method switches (all baselines live in the same code):
                only) | 'input' (once, BERT) | 'none'   (``mixedae.model.segment_embedding``)
   homo_cls     cls token in homologous attention: 'always_visible' (a global query, a key
                visible to every patch) | 'topk' (literal Eq. 6 on whole rows)
-               (``mixedae.model.homologous_attention``)
+               (``mixedae.model.attention.homologous``)
 Default ``seg_embed_mode='residual'`` is the paper's text (App. B: sine-cosine segment
 embeddings "added to the input of each Transformer layer"; Tab. 7c measures the method without
 them as worse); ``homo_cls='always_visible'``. Every preset that stands for a paper row carries
@@ -23,6 +23,12 @@ Loading old configs: every version wrote every field (``to_json`` dumps the data
 stored ``seg_embed_mode`` is kept as it is (runs of 2026-11-28..12-07 stored ``none``, the
 default then); configs written before ``seg_embed_mode`` existed (a boolean ``seg_embed`` key)
 load as 'residual' / 'none' with ``homo_cls='always_visible'``, which is what they ran.
+Configs written before 2026-12-07 also hold ``topk_select`` and ``topk_select_fp32``, benchmark
+switches since removed (``IGNORED_KEYS``): 'sort' selected the same keys as 'topk', and every
+paper preset ranked on fp32 logits, which is the one ranking now; they load with a note.
+
+The model's arguments are a ``mixedae.model.mixed_autoencoder.ModelConfig`` built from the
+fields of the same names (``model_config()``, after ``validate()``).
 """
 from __future__ import annotations
 
@@ -30,15 +36,22 @@ import dataclasses
 import json
 import math
 import typing
+import warnings
 from dataclasses import dataclass
 
-from mixedae.model.homologous_attention import CLS_MODES, IMPLS, SELECTS
+from mixedae.model.attention.homologous import CLS_MODES, IMPLS
+from mixedae.model.mixed_autoencoder import ModelConfig
 from mixedae.model.segment_embedding import MODES as SEG_EMBED_MODES
 from mixedae.model.vit import VIT_SIZES
 from mixedae.pretrain.input_pipeline import DECODES
 from mixedae.runtime.errors import ConfigError
 
 FP32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: the weights' dtype
+# keys of old config.json files that no longer select anything (module docstring)
+IGNORED_KEYS = {
+    "topk_select": "the K best keys are found by torch.topk ('sort' selected the same keys)",
+    "topk_select_fp32": "keys are always ranked on fp32 logits",
+}
 
 
 @dataclass
@@ -59,8 +72,6 @@ class PretrainConfig:
     topk_ratio: float | None = None     # K = topk_ratio · L; None → r
     num_global_layers: int = 1          # leading layers with global self-attention (Tab. 3e)
     attn_impl: str = "sdpa"             # Eq. 6: sdpa | explicit | triton | flex | fused (CUDA)
-    topk_select: str = "topk"           # row-wise K-best search: topk | sort (same keys)
-    topk_select_fp32: bool = True       # rank keys on fp32 logits under bf16 autocast
     homo_con: bool = True
     homo_con_weight: float = 0.1        # λ (Eq. 8)
     homo_con_tau: float = 0.25          # τ (Eq. 7)
@@ -82,18 +93,26 @@ class PretrainConfig:
     decode: str = "cpu"                 # input pipeline: cpu (PIL workers) | gpu (batched
                                         # decode + augment on the run's device), input_pipeline
 
+    def model_config(self) -> ModelConfig:
+        """The model's arguments (the fields of the same names), after ``validate()``."""
+        self.validate()
+        return self._model_fields()
+
+    def _model_fields(self) -> ModelConfig:
+        return ModelConfig(**{f.name: getattr(self, f.name)
+                              for f in dataclasses.fields(ModelConfig)})
+
     @property
     def group_size(self) -> int:
-        return round(1 / self.mix_ratio)
+        return self._model_fields().group_size
 
     @property
     def num_patches(self) -> int:
-        return (self.img_size // self.patch_size) ** 2
+        return self._model_fields().num_patches
 
     @property
     def topk(self) -> int:
-        ratio = self.mix_ratio if self.topk_ratio is None else self.topk_ratio
-        return max(1, round(ratio * self.num_patches))
+        return self._model_fields().topk
 
     def effective_lr(self) -> float:
         return self.lr if self.lr is not None else self.blr * self.batch_size / 256
@@ -119,8 +138,6 @@ class PretrainConfig:
             bad(f"homo_cls={self.homo_cls!r} must be one of {CLS_MODES}")
         if self.decode not in DECODES:
             bad(f"decode={self.decode!r} must be one of {DECODES}")
-        if self.topk_select not in SELECTS:
-            bad(f"topk_select={self.topk_select!r} must be one of {SELECTS}")
         if not 0 < self.mix_ratio <= 0.5:
             bad(f"mix_ratio r={self.mix_ratio} must be in (0, 0.5]")
         if not math.isclose(1 / self.mix_ratio, self.group_size, abs_tol=1e-6):
@@ -165,6 +182,11 @@ class PretrainConfig:
                 raise ConfigError(f"seg_embed={legacy} contradicts "
                                   f"seg_embed_mode={d['seg_embed_mode']!r}")
             d.setdefault("homo_cls", "always_visible")
+        for key in sorted(set(d) & set(IGNORED_KEYS)):
+            value = d.pop(key)
+            if value not in ("topk", True):  # not what the run ranked with: say so
+                warnings.warn(f"config key {key}={value!r} is no longer used: "
+                              f"{IGNORED_KEYS[key]}", stacklevel=2)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:

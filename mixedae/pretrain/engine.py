@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 
 from mixedae.runtime import checkpoint as ckpt
-from mixedae.model.homologous_attention import impl_unavailable
+from mixedae.model.attention.homologous import impl_unavailable
+from mixedae.model.mixed_autoencoder import MixedAutoencoder
 from mixedae.pretrain.config import PretrainConfig
 from mixedae.pretrain.input_pipeline import file_sources, pretrain_batches
 from mixedae.pretrain.probe import SourceProbe, homocon_floor
@@ -95,7 +96,6 @@ class _Run:
 
 
 def _build(cfg: PretrainConfig, dataset, opts: RunOptions, info: DistInfo) -> _Run:
-    from mixedae.model.mixed_autoencoder import build_model
     micro = micro_batch_size(cfg, info.world_size)
     if cfg.attention == "topk" and impl_unavailable(cfg.attn_impl, info.device):
         raise ConfigError(impl_unavailable(cfg.attn_impl, info.device))
@@ -109,7 +109,7 @@ def _build(cfg: PretrainConfig, dataset, opts: RunOptions, info: DistInfo) -> _R
     total = int(round(cfg.epochs * spe))
     end = total if opts.max_steps is None else min(total, opts.max_steps)
     torch.manual_seed(opts.seed)  # identical initialisation on every rank
-    model = build_model(cfg).to(info.device)
+    model = MixedAutoencoder(cfg.model_config()).to(info.device)
     dtype = amp_dtype(opts.amp, info.device)
     return _Run(cfg, opts, info, Path(opts.output_dir), micro, spe, total, end, model,
                 build_optimizer(model, cfg),
@@ -155,8 +155,8 @@ def _announce(run: _Run, n_images: int) -> None:
              "%d steps (lr %.3g)", n_images, info.world_size, run.micro, cfg.accum_iter,
              cfg.batch_size, run.spe, run.end, cfg.effective_lr())
     if cfg.attention == "topk":
-        log.info("homologous attention: K=%d, impl=%s, select=%s, fp32 ranking=%s",
-                 cfg.topk, cfg.attn_impl, cfg.topk_select, cfg.topk_select_fp32)
+        log.info("homologous attention: K=%d, impl=%s, cls %s", cfg.topk, cfg.attn_impl,
+                 cfg.homo_cls)
 
 
 def _loader(run: _Run, dataset):
@@ -201,8 +201,8 @@ def _wrap(run: _Run) -> torch.nn.Module:
 
 def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
              dist_info: DistInfo | None = None, probe_dataset=None) -> PretrainResult:
-    """Pretrain ``build_model(cfg)`` on ``dataset`` (items: normalised (3,H,W) tensors, e.g.
-    ``mixedae.pretrain.data.PretrainImages``). Resumes per ``opts.resume``. The probe
+    """Pretrain ``MixedAutoencoder(cfg.model_config())`` on ``dataset`` (items: normalised
+    (3,H,W) tensors, e.g. ``mixedae.pretrain.data.PretrainImages``). Resumes per ``opts.resume``. The probe
     (``opts.probe_every``) uses ``probe_dataset`` (default ``dataset``)."""
     cfg.validate()
     if cfg.decode == "gpu":

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torchvision import transforms
 
-from mixedae.model.homologous_attention import CLS_MODES
+from mixedae.model.attention.homologous import CLS_MODES
 from mixedae.model.segment_embedding import MODES as SEG_MODES
 from mixedae.pretrain.config import get_preset
 from mixedae.pretrain.data import PretrainImages, list_images, load_rgb, pretrain_transform

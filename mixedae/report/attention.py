@@ -1,5 +1,5 @@
 """Attention maps of a pretrained run, computed from its stored ``model.safetensors`` +
-``config.json`` (the model is rebuilt with ``mixedae.model.mixed_autoencoder.build_model``).
+``config.json`` (the model is rebuilt as ``MixedAutoencoder(cfg.model_config())``).
 
 * ``cls_attention`` (Fig. 5 / 7): the last block's attention of the [CLS] query over the patch
   keys, mean over heads, with the encoder used as a plain ViT (no mixing, no segment
@@ -33,8 +33,8 @@ class ModelUnavailable(Exception):
 
 def load_model(run: PretrainRun):
     """The run's pretraining model in eval mode on the CPU, and its config."""
-    from mixedae.model.homologous_attention import impl_unavailable
-    from mixedae.model.mixed_autoencoder import build_model
+    from mixedae.model.attention.homologous import impl_unavailable
+    from mixedae.model.mixed_autoencoder import MixedAutoencoder
     from mixedae.pretrain.config import PretrainConfig
     from mixedae.runtime.checkpoint import load_model_state, load_safetensors
     from mixedae.runtime.errors import MixedAEError
@@ -45,7 +45,7 @@ def load_model(run: PretrainRun):
         cfg = PretrainConfig.from_dict(run.config or json.loads(meta.get("config", "{}")))
         if impl_unavailable(cfg.attn_impl, torch.device("cpu")):  # a GPU run's Triton kernels:
             cfg = cfg.replace(attn_impl="sdpa")  # the same Eq. 6 (selection up to ties)
-        model = build_model(cfg)
+        model = MixedAutoencoder(cfg.model_config())
         load_model_state(model, state, source=str(run.weights))
     except (MixedAEError, ValueError, OSError, TypeError) as e:
         raise ModelUnavailable(f"cannot rebuild the model of {run.path}: {e}") from e

@@ -1,10 +1,11 @@
-"""Layer-wise learning-rate decay (BEiT/MAE fine-tuning), the project's one layer-id rule.
+"""Layer-wise learning-rate decay (BEiT/MAE fine-tuning), the project's one grouping rule.
 
-Used unchanged by ImageNet/downstream fine-tuning and by the OpenMMLab optimizer constructor:
+Used unchanged by ImageNet/downstream fine-tuning, linear probing and the OpenMMLab optimizer
+constructor. The layer of each parameter is the ViT's own answer,
+``VisionTransformer.get_layer_depth(name, prefix)`` (mmpretrain's protocol: 0 = patch
+embedding, cls token, position embedding; i + 1 = block i; num_layers + 1 = everything else:
+final norm, fc_norm, head, adapters, necks, decode heads); then
 
-* id 0: patch embedding, cls token, position embedding;
-* id i+1: transformer block i;
-* id num_layers+1: everything else (final norm, fc_norm, head, adapters, necks, decode heads);
 * lr scale = decay ** (num_layers + 1 - id);
 * no weight decay for 1-D parameters (norms, biases) and for the names the caller lists.
 
@@ -20,30 +21,10 @@ Which names are exempt is the reference's choice of each transfer, made by the c
   matrix (mmseg 1.x's ``LearningRateDecayOptimizerConstructor`` has the same test). The mm
   constructor follows what those runs did; ``custom_keys`` with ``decay_mult=0`` exempts
   a name.
-
-Names are matched with or without a ``backbone.`` (or any other) prefix.
 """
 from __future__ import annotations
 
-import re
-
 import torch.nn as nn
-
-_EMBED = re.compile(r"^(patch_embed|cls_token|pos_embed|mask_token)(\.|$)")
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def get_layer_id(name: str, num_layers: int, backbone_prefix: str = "backbone.") -> int:
-    """Layer id of a parameter name (see module docstring). Parameters outside the backbone
-    (when ``backbone_prefix`` is set and the name lacks it) get ``num_layers + 1``."""
-    if backbone_prefix:
-        if not name.startswith(backbone_prefix):
-            return num_layers + 1
-        name = name[len(backbone_prefix):]
-    if _EMBED.match(name):
-        return 0
-    m = _BLOCK.match(name)
-    return int(m.group(1)) + 1 if m else num_layers + 1
 
 
 def is_no_weight_decay(name: str, param: nn.Parameter, extra: set[str] = frozenset()) -> bool:
@@ -54,20 +35,25 @@ def is_no_weight_decay(name: str, param: nn.Parameter, extra: set[str] = frozens
 
 
 def layer_decay_param_groups(model: nn.Module, lr: float, weight_decay: float,
-                             layer_decay: float, num_layers: int,
-                             backbone_prefix: str = "", no_weight_decay: set[str] = frozenset()):
-    """torch.optim param groups with ``lr`` already scaled per layer (and ``lr_scale`` kept);
-    ``no_weight_decay``: names exempt from weight decay besides 1-D parameters (see the module
-    docstring for each transfer's reference)."""
+                             layer_decay: float, backbone_prefix: str = "",
+                             no_weight_decay: set[str] = frozenset()):
+    """torch.optim param groups of ``model`` with ``lr`` already scaled per layer (and
+    ``lr_scale``, ``layer_id`` kept). The layers are those the ViT at ``backbone_prefix``
+    (``model`` itself when empty) reports with ``get_layer_depth``; ``no_weight_decay``: names
+    exempt from weight decay besides 1-D parameters (see the module docstring)."""
+    vit = model.get_submodule(backbone_prefix.rstrip(".")) if backbone_prefix else model
+    if not callable(getattr(vit, "get_layer_depth", None)):
+        raise ValueError(f"{type(vit).__name__} does not report its layer depth "
+                         f"(no get_layer_depth); layer decay needs the project's ViT")
     groups: dict[str, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        lid = get_layer_id(name, num_layers, backbone_prefix)
+        lid, num_depths = vit.get_layer_depth(name, backbone_prefix)
         nd = is_no_weight_decay(name, p, no_weight_decay)
         key = f"layer_{lid}_{'no_decay' if nd else 'decay'}"
         if key not in groups:
-            scale = layer_decay ** (num_layers + 1 - lid)
+            scale = layer_decay ** (num_depths - 1 - lid)
             groups[key] = dict(params=[], param_names=[], lr=lr * scale, lr_scale=scale,
                                weight_decay=0.0 if nd else weight_decay, layer_id=lid)
         groups[key]["params"].append(p)

@@ -11,36 +11,32 @@ registers and keeps exactly K keys per row:
 * **Tie rule (deterministic).** Every key strictly above the K-th largest value is kept; of the
   keys *equal* to it, the ones with the lowest key index are kept until the row holds exactly K.
 * **Ranking precision.** Logits are accumulated in fp32 (``input_precision="ieee"`` for fp32
-  inputs, so no TF32); bf16/fp16 inputs are multiplied exactly and accumulated in fp32, like
-  ``HomologousContext.select_fp32``. ``select_fp32=False`` rounds the logits to the input
-  dtype before ranking (the old low-precision ranking, ties then broken by the rule above).
+  inputs, so no TF32); bf16/fp16 inputs are multiplied exactly and accumulated in fp32, as the
+  PyTorch selection of ``homologous.topk_attn_bias`` ranks them.
 * **Prefix (cls) handling**, ``HomologousContext.cls_mode``: ``"always_visible"`` (default,
   the project's documented choice): K is chosen among patch keys, prefix keys are always
   visible, prefix queries attend globally. ``"topk"`` (literal Eq. 6): every row, prefix
   queries included, keeps its K largest among all keys, prefix keys included.
 
-The kernel emits what the attention consumes. ``impl="triton"``: an additive 0/−inf bias
-(last dim padded to a multiple of 16 for the memory-efficient SDPA kernel) fed to
-``F.scaled_dot_product_attention``. ``impl="flex"``: a boolean keep mask read by a
-``score_mod`` of ``torch.nn.attention.flex_attention`` (compiled on CUDA).
-``impl="fused"``: selection, masked softmax and ·V in one kernel (``homologous_attention_fused``).
+The kernel emits what the attention consumes (the dispatcher ``homologous.homologous_attention``
+feeds it on): ``impl="triton"``: an additive 0/−inf bias (last dim padded to a multiple of 16
+for the memory-efficient SDPA kernel) for ``F.scaled_dot_product_attention``; ``impl="flex"``:
+a boolean keep mask read by a ``score_mod`` of FlexAttention. ``triton_fused`` reuses this
+selection for its fused kernel.
 With ``ctx.src`` the kernel also counts, per block, the selected patch keys of patch queries
 that share the query's source; ``topk_accuracy`` = hits / (L·K) (a prefix key is a miss).
 
 Devices: CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's interpreter,
-for tests). Anything else raises ``ConfigError`` with one line naming the impl and device:
-there is no silent fallback, so the recorded ``attn_impl`` is the one that ran (use
-``attn_impl="sdpa"`` on the CPU).
+for tests). Anything else raises ``ValueError`` with one line naming the impl and device
+(``unavailable_reason``, which the commands check before any work): there is no silent
+fallback, so the recorded ``attn_impl`` is the one that ran (use ``attn_impl="sdpa"`` on the
+CPU).
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
-import torch.nn.functional as F
-
-from mixedae.runtime.errors import ConfigError
 
 try:
     import triton
@@ -48,7 +44,6 @@ try:
 except ImportError:  # Triton is optional: only the triton/flex/fused impls need it
     triton = None
 
-CLS_MODES = ("always_visible", "topk")
 # how the kernels were built (Triton decides when they are decorated, i.e. at this import)
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -74,15 +69,6 @@ if triton is not None:
         return b ^ ((b >> 31) & 0x7FFFFFFF)
 
     @triton.jit
-    def _round_like(s, q):
-        """fp32 → q's dtype → fp32, round to nearest even (bf16 by bit arithmetic: the
-        interpreter's own bf16 cast truncates)."""
-        if q.dtype == tl.bfloat16:
-            b = s.to(tl.int32, bitcast=True)
-            return ((b + 0x7FFF + ((b >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
-        return s.to(q.dtype).to(tl.float32)
-
-    @triton.jit
     def _topk_keep(s, cand, K):
         """(BM, BN) bool: per row exactly K of ``cand`` with the largest ``s``; among values
         equal to the K-th largest the lowest column index wins."""
@@ -102,32 +88,20 @@ if triton is not None:
         return gt | (eq & (rank <= need[:, None]))
 
     @triton.jit
-    def _logits_keep(q, k, rows, cols, N, P, TOPK, CLS_TOPK: tl.constexpr, LOWP: tl.constexpr,
-                     IEEE: tl.constexpr):
+    def _logits_keep(q, k, rows, cols, N, P, TOPK, CLS_TOPK: tl.constexpr, IEEE: tl.constexpr):
         """fp32 logits q·kᵀ of a (BM, D) query tile against all (BN, D) keys and the keep
         mask of Eq. (6) (see the module docstring for the prefix rule)."""
         if IEEE:
             s = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))
-        rank = s
-        if LOWP:
-            rank = _round_like(s, q)
         col_ok = (cols < N)[None, :]
         if CLS_TOPK:
-            keep = _topk_keep(rank, col_ok, TOPK)
+            keep = _topk_keep(s, col_ok, TOPK)
         else:
-            keep = _topk_keep(rank, col_ok & (cols >= P)[None, :], TOPK)
+            keep = _topk_keep(s, col_ok & (cols >= P)[None, :], TOPK)
             keep = keep | (col_ok & ((cols < P)[None, :] | (rows < P)[:, None]))
         return s, keep
-
-    @triton.jit
-    def _tile(H, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-        """This program's tile: (sample·head, query block, sample, head, query rows, key
-        columns, head dims)."""
-        bh, mb = tl.program_id(0), tl.program_id(1)
-        return (bh, mb, bh // H, bh % H, mb * BLOCK_M + tl.arange(0, BLOCK_M),
-                tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D))
 
     @triton.jit
     def _hits(keep, rows, cols, SRC, b, N, P):
@@ -144,14 +118,17 @@ if triton is not None:
     def _select_kernel(Q, Kp, OUT, HITS, SRC, sqb, sqh, sqn, sqd, skb, skh, skn, skd,
                        sob, soh, son, H, N, D, P, TOPK,
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                       CLS_TOPK: tl.constexpr, LOWP: tl.constexpr, IEEE: tl.constexpr,
-                       OUT_BIAS: tl.constexpr, HAS_SRC: tl.constexpr):
-        bh, mb, b, h, rows, cols, dd = _tile(H, BLOCK_M, BLOCK_N, BLOCK_D)
+                       CLS_TOPK: tl.constexpr, IEEE: tl.constexpr, OUT_BIAS: tl.constexpr,
+                       HAS_SRC: tl.constexpr):
+        bh, mb = tl.program_id(0), tl.program_id(1)  # (sample·head, block of query rows)
+        b, h = bh // H, bh % H
+        rows = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols, dd = tl.arange(0, BLOCK_N), tl.arange(0, BLOCK_D)  # all keys, all head dims
         q = tl.load(Q + b * sqb + h * sqh + rows[:, None] * sqn + dd[None, :] * sqd,
                     mask=(rows < N)[:, None] & (dd < D)[None, :], other=0.0)
         k = tl.load(Kp + b * skb + h * skh + cols[:, None] * skn + dd[None, :] * skd,
                     mask=(cols < N)[:, None] & (dd < D)[None, :], other=0.0)
-        _, keep = _logits_keep(q, k, rows, cols, N, P, TOPK, CLS_TOPK, LOWP, IEEE)
+        _, keep = _logits_keep(q, k, rows, cols, N, P, TOPK, CLS_TOPK, IEEE)
         out = OUT + b * sob + h * soh + rows[:, None] * son + cols[None, :]
         omask = (rows < N)[:, None] & (cols < son)[None, :]  # padding columns too: −inf / 0
         if OUT_BIAS:
@@ -171,6 +148,12 @@ def block_sizes(N: int, D: int) -> tuple[int, int, int]:
     return min(32, BN), BN, max(16, triton.next_power_of_2(D))
 
 
+def padded_width(n: int) -> int:
+    """Last dim of the bias / keep buffers: ``n`` rounded up to a multiple of 16 (the rows of
+    an SDPA bias must be 16-aligned for CUDA's memory-efficient kernel)."""
+    return -(-n // 16) * 16
+
+
 def num_warps(block_n: int) -> int:
     """8 warps once a (32 × 256) fp32 logit tile is held (fewer registers per thread); the
     choice is untuned: the GPU suite times it."""
@@ -178,8 +161,8 @@ def num_warps(block_n: int) -> int:
 
 
 def check_k(N: int, p: int, topk: int, cls_mode: str) -> None:
-    if cls_mode not in CLS_MODES:
-        raise ValueError(f"cls_mode={cls_mode!r}; choose from {CLS_MODES}")
+    if cls_mode not in ("always_visible", "topk"):  # the two prefix rules the kernels know
+        raise ValueError(f"cls_mode={cls_mode!r}; choose 'always_visible' or 'topk'")
     n_cand = N if cls_mode == "topk" else N - p
     if not 1 <= topk <= n_cand:
         raise ValueError(f"TopK K={topk} outside [1, {n_cand}] candidate keys "
@@ -190,7 +173,7 @@ def prepare(q: torch.Tensor, impl: str, topk: int, prefix: int, cls_mode: str, s
     """Checks shared by every Triton impl (device, K) → (B, H, N, src as contiguous int64)."""
     reason = unavailable_reason(q.device, impl)
     if reason:
-        raise ConfigError(reason)
+        raise ValueError(reason)
     B, H, N, _ = q.shape
     check_k(N, prefix, topk, cls_mode)
     return B, H, N, None if src is None else src.to(torch.int64).contiguous()
@@ -202,43 +185,35 @@ def _ieee(q: torch.Tensor) -> bool:
     return INTERPRET or q.dtype in (torch.float32, torch.float64)
 
 
-def _select_impl(q, k, topk: int, prefix: int, cls_topk: bool, lowp: bool, bias: bool,
-                 src: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+@torch.library.custom_op("mixedae::homologous_select", mutates_args=())
+def _select_op(q: torch.Tensor, k: torch.Tensor, topk: int, prefix: int, cls_topk: bool,
+               bias: bool, src: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     B, H, N, D = q.shape
     BM, BN, BD = block_sizes(N, D)
-    width = -(-N // 16) * 16  # padded last dim (SDPA's mem-efficient kernel wants 16-aligned)
-    out = torch.empty((B, H, N, width), device=q.device,
+    out = torch.empty((B, H, N, padded_width(N)), device=q.device,
                       dtype=q.dtype if bias else torch.int8)
     grid = (B * H, triton.cdiv(N, BM))
     hits = torch.zeros(grid[0] * grid[1], dtype=torch.int32, device=q.device)
     _select_kernel[grid](
         q, k, out, hits, src if src is not None else hits, *q.stride(), *k.stride(),
         *out.stride()[:3], H, N, D, prefix, topk, BLOCK_M=BM, BLOCK_N=BN, BLOCK_D=BD,
-        CLS_TOPK=cls_topk, LOWP=lowp and q.dtype != torch.float32, IEEE=_ieee(q),
-        OUT_BIAS=bias, HAS_SRC=src is not None, num_warps=num_warps(BN))
+        CLS_TOPK=cls_topk, IEEE=_ieee(q), OUT_BIAS=bias, HAS_SRC=src is not None,
+        num_warps=num_warps(BN))
     return out, hits
 
 
-@torch.library.custom_op("mixedae::homologous_select", mutates_args=())
-def _select_op(q: torch.Tensor, k: torch.Tensor, topk: int, prefix: int, cls_topk: bool,
-               lowp: bool, bias: bool, src: torch.Tensor | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _select_impl(q, k, topk, prefix, cls_topk, lowp, bias, src)
-
-
 @_select_op.register_fake
-def _(q, k, topk, prefix, cls_topk, lowp, bias, src):
+def _(q, k, topk, prefix, cls_topk, bias, src):
     B, H, N, D = q.shape
     BM = block_sizes(N, D)[0]
-    width = -(-N // 16) * 16
-    out = q.new_empty((B, H, N, width), dtype=q.dtype if bias else torch.int8)
+    out = q.new_empty((B, H, N, padded_width(N)), dtype=q.dtype if bias else torch.int8)
     return out, q.new_empty((B * H * -(-N // BM),), dtype=torch.int32)
 
 
 @torch.no_grad()
 def homologous_select(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_tokens: int = 1,
-                      cls_mode: str = "always_visible", select_fp32: bool = True,
-                      out: str = "bias", src: torch.Tensor | None = None, impl: str = "triton"):
+                      cls_mode: str = "always_visible", out: str = "bias",
+                      src: torch.Tensor | None = None, impl: str = "triton"):
     """Run the selection kernel on (B, H, N, D) q, k.
 
     out="bias": (B, H, N, N) additive bias in q's dtype (0 kept, −inf dropped), a view of a
@@ -247,42 +222,9 @@ def homologous_select(q: torch.Tensor, k: torch.Tensor, topk: int, num_prefix_to
     """
     B, H, N, src = prepare(q, impl, topk, num_prefix_tokens, cls_mode, src)
     mask, hits = _select_op(q.detach(), k.detach(), topk, num_prefix_tokens, cls_mode == "topk",
-                            not select_fp32, out == "bias", src)
+                            out == "bias", src)
     mask = mask[..., :N] if out == "bias" else mask[..., :N].view(torch.bool)
     acc = None
     if src is not None:
         acc = hits.sum().float() / (B * H * (N - num_prefix_tokens) * topk)
     return mask, acc
-
-
-@functools.lru_cache(maxsize=None)
-def _flex_attention(device_type: str):
-    """FlexAttention, compiled on CUDA (its fused kernel), the eager reference elsewhere."""
-    from torch.nn.attention.flex_attention import flex_attention
-    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" \
-        else flex_attention
-
-
-def homologous_attention_triton(q, k, v, ctx, dropout_p: float = 0.0) -> torch.Tensor:
-    """Eq. (6) with the Triton selection; ``ctx.impl`` picks the consumer (module docstring)."""
-    cls_mode = getattr(ctx, "cls_mode", "always_visible")
-    if ctx.impl == "fused" and not dropout_p:
-        from mixedae.model.homologous_attention_fused import homologous_attention_fused
-        out, acc = homologous_attention_fused(q, k, v, ctx.k, ctx.num_prefix_tokens, cls_mode,
-                                              ctx.select_fp32, ctx.src)
-    elif ctx.impl == "flex":
-        if dropout_p:
-            raise ConfigError("attn_impl='flex' has no attention dropout; use 'triton'")
-        keep, acc = homologous_select(q, k, ctx.k, ctx.num_prefix_tokens, cls_mode,
-                                      ctx.select_fp32, "keep", ctx.src, ctx.impl)
-
-        def score_mod(score, b, h, qi, ki):
-            return torch.where(keep[b, h, qi, ki], score, float("-inf"))
-        out = _flex_attention(q.device.type)(q, k, v, score_mod=score_mod)
-    else:  # "triton", or "fused" with attention dropout (the fused kernel has none)
-        bias, acc = homologous_select(q, k, ctx.k, ctx.num_prefix_tokens, cls_mode,
-                                      ctx.select_fp32, "bias", ctx.src, ctx.impl)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
-    if acc is not None:
-        ctx.accuracies.append(acc)
-    return out
