@@ -1,6 +1,6 @@
 """Helpers of the mm tests. The repository's mm tools run inside the test process: ``tools/{train,test,infer}.py`` and
-``python -m mixedae.mm.smoke`` through the same ``main`` and ``guarded`` wrapper their
-``__main__`` blocks use, without paying a new interpreter's OpenMMLab import (~10 s)."""
+``python -m mixedae.mm.smoke`` through the same ``main`` (error path:
+``mixedae.mm.runner.run_tool``) their ``__main__`` blocks use, without paying a new interpreter's OpenMMLab import (~10 s)."""
 import contextlib
 import functools
 import importlib.util
@@ -9,7 +9,6 @@ import uuid
 from pathlib import Path
 
 from mixedae.mm import smoke
-from mixedae.mm.runner import guarded
 
 from conftest import REPO
 
@@ -45,10 +44,7 @@ def run_tool(*args) -> Result:
             argv += ["--cfg-options", f"visualizer.name=vis_{tag}", f"experiment_name=run_{tag}"]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = guarded(main, argv)
-        except SystemExit as e:   # argparse: --help, usage errors
-            rc = e.code if isinstance(e.code, int) else int(e.code is not None)
+        rc = main(argv)
     return Result(rc, out.getvalue(), err.getvalue())
 
 

@@ -65,7 +65,8 @@ def test_fig6_bad_flags_fail_before_work(tmp_path, capsys, args, needle):
     out = tmp_path / "out"
     rc = cli.main(["experiment", "fig6", "--scale", "test", "--output-dir", str(out)] + args)
     err = capsys.readouterr().err.strip()
-    assert rc == 2 and err.startswith("error:") and needle in err and len(err.splitlines()) == 1
+    assert rc == 2 and err.startswith("mixedae experiment: error:") and needle in err
+    assert len(err.splitlines()) == 1
     assert not out.exists()
 
 

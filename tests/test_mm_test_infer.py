@@ -1,6 +1,6 @@
 """tools/test.py options (--tta, --out, --show-dir, bad flags) and tools/infer.py on random
 micro models built from the smoke configs (real ade_tiny / coco_tiny images). The tools run
-in-process (their ``main`` behind the same ``guarded`` wrapper as on the command line)."""
+in-process (their ``main`` with the same error path as on the command line)."""
 import json
 
 import numpy as np

@@ -35,6 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mixedae.runtime.environment import require_torch  # noqa: E402
 
 require_torch(__file__)   # one line, not a traceback, outside the venv
+
+from mixedae.runtime.cli import add_debug_flag, run_main  # noqa: E402
 import torch  # noqa: E402
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 from torchvision import transforms  # noqa: E402
@@ -137,7 +139,7 @@ def run_loader(path: str, data: str | Path, workers: int, seconds: float, batch_
                 files=len(files))
 
 
-def main(argv=None):
+def _main(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--paths", default="cpu-pil,cpu", help="comma list of " + "|".join(PATHS))
@@ -150,6 +152,7 @@ def main(argv=None):
     ap.add_argument("--pixels", type=int, default=0,
                     help="also compare the cpu and cpu-pil crops of this many images")
     ap.add_argument("--json", help="append results as JSON lines to this file")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     for p in args.paths.split(","):
         if p not in PATHS:
@@ -189,5 +192,9 @@ def _append(path, row):
             f.write(json.dumps(row) + "\n")
 
 
+def main(argv=None) -> int:
+    return run_main("tools/benchmark_loader.py", _main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mixedae.runtime.environment import require_torch  # noqa: E402
 
 require_torch(__file__)   # one line, not a traceback, outside the venv
+
+from mixedae.runtime.cli import add_debug_flag, run_main  # noqa: E402
 import torch  # noqa: E402
 from mixedae.pretrain.config import get_preset  # noqa: E402
 from mixedae.model.attention.homologous import IMPLS  # noqa: E402
@@ -111,7 +113,7 @@ def bench(preset: str, args, compiled: bool, attn: dict | None = None) -> dict:
     return res
 
 
-def main(argv=None):
+def _main(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--model", default="base")
@@ -124,6 +126,7 @@ def main(argv=None):
                          f"option: an attention impl ({'|'.join(IMPLS)}; default sdpa), "
                          "e.g. eager,eager:fused,compiled:triton")
     ap.add_argument("--json", help="append results as JSON lines to this file")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     for mode in args.modes.split(","):   # before any work
         base, _, opts = mode.partition(":")
@@ -170,5 +173,9 @@ def main(argv=None):
         print(f"{mode:9s} MixedAE/MAE step-time ratio: {ratio:.3f}", flush=True)
 
 
+def main(argv=None) -> int:
+    return run_main("tools/benchmark_pretrain.py", _main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

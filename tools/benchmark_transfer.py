@@ -22,6 +22,8 @@ from mixedae.runtime.environment import require_torch  # noqa: E402
 
 require_torch(__file__)   # one line, not a traceback, outside the venv
 
+from mixedae.runtime.cli import add_debug_flag, run_main  # noqa: E402
+
 import torch  # noqa: E402
 
 from mixedae.model.vit import VIT_SIZES  # noqa: E402
@@ -58,7 +60,7 @@ def segmentor_cfgs(arch: str, size: int, rel_pos: bool):
     return {"ours (MixedAEViT)": ours, "mmseg MAE": mmseg_mae}
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="base", choices=sorted(VIT_SIZES))
     ap.add_argument("--size", type=int, default=512)
@@ -69,6 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-amp", action="store_true", help="fp32 on GPU too")
     ap.add_argument("--no-rel-pos", action="store_true")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     gpu = dev.type == "cuda"
@@ -134,6 +137,10 @@ def main(argv=None) -> int:
     if gpu:
         print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (both)")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main("tools/benchmark_transfer.py", _main, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from mixedae.runtime.environment import require_torch  # noqa: E402
 require_torch(__file__)   # one line, not a traceback, outside the venv
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     from mixedae.mm.runner import DictAction
     ap = argparse.ArgumentParser(description="FLOPs and parameters of a detector / segmentor")
     ap.add_argument("config")
@@ -41,6 +41,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    from mixedae.mm.runner import run_tool
+    return run_tool(_main, argv)
+
+
 if __name__ == "__main__":
-    from mixedae.mm.runner import guarded
-    sys.exit(guarded(main))
+    sys.exit(main())

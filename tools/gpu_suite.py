@@ -46,6 +46,8 @@ sys.path.insert(0, str(REPO))
 from mixedae.runtime.environment import require_torch  # noqa: E402
 
 require_torch(__file__)   # one line, not a traceback, outside the venv
+
+from mixedae.runtime.cli import add_debug_flag, run_main  # noqa: E402
 import torch  # noqa: E402
 sys.path.insert(0, str(REPO / "tools"))
 import gpu_suite_checks as checks  # noqa: E402
@@ -331,7 +333,7 @@ def child_main(args) -> int:
     return 0
 
 
-def main(argv=None):
+def _main(argv):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--quick", action="store_true", help="toy sizes (CPU test of the suite)")
@@ -349,6 +351,7 @@ def main(argv=None):
                          "pieces start that may not finish: the watchdog ends them)")
     ap.add_argument("--plan", action="store_true", help="print the planned pieces and exit")
     ap.add_argument("--child", choices=IMPLS, help=argparse.SUPPRESS)
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     args.parts = args.parts.split(",")
     bad = [p for p in args.parts if p not in PARTS]
@@ -396,6 +399,10 @@ def main(argv=None):
         s.add("preflight", "not planned on this device", "; ".join(args.not_planned),
               not_planned=args.not_planned)
     return run(s, pieces)
+
+
+def main(argv=None) -> int:
+    return run_main("tools/gpu_suite.py", _main, argv)
 
 
 if __name__ == "__main__":

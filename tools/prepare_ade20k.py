@@ -15,6 +15,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mixedae.runtime.cli import add_debug_flag, run_main  # noqa: E402
+
 NAME = "ADEChallengeData2016"
 FULL = {"training": 20210, "validation": 2000}
 
@@ -37,10 +40,11 @@ def check_layout(root: Path) -> dict:
     return counts
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--src", default=f"data/{NAME}.zip", help="the .zip or an extracted folder")
     ap.add_argument("--out", default="data/ade", help=f"parent folder of {NAME}")
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     src, out = Path(args.src), Path(args.out)
     dst = out / NAME
@@ -77,6 +81,10 @@ def main(argv=None) -> int:
     print(f"ok: {dst}: {counts['training']} training / {counts['validation']} validation "
           f"pairs{note}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main("tools/prepare_ade20k.py", _main, argv)
 
 
 if __name__ == "__main__":

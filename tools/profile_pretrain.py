@@ -14,19 +14,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mixedae.runtime.environment import require_torch  # noqa: E402
 
 require_torch(__file__)   # one line, not a traceback, outside the venv
+
+from mixedae.runtime.cli import add_debug_flag, run_main  # noqa: E402
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from mixedae.pretrain.config import get_preset  # noqa: E402
 from mixedae.model.mixed_autoencoder import MixedAutoencoder  # noqa: E402
 
 
-def main(argv=None):
+def _main(argv):
     ap = argparse.ArgumentParser()
     ap.add_argument("--presets", default="mae_base,mixedae_base")
     ap.add_argument("--model", default="base")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--rows", type=int, default=25)
+    add_debug_flag(ap)
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
@@ -57,5 +60,9 @@ def main(argv=None):
         del model, opt
 
 
+def main(argv=None) -> int:
+    return run_main("tools/profile_pretrain.py", _main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

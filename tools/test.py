@@ -43,13 +43,14 @@ def parse_args(argv=None):
     return parse_launch_args(ap, argv)
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     args = parse_args(argv)
     from mixedae.mm.pretrained import match_checkpoint
     from mixedae.mm.runner import build_runner, check_full_checkpoint, detect_task, load_config
     from mixedae.mm.testing import check_metrics, configure_test, write_metrics
     if not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+        from mixedae.runtime.errors import CheckpointError
+        raise CheckpointError(f"checkpoint not found: {args.checkpoint}")
     cfg = load_config(args.config, args.cfg_options)
     match_checkpoint(cfg, args.checkpoint)
     work_dir = args.work_dir or str(Path(cfg.get("work_dir") or Path("work_dirs") /
@@ -73,6 +74,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    from mixedae.mm.runner import run_tool
+    return run_tool(_main, argv)
+
+
 if __name__ == "__main__":
-    from mixedae.mm.runner import guarded
-    sys.exit(guarded(main))
+    sys.exit(main())

@@ -60,7 +60,7 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     args = parse_args(argv)
     from mixedae.mm.pretrained import (match_pretrained, require_weights, resumed,
                                        start_weights, write_pretrained_record)
@@ -91,6 +91,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    from mixedae.mm.runner import run_tool
+    return run_tool(_main, argv)
+
+
 if __name__ == "__main__":
-    from mixedae.mm.runner import guarded
-    sys.exit(guarded(main))
+    sys.exit(main())

@@ -51,6 +51,7 @@ from mmengine.logging import print_log
 from mixedae import convert as cv
 from mixedae.model.vit import VIT_SIZES, Block, VisionTransformer, \
     relative_position_table_size, resize_relative_position_table
+from mixedae.runtime.errors import ConfigError
 
 
 DEFAULT_OUT_INDICES = {12: (3, 5, 7, 11), 24: (7, 11, 15, 23)}
@@ -69,7 +70,7 @@ def adapter_factors(stride_in: int, out_strides, what: str = "MixedAEViT") -> li
     strides = tuple(int(s) for s in out_strides)
     factors = [stride_in / s for s in strides]
     if len(strides) != 4 or any(f not in (4, 2, 1, 0.5, 0.25) for f in factors):
-        raise ValueError(f"{what}: input stride (patch size) {stride_in} cannot give out_strides "
+        raise ConfigError(f"{what}: input stride (patch size) {stride_in} cannot give out_strides "
                          f"{list(strides)} (4 strides, each the input stride x4, x2, x1, x1/2 or "
                          f"x1/4); use a patch-16 (or 8) checkpoint or change the heads' strides")
     return factors
@@ -88,7 +89,7 @@ def resample_branch(dim: int, factor: float, norm_cfg: dict) -> nn.Module:
     if factor in (0.5, 0.25):
         k = int(round(1 / factor))
         return nn.MaxPool2d(kernel_size=k, stride=k)
-    raise ValueError(f"no adapter branch for a resolution factor of {factor}")
+    raise ConfigError(f"no adapter branch for a resolution factor of {factor}")
 
 
 def _pair(x) -> tuple[int, int]:
@@ -135,13 +136,13 @@ class MixedAEViT(VisionTransformer):
                  pretrained: str | None = None, init_cfg: dict | list | None = None):
         if isinstance(arch, str):
             if arch not in VIT_SIZES:
-                raise ValueError(f"MixedAEViT: unknown arch {arch!r}; choose from {sorted(VIT_SIZES)}")
+                raise ConfigError(f"MixedAEViT: unknown arch {arch!r}; choose from {sorted(VIT_SIZES)}")
             dim, depth, heads = VIT_SIZES[arch]
         else:
             dim, depth, heads = arch["embed_dim"], arch["depth"], arch["num_heads"]
         img_size = _pair(img_size)
         if min(img_size) < patch_size:
-            raise ValueError(f"MixedAEViT: img_size {img_size} is smaller than the patch size "
+            raise ConfigError(f"MixedAEViT: img_size {img_size} is smaller than the patch size "
                              f"{patch_size}")
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_channels,
                          embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=mlp_ratio,
@@ -157,9 +158,9 @@ class MixedAEViT(VisionTransformer):
             out_indices = default_out_indices(depth)
         out_indices = tuple(int(i) for i in out_indices)
         if not out_indices or any(not 0 <= i < depth for i in out_indices):
-            raise ValueError(f"MixedAEViT: out_indices {out_indices} out of range for depth {depth}")
+            raise ConfigError(f"MixedAEViT: out_indices {out_indices} out of range for depth {depth}")
         if with_adapter and len(out_indices) != 4:
-            raise ValueError(f"MixedAEViT: the 4-scale adapter needs 4 out_indices, got {out_indices}")
+            raise ConfigError(f"MixedAEViT: the 4-scale adapter needs 4 out_indices, got {out_indices}")
         self.out_indices = out_indices
         self.with_adapter = with_adapter
         if with_adapter:
@@ -167,7 +168,7 @@ class MixedAEViT(VisionTransformer):
         else:
             self.out_strides = (patch_size,) * len(out_indices)
         if pretrained is not None and init_cfg is not None:
-            raise ValueError("MixedAEViT: give either pretrained= or init_cfg=, not both")
+            raise ConfigError("MixedAEViT: give either pretrained= or init_cfg=, not both")
         if pretrained is not None:
             init_cfg = dict(type="Pretrained", checkpoint=pretrained)
         self.init_cfg = init_cfg
@@ -226,10 +227,10 @@ class MixedAEViT(VisionTransformer):
             ([self.init_cfg] if self.init_cfg else [])
         for c in cfgs:
             if c.get("type") != "Pretrained":
-                raise ValueError(f"MixedAEViT: unsupported init_cfg type {c.get('type')!r} "
+                raise ConfigError(f"MixedAEViT: unsupported init_cfg type {c.get('type')!r} "
                                  f"(only 'Pretrained'; the default init is MAE's)")
             if c.get("prefix"):
-                raise ValueError("MixedAEViT: init_cfg prefix is not supported; the loader "
+                raise ConfigError("MixedAEViT: init_cfg prefix is not supported; the loader "
                                  "finds the backbone weights in any known layout")
             self.load_pretrained(c["checkpoint"])
         self.is_init = True

@@ -76,7 +76,7 @@ def infer(config: str | Config, checkpoint: str, image: str, out: str, device: s
     """Predict ``image``, write the overlay to ``out``; returns a short summary dict."""
     for p, what in ((checkpoint, "checkpoint"), (image, "image")):
         if not Path(p).is_file():
-            raise FileNotFoundError(f"{what} not found: {p}")
+            raise ConfigError(f"{what} not found: {p}")
     if not str(out).lower().endswith((".png", ".jpg", ".jpeg")):
         raise ConfigError(f"--out {out}: give an image file name (.png or .jpg)")
     cfg = config if isinstance(config, Config) else Config.fromfile(str(config))

@@ -4,10 +4,11 @@ off, gloo process group and a CPU DDP wrapper), check the feature strides, attac
 backbone weights, build the real mmengine ``Runner``; one error line instead of a traceback."""
 from __future__ import annotations
 
+import contextlib
+import inspect
 import logging
 import os
 import os.path as osp
-import sys
 from typing import Any, Callable
 
 import torch
@@ -19,34 +20,80 @@ from mixedae import convert as cv
 from mixedae.runtime.weights_meta import read_key_names
 from mixedae.mm import compat, preflight
 from mixedae.mm.distributed import init_cpu_process_group, slurm_master_port
-from mixedae.runtime.errors import ConfigError, MixedAEError
+from mixedae.runtime.cli import first_line, run_main
+from mixedae.runtime.errors import CheckpointError, ConfigError
+from mixedae.runtime.torch_files import load_weights_only
 
 compat.apply()
 
 TASKS = ("mmseg", "mmdet")
 __all__ = ["TASKS", "DictAction", "load_config", "detect_task", "register_task",
            "adapt_to_machine", "attach_pretrained", "enable_auto_scale_lr", "build_runner",
-           "check_full_checkpoint", "guarded"]
+           "check_full_checkpoint", "run_tool"]
 
-# expected failures (bad config, flag, file): one line, no traceback unless --debug
-_EXPECTED = (MixedAEError, ValueError, FileNotFoundError, KeyError, TypeError, AssertionError,
-             ImportError)
+def run_tool(body: Callable[[list[str]], int | None], argv: list | None = None) -> int:
+    """The ``main`` of every mm tool (tools/train.py, test.py, infer.py, get_flops.py,
+    ``python -m mixedae.mm.smoke``): the one error path of every command,
+    :func:`mixedae.runtime.cli.run_main` (the line starts with ``error:``, as these tools always
+    printed it). While ``body`` runs, a config type no registry knows, or arguments its class
+    does not take, are the config's fault (ConfigError, see :func:`_config_build_errors`); a
+    finished distributed run destroys its process group."""
+    def checked(args: list[str]) -> int | None:
+        with _config_build_errors():
+            rc = body(args)
+        _end_process_group()
+        return rc
+    return run_main(None, checked, argv)
 
 
-def guarded(main: Callable[[list | None], int], argv: list | None = None) -> int:
-    """Run a tool's ``main``; an expected failure becomes ``error: <one line>`` on stderr and
-    exit code 2 (the traceback only with ``--debug``)."""
-    args = sys.argv[1:] if argv is None else argv
+@contextlib.contextmanager
+def _config_build_errors():
+    """Every object of a run is built from the user's config by mmengine's ``Registry.build``;
+    while this is active a ``type`` the (scope's) registry does not hold, or keyword arguments
+    the class does not accept, raise ConfigError naming the type, instead of mmengine's
+    ``KeyError`` / ``TypeError``, which a bug in a constructor raises too. Registries with a
+    build function of their own (runners, schedulers) are only checked for the type."""
+    from mmengine.registry import Registry
+    from mmengine.registry.build_functions import build_from_cfg, build_model_from_cfg
+    from mmengine.utils import ManagerMixin
+    build = Registry.build
+
+    def checked_build(self, cfg, *args, **kwargs):
+        obj_type = cfg.get("type") if isinstance(cfg, dict) else None
+        if isinstance(obj_type, str):
+            with self.switch_scope_and_registry(cfg.get("_scope_")) as reg:
+                obj_cls = reg.get(obj_type)
+            if obj_cls is None:
+                raise ConfigError(f"config: type {obj_type!r} is not in the "
+                                  f"{reg.scope}::{reg.name} registry (a typo, or its module is "
+                                  f"not imported: custom_imports)")
+            if self.build_func in (build_from_cfg, build_model_from_cfg) and not (
+                    inspect.isclass(obj_cls) and issubclass(obj_cls, ManagerMixin)):
+                _check_arguments(obj_cls, obj_type, cfg, *args, **kwargs)
+        return build(self, cfg, *args, **kwargs)
+
+    Registry.build = checked_build
     try:
-        rc = main(argv)
-    except _EXPECTED as e:
-        if "--debug" in args:
-            raise
-        text = str(e).strip() or type(e).__name__
-        print(f"error: {text.splitlines()[0]}", file=sys.stderr)
-        return 2
-    _end_process_group()
-    return rc
+        yield
+    finally:
+        Registry.build = build
+
+
+def _check_arguments(obj_cls, obj_type: str, cfg: dict, default_args: dict | None = None,
+                     **_) -> None:
+    """The arguments ``build_from_cfg`` will pass (the config's keys but ``type`` /
+    ``_scope_``, then ``default_args``) fit the signature of ``obj_cls``."""
+    try:
+        sig = inspect.signature(obj_cls)
+    except (TypeError, ValueError):   # no signature to read (a builtin): nothing to check
+        return
+    kw = {k: v for k, v in cfg.items() if k not in ("type", "_scope_")}
+    for k, v in (default_args or {}).items():
+        kw.setdefault(k, v)
+    try:
+        sig.bind(**kw)
+    except TypeError as e:
+        raise ConfigError(f"config: {obj_type}: {e}") from None
 
 
 def _end_process_group() -> None:
@@ -75,11 +122,19 @@ def parse_launch_args(ap, argv=None):
 
 
 def load_config(path: str, cfg_options: dict | None = None) -> Config:
+    """The user's config file with ``--cfg-options`` applied. Whatever reading (running) the
+    file or merging the options raises is that input's fault: ConfigError naming it."""
     if not osp.isfile(path):
-        raise FileNotFoundError(f"config not found: {path}")
-    cfg = Config.fromfile(path)
+        raise ConfigError(f"config not found: {path}")
+    try:
+        cfg = Config.fromfile(path)
+    except Exception as e:  # noqa: BLE001 (a config file is Python: anything it raises)
+        raise ConfigError(f"config {path}: {type(e).__name__}: {first_line(e)}") from e
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"--cfg-options: {first_line(e)}") from e
     return cfg
 
 
@@ -89,17 +144,17 @@ def detect_task(cfg: Config) -> str:
     if scope in TASKS:
         return scope
     if scope is not None:
-        raise ValueError(f"default_scope {scope!r} is neither mmseg nor mmdet")
+        raise ConfigError(f"default_scope {scope!r} is neither mmseg nor mmdet")
     mtype = cfg.get("model", {}).get("type")
     if mtype is None:
-        raise ValueError("config has neither default_scope nor model.type")
+        raise ConfigError("config has neither default_scope nor model.type")
     import mmdet.models  # noqa: F401  (fills the registries)
     import mmseg.models  # noqa: F401
     from mmdet.registry import MODELS as DET
     from mmseg.registry import MODELS as SEG
     found = [t for t, reg in (("mmseg", SEG), ("mmdet", DET)) if mtype in reg.module_dict]
     if len(found) != 1:
-        raise ValueError(f"cannot tell the task of model type {mtype!r} "
+        raise ConfigError(f"cannot tell the task of model type {mtype!r} "
                          f"(found in {found or 'no registry'}); set default_scope")
     return found[0]
 
@@ -156,7 +211,7 @@ def adapt_to_machine(cfg: Config, distributed: bool) -> list[str]:
 def _backbone_cfg(cfg: Config) -> ConfigDict:
     bb = cfg.get("model", {}).get("backbone")
     if bb is None:
-        raise ValueError("config has no model.backbone")
+        raise ConfigError("config has no model.backbone")
     return bb
 
 
@@ -171,7 +226,7 @@ def attach_pretrained(cfg: Config, path: str) -> dict:
               f"{cv.summarize(dropped + more)}", logger="current")
     bb = _backbone_cfg(cfg)
     if bb.get("type") != "MixedAEViT":
-        raise ValueError(f"--pretrained needs model.backbone.type='MixedAEViT', got {bb.get('type')!r}")
+        raise ConfigError(f"--pretrained needs model.backbone.type='MixedAEViT', got {bb.get('type')!r}")
     bb.pop("pretrained", None)
     bb["init_cfg"] = dict(type="Pretrained", checkpoint=path)
     if cfg.model.get("pretrained") is not None:
@@ -237,8 +292,8 @@ def check_full_checkpoint(model: torch.nn.Module, path: str) -> None:
     """mmengine's ``load_from`` loads non-strictly; for evaluation we insist that the
     checkpoint covers the whole model (one error naming the keys otherwise)."""
     if not osp.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        raise CheckpointError(f"checkpoint not found: {path}")
+    ckpt = load_weights_only(path)
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     while hasattr(model, "module"):   # DDP and/or a TTA model around the network

@@ -22,6 +22,7 @@ from mmengine.model import BaseModule, caffe2_xavier_init
 from timm.layers import LayerNorm2d
 
 from mixedae.mm.backbone import DEFAULT_OUT_STRIDES, adapter_factors
+from mixedae.runtime.errors import ConfigError
 
 
 def _resample(dim: int, factor: float) -> tuple[list[nn.Module], int]:
@@ -46,7 +47,7 @@ class SimpleFPN(BaseModule):
         super().__init__(init_cfg=init_cfg)
         factors = adapter_factors(int(in_stride), out_strides, what="SimpleFPN")
         if num_outs < len(factors):
-            raise ValueError(f"SimpleFPN: num_outs={num_outs} < {len(factors)} levels")
+            raise ConfigError(f"SimpleFPN: num_outs={num_outs} < {len(factors)} levels")
         self.in_stride, self.out_strides, self.num_outs = int(in_stride), tuple(out_strides), num_outs
         self.stages = nn.ModuleList()
         for f in factors:

@@ -207,7 +207,7 @@ def check_data_root(task: str, data_root: str) -> None:
                       f"{', '.join(missing)}{hint}")
 
 
-def main(argv=None) -> int:
+def _main(argv) -> int:
     ap = argparse.ArgumentParser(prog="python -m mixedae.mm.smoke", description=(
         "Write a tiny config (micro ViT, small images, a few iterations) derived from a "
         "production config, to try train/test/infer on the small datasets in minutes."))
@@ -231,6 +231,10 @@ def main(argv=None) -> int:
     return 0
 
 
+def main(argv=None) -> int:
+    from mixedae.mm.runner import run_tool
+    return run_tool(_main, argv)
+
+
 if __name__ == "__main__":
-    from mixedae.mm.runner import guarded
-    sys.exit(guarded(main))
+    sys.exit(main())

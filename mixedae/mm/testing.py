@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mmengine.config import Config, ConfigDict
 
-from mixedae.runtime.errors import ConfigError, MixedAEError
+from mixedae.runtime.errors import ConfigError
 
 
 def _evaluators(cfg: Config) -> list:
@@ -72,14 +72,15 @@ def configure_test(cfg: Config, task: str, out: str | None = None, show_dir: str
 
 
 def check_metrics(metrics: dict | None, cfg: Config) -> dict[str, float]:
-    """The metrics as floats; MixedAEError when the evaluator produced none."""
+    """The metrics as floats; ConfigError when the evaluator produced none (the config's
+    evaluator or threshold, or the checkpoint, gives nothing to measure)."""
     if not metrics:
         kinds = ", ".join(str(e.get("type")) for e in _evaluators(cfg))
         thr = cfg.get("model", {}).get("test_cfg", {})
         thr = (thr.get("rcnn") or {}).get("score_thr") if isinstance(thr, dict) else None
         hint = (f"; the model made no prediction above model.test_cfg.rcnn.score_thr={thr}"
                 f" (an untrained detector often does not)" if thr is not None else "")
-        raise MixedAEError(f"the test evaluator ({kinds}) produced no metrics{hint}")
+        raise ConfigError(f"the test evaluator ({kinds}) produced no metrics{hint}")
     out = {}
     for k, v in metrics.items():
         try:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from mixedae.pipeline import stages as S
 from mixedae.pipeline.plan import TRANSFERS, build_stages, mm_config, split
+from mixedae.runtime.cli import add_debug_flag, run_main
 from mixedae.runtime.errors import ConfigError
 
 
@@ -60,6 +61,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=1, help="GPUs on this machine (torchrun if > 1)")
     p.add_argument("--redo", default="", help="comma list of stages to run again")
     p.add_argument("--dry-run", action="store_true", help="print the stages, run nothing")
+    add_debug_flag(p)
     return p
 
 
@@ -119,30 +121,30 @@ def _check_machine(args, transfers) -> None:
                               f"mmdet ({last}); run tools/setup_env.sh")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
     for flag in ("out", "data", "ade_data", "coco_data", "cls_root", "ft_data"):
         if getattr(args, flag):  # the stages run in OUT: every path absolute
             setattr(args, flag, str(Path(getattr(args, flag)).resolve()))
     out = Path(args.out)
-    try:
-        cfg, pre_opts = pretrain_config(args)
-        transfers = check(args, cfg)
-        stages = build_stages(args, cfg, transfers, out)
-        redo = {s.strip() for s in args.redo.split(",") if s.strip()}
-        unknown = redo - {s.name for s in stages}
-        if unknown:
-            raise ConfigError(f"--redo: no stage {sorted(unknown)} in this pipeline "
-                              f"({', '.join(s.name for s in stages)})")
-        runner = S.Runner(out, redo)
-        runner.check(stages)
-    except ConfigError as e:
-        print(f"mixedae pipeline: error: {e}", file=sys.stderr)
-        return 2
+    cfg, pre_opts = pretrain_config(args)
+    transfers = check(args, cfg)
+    stages = build_stages(args, cfg, transfers, out)
+    redo = {s.strip() for s in args.redo.split(",") if s.strip()}
+    unknown = redo - {s.name for s in stages}
+    if unknown:
+        raise ConfigError(f"--redo: no stage {sorted(unknown)} in this pipeline "
+                          f"({', '.join(s.name for s in stages)})")
+    runner = S.Runner(out, redo)
+    runner.check(stages)
     if args.dry_run:
         dry_run(args, cfg, pre_opts, runner, stages)
         return 0
     return run_all(runner, stages, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae pipeline", _main, argv)
 
 
 def dry_run(args, cfg, pre_opts, runner, stages) -> None:

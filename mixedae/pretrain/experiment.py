@@ -44,6 +44,7 @@ from mixedae.pretrain.data import PretrainImages, list_images, load_rgb, pretrai
 from mixedae.pretrain.engine import RunOptions, pretrain
 from mixedae.runtime.run_logger import read_jsonl, setup_logging
 from mixedae.pretrain.experiment_plots import plot_fig6a, plot_fig6b, plot_probe, write_table
+from mixedae.runtime.cli import add_debug_flag, run_main
 from mixedae.runtime.errors import ConfigError
 
 log = logging.getLogger("mixedae.pretrain.experiment")
@@ -207,6 +208,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the planned runs and their estimated time on the chosen device; "
                         "train nothing")
+    add_debug_flag(p)
     return p
 
 
@@ -230,40 +232,40 @@ def finished(out: Path, runs: list[tuple[str, dict]]) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = get_args_parser().parse_args(argv)
     setup_logging(0)
     out = Path(args.output_dir)
-    try:
-        scale = SCALES[args.scale]
-        runs = grid(_choices(args.methods, list(METHODS), "--methods"),
-                    _choices(args.seg_modes, SEG_MODES, "--seg-modes"),
-                    _choices(args.cls_modes or ",".join(scale["cls_modes"]), CLS_MODES,
-                             "--cls-modes"))
-        if args.steps is not None and args.steps < 1:
-            raise ConfigError(f"--steps={args.steps} must be >= 1")
-        if args.report_only:
-            report(finished(out, runs), out)
-            return 0
-        if args.dry_run:
-            get_preset("mixedae_tiny", **scale["cfg"])
-            print(dry_run(runs, args.scale, args))
-            return 0
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        data = Path(args.data) if args.data else default_data()
-        get_preset("mixedae_tiny", **scale["cfg"])  # validates the scale before any work
-        train_ds, probe_ds = load_images(data, scale["shrink"], scale["probe_images"],
-                                         scale["cfg"]["img_size"], scale.get("max_images"))
-        out.mkdir(parents=True, exist_ok=True)
-        log.info("fig6 at %s scale: %d runs on %d training / %d probe images from %s",
-                 args.scale, len(runs), len(train_ds), len(probe_ds), data)
-        rows = [run_one(name, kw, scale, args, train_ds, probe_ds) for name, kw in runs]
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    scale = SCALES[args.scale]
+    runs = grid(_choices(args.methods, list(METHODS), "--methods"),
+                _choices(args.seg_modes, SEG_MODES, "--seg-modes"),
+                _choices(args.cls_modes or ",".join(scale["cls_modes"]), CLS_MODES,
+                         "--cls-modes"))
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps={args.steps} must be >= 1")
+    if args.report_only:
+        report(finished(out, runs), out)
+        return 0
+    if args.dry_run:
+        get_preset("mixedae_tiny", **scale["cfg"])
+        print(dry_run(runs, args.scale, args))
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = Path(args.data) if args.data else default_data()
+    get_preset("mixedae_tiny", **scale["cfg"])  # validates the scale before any work
+    train_ds, probe_ds = load_images(data, scale["shrink"], scale["probe_images"],
+                                     scale["cfg"]["img_size"], scale.get("max_images"))
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("fig6 at %s scale: %d runs on %d training / %d probe images from %s",
+             args.scale, len(runs), len(train_ds), len(probe_ds), data)
+    rows = [run_one(name, kw, scale, args, train_ds, probe_ds) for name, kw in runs]
     report(rows, out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae experiment", _main, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from mixedae.report.collect import is_run_dir
-from mixedae.runtime.errors import ConfigError, MixedAEError
+from mixedae.runtime.cli import add_debug_flag, run_main
+from mixedae.runtime.errors import ConfigError
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the mixing masks shown")
     p.add_argument("--name", default=None, help="name of the run in the report (default: "
                    "its folder name)")
-    p.add_argument("--debug", action="store_true", help="tracebacks instead of one-line errors")
+    add_debug_flag(p)
     return p
 
 
@@ -62,24 +63,21 @@ def check_args(args) -> None:
         raise ConfigError(f"--query-patch {args.query_patch} must be >= 0")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str]) -> int:
     args = get_parser().parse_args(argv)
-    try:
-        check_args(args)
-        from mixedae.report.build import ReportOptions, write_report
-        out = Path(args.out) if args.out else Path(args.run_dir) / "report"
-        opts = ReportOptions(out=out, baseline=args.baseline and Path(args.baseline),
-                             images=args.images and Path(args.images),
-                             num_images=args.num_images, query=args.query_patch, seed=args.seed,
-                             name=args.name)
-        path = write_report(args.run_dir, args.transfer_dirs, opts)
-    except (MixedAEError, ValueError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"mixedae report: error: {e}", file=sys.stderr)
-        return 2
+    check_args(args)
+    from mixedae.report.build import ReportOptions, write_report
+    out = Path(args.out) if args.out else Path(args.run_dir) / "report"
+    opts = ReportOptions(out=out, baseline=args.baseline and Path(args.baseline),
+                         images=args.images and Path(args.images), num_images=args.num_images,
+                         query=args.query_patch, seed=args.seed, name=args.name)
+    path = write_report(args.run_dir, args.transfer_dirs, opts)
     print(f"report: {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_main("mixedae report", _main, argv)
 
 
 if __name__ == "__main__":

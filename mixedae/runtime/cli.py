@@ -6,8 +6,11 @@ Every ``main(argv)`` of a ``mixedae`` command is ``run_main(PROG, body, argv)``:
 * an expected failure (:class:`~mixedae.runtime.errors.MixedAEError`, an ``OSError`` such as
   a full disk or a file that cannot be read, a timed-out collective of a distributed job)
   prints ``PROG: error: <one line naming the file / flag / value>`` on stderr;
+* any other exception is a bug of this project, not bad input, and says so:
+  ``PROG: error: internal error (a bug, please report): <type>: <message>; rerun with --debug
+  for the traceback``;
 * exit code 2 for bad input (flags, config, data, checkpoints), 1 for a failure while running
-  (I/O, diverged training, distributed timeout, anything unexpected), 130 for Ctrl-C;
+  (I/O, diverged training, distributed timeout, a bug), 130 for Ctrl-C;
 * ``--debug`` (a flag of every command, see :func:`add_debug_flag`) re-raises instead, so the
   full traceback is shown;
 * after a failed collective of a distributed job, stopped ranks on this host are ended (see
@@ -39,17 +42,30 @@ def add_debug_flag(parser) -> None:
     parser.error = error
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none)."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
 
 
+# gloo's own words for a timed-out collective (torch 2.14 raises them as a plain RuntimeError):
+# "[.../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation to
+# complete", then "Application timeout caused pair closure" on the next collective
+_GLOO_TIMEOUT = re.compile(r"Timed out waiting \d+ms for \w+ operation|"
+                           r"Application timeout caused pair closure")
+
+
 def _distributed_failure(e: BaseException) -> bool:
-    """A failed or timed-out collective (another rank hung, froze or died)."""
-    import torch.distributed as dist
-    timed_out = isinstance(e, RuntimeError) and re.search(r"timed out|timeout", str(e), re.I) \
-        and re.search(r"gloo|nccl|c10d|ProcessGroup|collective", str(e), re.I)
-    return isinstance(e, dist.DistError) or bool(timed_out)
+    """A failed or timed-out collective (another rank hung, froze or died), by type:
+    ``torch.distributed.DistError`` covers NCCL's watchdog (``DistBackendError``), the c10d
+    store (``DistStoreError``) and rendezvous (``DistNetworkError``); gloo has no type of its
+    own in torch 2.14 (a plain ``RuntimeError``, not a subclass), recognised by gloo's timeout
+    messages."""
+    dist = sys.modules.get("torch.distributed")   # not imported: not a torch failure
+    if dist is None:
+        return False
+    return isinstance(e, dist.DistError) or (
+        type(e) is RuntimeError and _GLOO_TIMEOUT.search(str(e)) is not None)
 
 
 def describe(e: BaseException) -> tuple[int, str]:
@@ -59,34 +75,37 @@ def describe(e: BaseException) -> tuple[int, str]:
     if isinstance(e, OSError) and e.errno is not None:
         name = errno.errorcode.get(e.errno, str(e.errno))
         where = f": {e.filename}" if e.filename else ""
-        return EXIT_FAILURE, f"{e.strerror or _first_line(e)} ({name}){where}"
+        return EXIT_FAILURE, f"{e.strerror or first_line(e)} ({name}){where}"
     if isinstance(e, OSError):  # raised with a message naming the path (missing files, images)
         return EXIT_USAGE, str(e)
     if _distributed_failure(e):
         from mixedae.runtime.distributed import timeout_seconds
-        cause = re.sub(r"\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", _first_line(e))[:200]
+        cause = re.sub(r"\[[^\]]*\.(cc|cpp|h|hpp):\d+\]\s*", "", first_line(e))[:200]
         return EXIT_FAILURE, (
             f"a distributed collective failed or timed out (limit {timeout_seconds():g}s): "
             f"another rank hung or died ({cause}); set MIXEDAE_DIST_TIMEOUT (seconds) to "
             f"change the limit")
-    return EXIT_FAILURE, (f"{type(e).__name__}: {_first_line(e)} (rerun with --debug for the "
-                          f"traceback)")
+    return EXIT_FAILURE, (f"internal error (a bug, please report): {type(e).__name__}: "
+                          f"{first_line(e)}; rerun with --debug for the traceback")
 
 
-def run_main(prog: str, body: Callable[[list[str]], int | None],
+def run_main(prog: str | None, body: Callable[[list[str]], int | None],
              argv: list[str] | None = None) -> int:
     """Run ``body(argv)``; failures become one line on stderr and an exit code (see module
-    docstring). ``--debug`` anywhere in ``argv`` keeps the traceback."""
+    docstring). ``--debug`` anywhere in ``argv`` keeps the traceback. ``prog`` None: the line
+    starts with ``error:`` (the mm tools, as they always printed it)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         return int(body(argv) or 0)
     except SystemExit as e:  # argparse (--help, usage errors): already printed
+        if isinstance(e.code, str):   # sys.exit("message"): printed, as the interpreter would
+            print(e.code, file=sys.stderr)
         return e.code if isinstance(e.code, int) else int(e.code is not None)
     except KeyboardInterrupt:
         if debug:
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted" if prog else "interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 (the point of this function)
         if debug:
@@ -101,7 +120,7 @@ def run_main(prog: str, body: Callable[[list[str]], int | None],
             if ended:
                 msg += (f"; ended the stopped rank(s) {', '.join(map(str, ended))} on this host "
                         f"(SIGKILL)")
-        print(f"{prog}: error{rank}: {msg}", file=sys.stderr, flush=True)
+        print(f"{prog + ': ' if prog else ''}error{rank}: {msg}", file=sys.stderr, flush=True)
         if dist_failed and world > 1:
             _exit_now(code)
         return code
