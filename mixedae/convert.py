@@ -39,12 +39,9 @@ from mixedae.runtime.atomic import (atomic_write_many, remove_stale_temps, safet
                                     torch_save)
 from mixedae.runtime.cli import add_debug_flag, check_writable_dir, run_main
 from mixedae.runtime.errors import CheckpointError, ConfigError
-from mixedae.runtime.weights import (  # noqa: F401  (re-exported for the mm glue and tools)
-    ADAPTER_KEY, HEAD_KEY, REL_POS_KEY, TARGETS, _names, extract_vit, match_state_dict,
-    read_weights, square_grid, summarize, to_target)
+from mixedae.runtime.weights import (REL_POS_KEY, TARGETS, extract_vit, format_keys, read_weights,
+                                     square_grid, summarize, to_target)
 
-ConversionError = CheckpointError  # the project's one checkpoint error, under its old name here
-load_checkpoint_file = read_weights
 
 # ---- checking against the architecture ------------------------------------------------------
 def _reference(kept: dict) -> tuple[str, dict]:
@@ -100,9 +97,9 @@ def check_architecture(out_sd: dict, target: str, source: str) -> tuple[str, dic
         out[k] = v
     if missing or problems:
         raise CheckpointError(f"not a complete ViT-{size} checkpoint for --to {target}: "
-                              + "; ".join(([f"missing: {_names(missing)}"] if missing else [])
-                                          + ([f"wrong: {_names(problems)}"] if problems else [])))
-    notes = [f"cast to float32: {_names(casts, 3)} [{len(casts)} tensors]"] if casts else []
+                              + "; ".join(([f"missing: {format_keys(missing)}"] if missing else [])
+                                          + ([f"wrong: {format_keys(problems)}"] if problems else [])))
+    notes = [f"cast to float32: {format_keys(casts, 3)} [{len(casts)} tensors]"] if casts else []
     return size, out, notes
 
 
@@ -139,7 +136,7 @@ def convert(src: str | Path, out: str | Path, to: str = "mm", log=print,
     (refused unless ``allow_nonfinite``), then write the file(s) atomically (all or nothing);
     returns a report dict."""
     st_path, pth_path = _out_paths(out, to)
-    sd, meta = load_checkpoint_file(src)
+    sd, meta = read_weights(src)
     source, kept, dropped = extract_vit(sd)
     out_sd, more = to_target(kept, to)
     dropped += more
@@ -147,10 +144,10 @@ def convert(src: str | Path, out: str | Path, to: str = "mm", log=print,
     bad = nonfinite_tensors(out_sd)
     if bad and not allow_nonfinite:
         raise CheckpointError(f"{src}: non-finite weights (NaN/Inf, a diverged run?) in "
-                              f"{_names(bad, 4)} [{len(bad)} tensors]; nothing written "
+                              f"{format_keys(bad, 4)} [{len(bad)} tensors]; nothing written "
                               f"(--allow-nonfinite converts them anyway)")
     if bad:
-        notes.append(f"non-finite values kept (--allow-nonfinite): {_names(bad, 3)} "
+        notes.append(f"non-finite values kept (--allow-nonfinite): {format_keys(bad, 3)} "
                      f"[{len(bad)} tensors]")
     info = {"format": f"mixedae-{to}", "source": source, "source_path": str(src),
             "dropped": json.dumps(sorted({r for _, r in dropped}))}

@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from mixedae.runtime import checkpoint as ckpt
+from mixedae.runtime.errors import CheckpointError
+from mixedae.runtime.torch_files import read_safetensors
 from mixedae.pretrain.config import get_preset
 from mixedae.model.mixed_autoencoder import MixedAutoencoder
 
@@ -46,7 +48,7 @@ def test_checkpoint_round_trip_weights_only(tmp_path, cfg_model):
     assert opt2.state_dict()["state"][0]["step"] == opt.state_dict()["state"][0]["step"]
     assert ckpt.resolve_resume("auto", tmp_path) == tmp_path / "checkpoint.pth"
     assert ckpt.resolve_resume("auto", tmp_path / "new") is None
-    with pytest.raises(ckpt.CheckpointError, match="no such checkpoint"):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
         ckpt.resolve_resume(str(tmp_path / "missing.pth"), tmp_path)
 
 
@@ -90,21 +92,21 @@ def test_mismatched_keys_fail_in_one_line(tmp_path, cfg_model):
     sd = dict(model.state_dict())
     sd.pop("encoder.norm.weight")
     sd["decoder.extra"] = torch.zeros(1)
-    with pytest.raises(ckpt.CheckpointError) as e:
+    with pytest.raises(CheckpointError) as e:
         ckpt.load_model_state(model, sd, source="ck.pth")
     msg = str(e.value)
     assert len(msg.splitlines()) == 1 and "ck.pth" in msg
     assert "missing keys: encoder.norm.weight" in msg and "unexpected keys: decoder.extra" in msg
     sd = dict(model.state_dict())
     sd["encoder.norm.weight"] = torch.zeros(3)
-    with pytest.raises(ckpt.CheckpointError, match="shape mismatch.*encoder.norm.weight"):
+    with pytest.raises(CheckpointError, match="shape mismatch.*encoder.norm.weight"):
         ckpt.load_model_state(model, sd)
 
 
 def test_safetensors_with_metadata(tmp_path, cfg_model):
     cfg, model = cfg_model
     ckpt.save_safetensors(tmp_path / "model.safetensors", model, cfg, step=7)
-    sd, meta = ckpt.load_safetensors(tmp_path / "model.safetensors")
+    sd, meta = read_safetensors(tmp_path / "model.safetensors")
     assert meta["step"] == "7" and json.loads(meta["config"]) == json.loads(cfg.to_json())
     assert set(sd) == set(model.state_dict())
     assert all(k.split(".")[0] in ("encoder", "decoder", "projector", "seg_embed") for k in sd)

@@ -10,6 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from mixedae import convert as cv
 from mixedae.model.vit import create_vit
+from mixedae.runtime.errors import CheckpointError
+from mixedae.runtime.weights import match_state_dict, read_weights
 
 from conftest import REPO
 
@@ -154,7 +156,7 @@ def test_unknown_key_is_an_error(tmp_path, bad_key):
     _, sd = fake_pretrain_state()
     sd[bad_key] = torch.zeros(3)
     save_file(sd, str(tmp_path / "m.safetensors"))
-    with pytest.raises(cv.ConversionError, match=bad_key.replace(".", r"\.")):
+    with pytest.raises(CheckpointError, match=bad_key.replace(".", r"\.")):
         cv.convert(tmp_path / "m.safetensors", tmp_path / "o.safetensors", to="mm")
     assert not (tmp_path / "o.safetensors").exists()
 
@@ -163,7 +165,7 @@ def test_flat_unknown_key_is_an_error(tmp_path):
     sd = mae_official_state(create_vit("micro"))
     sd["blocks.0.attn.q_bias"] = torch.zeros(64)   # BEiT layout: not ours
     torch.save(sd, str(tmp_path / "beit.pth"))
-    with pytest.raises(cv.ConversionError, match=r"blocks\.0\.attn\.q_bias"):
+    with pytest.raises(CheckpointError, match=r"blocks\.0\.attn\.q_bias"):
         cv.convert(tmp_path / "beit.pth", tmp_path / "o", to="vit")
 
 
@@ -172,15 +174,15 @@ def test_pickled_code_is_refused(tmp_path):
         def __reduce__(self):
             return (print, ("ran code",))
     torch.save({"model": {"a": Evil()}}, str(tmp_path / "evil.pth"))
-    with pytest.raises(cv.ConversionError, match="weights_only=True"):
-        cv.load_checkpoint_file(tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        read_weights(tmp_path / "evil.pth")
 
 
 def test_timm_target_refuses_relative_position_tables(tmp_path):
     enc = create_vit("micro", rel_pos_bias=True)
     save_file({f"encoder.{k}": v for k, v in enc.state_dict().items()},
               str(tmp_path / "m.safetensors"))
-    with pytest.raises(cv.ConversionError, match="relative position"):
+    with pytest.raises(CheckpointError, match="relative position"):
         cv.convert(tmp_path / "m.safetensors", tmp_path / "t", to="timm")
 
 
@@ -233,11 +235,11 @@ def test_half_precision_is_cast_and_reported(tmp_path, capsys):
 
 def test_match_state_dict_refuses_integer_for_float():
     model_sd = {"w": torch.zeros(3), "n": torch.zeros((), dtype=torch.int64)}
-    out, _, _ = cv.match_state_dict(model_sd, {"w": torch.ones(3, dtype=torch.float16),
+    out, _, _ = match_state_dict(model_sd, {"w": torch.ones(3, dtype=torch.float16),
                                                "n": torch.tensor(5)})
     assert out["w"].dtype == torch.float32 and out["n"].item() == 5
-    with pytest.raises(cv.ConversionError, match=r"dtype mismatch: w torch\.int32"):
-        cv.match_state_dict(model_sd, {"w": torch.ones(3, dtype=torch.int32), "n": torch.tensor(1)})
+    with pytest.raises(CheckpointError, match=r"dtype mismatch: w torch\.int32"):
+        match_state_dict(model_sd, {"w": torch.ones(3, dtype=torch.int32), "n": torch.tensor(1)})
 
 
 def mmengine_runner_checkpoint(work_dir):
@@ -316,7 +318,7 @@ def test_key_names_are_read_from_the_header(tmp_path):
     from safetensors.torch import save_file
 
     from mixedae.runtime.weights import extract_vit
-    from mixedae.runtime.weights_meta import read_key_names
+    from mixedae.runtime.weights import read_key_names
     sd = {"patch_embed.proj.weight": torch.zeros(8, 3, 4, 4), "blocks.0.norm1.weight":
           torch.ones(8), "decoder_embed.weight": torch.zeros(2, 8)}
     save_file(sd, str(tmp_path / "w.safetensors"))
@@ -327,5 +329,5 @@ def test_key_names_are_read_from_the_header(tmp_path):
         source, kept, dropped = extract_vit(keys)
         assert source == "vit" and set(kept) == set(sd) - {"decoder_embed.weight"}
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
-    with pytest.raises(cv.ConversionError, match="bad.safetensors"):
+    with pytest.raises(CheckpointError, match="bad.safetensors"):
         read_key_names(tmp_path / "bad.safetensors")

@@ -7,7 +7,8 @@ pytest.importorskip("skimage")
 pytest.importorskip("matplotlib")
 
 from mixedae.pretrain import demo  # noqa: E402
-from mixedae.runtime.checkpoint import load_checkpoint, load_safetensors  # noqa: E402
+from mixedae.runtime.checkpoint import load_checkpoint  # noqa: E402
+from mixedae.runtime.torch_files import read_safetensors  # noqa: E402
 
 
 def test_demo_writes_pngs_and_checkpoint(tmp_path, capsys):
@@ -18,7 +19,7 @@ def test_demo_writes_pngs_and_checkpoint(tmp_path, capsys):
     for name in ("reconstructions.png", "curves.png", "checkpoint.pth", "model.safetensors"):
         assert (out / name).stat().st_size > 1000, name
     assert load_checkpoint(out / "checkpoint.pth")["step"] == 4
-    assert load_safetensors(out / "model.safetensors")[1]["step"] == "4"
+    assert read_safetensors(out / "model.safetensors")[1]["step"] == "4"
     assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["step"] == 4
     printed = capsys.readouterr().out
     assert str(out / "reconstructions.png") in printed and "TopK acc" in printed

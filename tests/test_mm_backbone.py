@@ -11,6 +11,7 @@ from mixedae import convert as cv
 from mixedae.mm import MixedAEViT
 from mixedae.model.pos_embed import resize_pos_embed
 from mixedae.model.vit import create_vit
+from mixedae.runtime.errors import CheckpointError
 from mmdet.registry import MODELS as DET_MODELS
 from mmengine.registry import DefaultScope
 from mmseg.registry import MODELS as SEG_MODELS
@@ -145,7 +146,7 @@ def test_unexpected_or_missing_keys_fail_naming_them(tmp_path):
     del sd["blocks.2.attn.proj.weight"]
     save_file(sd, str(tmp_path / "missing.safetensors"))
     m = MixedAEViT(arch="micro", norm_cfg=dict(type="BN"))
-    with pytest.raises(cv.ConversionError, match=r"missing keys: blocks\.2\.attn\.proj\.weight"):
+    with pytest.raises(CheckpointError, match=r"missing keys: blocks\.2\.attn\.proj\.weight"):
         m.load_pretrained(str(tmp_path / "missing.safetensors"))
     # a deeper checkpoint: blocks.4..11 are unexpected for a 4-block model
     big = create_vit("micro")
@@ -154,17 +155,17 @@ def test_unexpected_or_missing_keys_fail_naming_them(tmp_path):
         for k, v in big.blocks[0].state_dict().items():
             big_sd[f"blocks.{i}.{k}"] = v.clone()
     save_file(big_sd, str(tmp_path / "deep.safetensors"))
-    with pytest.raises(cv.ConversionError, match=r"unexpected keys: blocks\.4\."):
+    with pytest.raises(CheckpointError, match=r"unexpected keys: blocks\.4\."):
         m.load_pretrained(str(tmp_path / "deep.safetensors"))
     # a wider checkpoint: shape mismatch named
     wide = create_vit("tiny")
     save_file(dict(wide.state_dict()), str(tmp_path / "wide.safetensors"))
-    with pytest.raises(cv.ConversionError, match="shape mismatch"):
+    with pytest.raises(CheckpointError, match="shape mismatch"):
         m.load_pretrained(str(tmp_path / "wide.safetensors"))
     # relative tables in the checkpoint but none in the model
     (tmp_path / "rel").mkdir()
     _, rel = pretrain_file(tmp_path / "rel", rel_pos=True)
-    with pytest.raises(cv.ConversionError, match="use_rel_pos_bias=False"):
+    with pytest.raises(CheckpointError, match="use_rel_pos_bias=False"):
         m.load_pretrained(str(rel))
 
 

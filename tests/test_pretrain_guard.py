@@ -6,6 +6,7 @@ import torch
 
 from mixedae.pretrain import command, engine
 from mixedae.runtime import checkpoint as ckpt
+from mixedae.runtime.torch_files import read_safetensors
 from mixedae.runtime.finite import state_finite
 
 from test_reliability import args_for
@@ -46,7 +47,7 @@ def test_diverged_weights_are_never_saved_as_last_good(tmp_path, capsys, monkeyp
     state = ckpt.load_checkpoint(out / "checkpoint.pth")
     assert state["step"] == 4
     assert state["model"]["encoder.patch_embed.proj.weight"].abs().max() < 1e3
-    assert ckpt.load_safetensors(out / "model.safetensors")[1]["step"] == "4"
+    assert read_safetensors(out / "model.safetensors")[1]["step"] == "4"
 
 
 def test_state_finite_reads_parameters_and_optimizer_moments():

@@ -17,7 +17,8 @@ from mixedae.model import mixed_autoencoder as mae_module
 from mixedae.pretrain import command, engine
 from mixedae.runtime import checkpoint as ckpt
 from mixedae.runtime import weights as W
-from mixedae.runtime.torch_files import stored_step
+from mixedae.runtime.atomic import atomic_torch_save, atomic_write_text, remove_stale_temps
+from mixedae.runtime.torch_files import read_safetensors, stored_step
 
 from conftest import REPO
 from test_train import MICRO_ARGS, synthetic_folder
@@ -64,7 +65,7 @@ def test_nan_gradient_stops_and_keeps_the_good_checkpoint(tmp_path, capsys, monk
     assert f"last good checkpoint: step 4 in {out / 'checkpoint.pth'}" in err[0]
     state = ckpt.load_checkpoint(out / "checkpoint.pth")
     assert state["step"] == 4 and all_finite(state["model"])
-    weights, meta = ckpt.load_safetensors(out / "model.safetensors")
+    weights, meta = read_safetensors(out / "model.safetensors")
     assert meta["step"] == "4" and all_finite(weights)
     assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == \
         [1, 2, 3, 4, 5]  # the bad step 6 was never applied nor logged
@@ -89,11 +90,11 @@ def test_bad_steps_are_skipped_and_counted_up_to_the_limit(tmp_path, capsys, mon
 # ---- 2. kills during checkpoint writes: atomic pair, stale temps removed, umask -------------
 KILLER = """
 import os, signal, sys, torch
-from mixedae.runtime import checkpoint as C
+from mixedae.runtime.torch_files import stored_step
 mode, step = sys.argv[1], int(sys.argv[2])
 real_replace, real_save = os.replace, torch.save
 def replace(a, b):  # SIGKILL between the renames of checkpoint.pth and model.safetensors
-    if mode == "between" and str(b).endswith("model.safetensors") and C.stored_step(a) == step:
+    if mode == "between" and str(b).endswith("model.safetensors") and stored_step(a) == step:
         os.kill(os.getpid(), signal.SIGKILL)
     real_replace(a, b)
 def save(obj, f, *a, **k):  # SIGKILL half-way through writing checkpoint.pth
@@ -138,7 +139,7 @@ def test_kill_during_checkpoint_write(tmp_path, mode):
     assert temps(out) == [] and "left by an interrupted write" in r.stderr
     assert stored_step(out / "checkpoint.pth") == stored_step(out / "model.safetensors") == 8
     a = ckpt.load_checkpoint(out / "checkpoint.pth")["model"]
-    b = ckpt.load_safetensors(out / "model.safetensors")[0]
+    b = read_safetensors(out / "model.safetensors")[0]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -164,12 +165,12 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     from mixedae.convert import convert
     old = os.umask(umask)
     try:
-        ckpt.atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "checkpoint.pth")
-        ckpt.atomic_write_text(tmp_path / "result.json", "{}")
+        atomic_torch_save({"a": torch.zeros(1)}, tmp_path / "checkpoint.pth")
+        atomic_write_text(tmp_path / "result.json", "{}")
         ckpt.save_safetensors(tmp_path / "model.safetensors", torch.nn.Linear(2, 2), _Cfg(), 1)
         from mixedae.model.vit import create_vit
         vit = create_vit("micro", img_size=32, patch_size=8)
-        ckpt.atomic_torch_save(vit.state_dict(), tmp_path / "vit.pth")
+        atomic_torch_save(vit.state_dict(), tmp_path / "vit.pth")
         convert(tmp_path / "vit.pth", tmp_path / "conv", "mm", log=lambda *a: None)
     finally:
         os.umask(old)
@@ -204,10 +205,10 @@ def test_kill_during_safetensors_write_leaves_only_removable_temps(tmp_path):
     # a named cleanup (convert's output folder) never takes a nameless temp of someone else
     foreign = out / ".tmpAbC123"
     foreign.write_bytes(b"x")
-    ckpt.remove_stale_temps(out, {"other.safetensors"})
+    remove_stale_temps(out, {"other.safetensors"})
     assert foreign.exists()
     # the next start of a run in this directory removes every temp of the killed write
-    gone = ckpt.remove_stale_temps(out)
+    gone = remove_stale_temps(out)
     assert sorted(p.name for p in out.iterdir()) == [".notes"], gone
 
 

@@ -20,7 +20,7 @@ require_torch(__file__)   # one line, not a traceback, outside the venv
 
 
 def _main(argv) -> int:
-    from mixedae.mm.runner import DictAction
+    from mmengine.config import DictAction
     ap = argparse.ArgumentParser(description="FLOPs and parameters of a detector / segmentor")
     ap.add_argument("config")
     ap.add_argument("--shape", type=int, nargs="+", metavar="H W",

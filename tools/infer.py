@@ -21,7 +21,7 @@ require_torch(__file__)   # one line, not a traceback, outside the venv
 
 
 def _main(argv) -> int:
-    from mixedae.mm.runner import DictAction
+    from mmengine.config import DictAction
     ap = argparse.ArgumentParser(description="Single-image inference (mmseg / mmdet APIs)")
     ap.add_argument("config")
     ap.add_argument("checkpoint")

@@ -15,7 +15,7 @@ from mixedae.model.vit import VIT_SIZES
 from mixedae.runtime.cli import check_flags  # noqa: F401 (the one flag check)
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.weights import resolve_checkpoint_path
-from mixedae.runtime.weights_meta import checkpoint_config
+from mixedae.runtime.weights import checkpoint_config
 
 DEFAULT_WORKERS = 8
 
@@ -164,7 +164,7 @@ def run_per_dataset(args, names: list[str] | None, run_one, tables) -> Path | No
     any other exit (Ctrl-C, an error: the tables then say where the run ended), so every exit
     leaves the tables of all data done so far; then it records the arguments in
     ``OUT/args.json``. Returns the last ``results.md`` written (rank 0)."""
-    from mixedae.runtime.checkpoint import atomic_write_text
+    from mixedae.runtime.atomic import atomic_write_text
     from mixedae.runtime.distributed import init_distributed, is_main_process
     device, out_dir, done = init_distributed().device, Path(args.output_dir), []
     md, current = None, "loading the first data"
@@ -222,7 +222,7 @@ def check_settings(ds_dir: Path, settings: dict) -> None:
     """Record ``settings`` in ``ds_dir/settings.json`` (rank 0), or refuse a directory that
     holds a run made with other settings (so a resumed or skipped run is the same run)."""
     import json
-    from mixedae.runtime.checkpoint import atomic_write_text
+    from mixedae.runtime.atomic import atomic_write_text
     from mixedae.runtime.distributed import barrier, is_main_process
     path = Path(ds_dir) / "settings.json"
     if path.is_file():

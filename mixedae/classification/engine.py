@@ -29,8 +29,8 @@ from mixedae.classification.evaluation import (autocast, evaluate,  # noqa: F401
                                                predict)
 from mixedae.classification.datasets import stratified_split  # noqa: F401 (re-exported)
 from mixedae.runtime import weights as W
-from mixedae.runtime.checkpoint import (atomic_torch_save, load_checkpoint, remove_stale_temps,
-                                        rng_state, set_rng_state)
+from mixedae.runtime.atomic import atomic_torch_save, remove_stale_temps
+from mixedae.runtime.checkpoint import load_checkpoint, rng_state, set_rng_state
 from mixedae.runtime.distributed import (all_gather_object, barrier, get_rank, get_world_size,
                                          unwrap)
 from mixedae.runtime.errors import ConfigError

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from mixedae.classification.evaluation import predict
-from mixedae.runtime.checkpoint import atomic_torch_save
+from mixedae.runtime.atomic import atomic_torch_save
 from mixedae.runtime.distributed import barrier, get_rank, get_world_size, is_main_process
 from mixedae.runtime.run_logger import RunLogger
 

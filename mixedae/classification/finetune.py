@@ -79,8 +79,9 @@ from mixedae.classification.finetune_args import (RECIPE, RECIPE_KEYS,  # noqa: 
                                                   check_args, fill_defaults, get_parser,
                                                   recipe_line)
 from mixedae.model.vit import create_vit
-from mixedae.runtime.checkpoint import (CHECKPOINT_NAME, atomic_write, atomic_write_text,
-                                        load_checkpoint)
+from mixedae.runtime.atomic import atomic_write, atomic_write_text
+from mixedae.runtime.checkpoint import load_checkpoint
+from mixedae.runtime.weights import CHECKPOINT_NAME
 from mixedae.runtime.cli import check_writable_dir, run_main
 from mixedae.runtime.distributed import (barrier, cleanup, init_distributed, is_main_process,
                                          unwrap, wrap_ddp)

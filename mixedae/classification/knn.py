@@ -49,7 +49,7 @@ from mixedae.classification import results as R
 from mixedae.classification.evaluation import multilabel_stats, single_label_stats
 from mixedae.classification.features import cached_features, images_digest
 from mixedae.model.vit import create_vit
-from mixedae.runtime.checkpoint import atomic_write_text
+from mixedae.runtime.atomic import atomic_write_text
 from mixedae.runtime.cli import run_main
 from mixedae.runtime.distributed import get_rank, get_world_size, is_main_process
 from mixedae.runtime.errors import ConfigError

@@ -50,7 +50,7 @@ from mixedae.classification import results as R
 from mixedae.classification.metrics import multilabel_bce
 from mixedae.model.vit import create_vit
 from mixedae.runtime.cli import run_main
-from mixedae.runtime.checkpoint import CHECKPOINT_NAME
+from mixedae.runtime.weights import CHECKPOINT_NAME
 from mixedae.runtime.distributed import (get_world_size, init_distributed, is_main_process,
                                          unwrap, wrap_ddp)
 from mixedae.runtime.errors import ConfigError

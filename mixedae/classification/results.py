@@ -18,7 +18,7 @@ import numpy as np
 
 from mixedae.classification.specs import ORDER, SPECS
 from mixedae.paper_numbers import CLS11
-from mixedae.runtime.checkpoint import atomic_write, atomic_write_text
+from mixedae.runtime.atomic import atomic_write, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -83,7 +83,7 @@ from mixedae.classification import results as R
 from mixedae.classification.dataset_readers import VOC_DIFFICULT
 from mixedae.classification.transfer_protocol import (SKIP_FLAG, lr_tag,  # noqa: F401
                                                       run_dataset)
-from mixedae.runtime.checkpoint import atomic_write_text
+from mixedae.runtime.atomic import atomic_write_text
 from mixedae.runtime.distributed import cleanup, init_distributed, is_main_process
 from mixedae.runtime.errors import CheckpointError, ConfigError
 from mixedae.runtime.run_logger import print0

@@ -17,7 +17,8 @@ from mixedae.classification import engine as E
 from mixedae.classification import results as R
 from mixedae.classification.metrics import multilabel_bce
 from mixedae.model.vit import create_vit
-from mixedae.runtime.checkpoint import CHECKPOINT_NAME, atomic_write_text
+from mixedae.runtime.atomic import atomic_write_text
+from mixedae.runtime.weights import CHECKPOINT_NAME
 from mixedae.runtime.distributed import barrier, get_world_size, init_distributed, \
     is_main_process, wrap_ddp
 from mixedae.runtime.errors import ConfigError, TrainingDiverged

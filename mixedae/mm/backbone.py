@@ -48,10 +48,11 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 
-from mixedae import convert as cv
 from mixedae.model.vit import VIT_SIZES, Block, VisionTransformer, \
     relative_position_table_size, resize_relative_position_table
-from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.errors import CheckpointError, ConfigError
+from mixedae.runtime.weights import (HEAD_KEY, REL_POS_KEY, extract_vit, format_keys,
+                                     match_state_dict, read_weights, square_grid, summarize)
 
 
 DEFAULT_OUT_INDICES = {12: (3, 5, 7, 11), 24: (7, 11, 15, 23)}
@@ -237,28 +238,28 @@ class MixedAEViT(VisionTransformer):
 
     def load_pretrained(self, path: str) -> dict:
         """Load ViT weights from any supported layout; raise on anything unexpected."""
-        sd, _ = cv.load_checkpoint_file(path)
-        source, kept, dropped = cv.extract_vit(sd)
+        sd, _ = read_weights(path)
+        source, kept, dropped = extract_vit(sd)
         model_sd = self.state_dict()
         ignored = {k: "final norm / classification head (unused by the dense backbone)"
-                   for k in kept if cv.HEAD_KEY.match(k) and k not in model_sd}
-        has_rel = any(cv.REL_POS_KEY.match(k) for k in kept)
+                   for k in kept if HEAD_KEY.match(k) and k not in model_sd}
+        has_rel = any(REL_POS_KEY.match(k) for k in kept)
         if has_rel and not self.use_rel_pos_bias:
-            rel = [k for k in kept if cv.REL_POS_KEY.match(k)]
-            raise cv.ConversionError(
-                f"{path}: checkpoint has relative position tables ({cv._names(rel, 2)}) but the "
+            rel = [k for k in kept if REL_POS_KEY.match(k)]
+            raise CheckpointError(
+                f"{path}: checkpoint has relative position tables ({format_keys(rel, 2)}) but the "
                 f"backbone was built with use_rel_pos_bias=False")
 
         def optional(k: str) -> bool:
             if k.startswith(("fpn1.", "fpn2.", "fpn3.", "fpn4.")):
                 return True  # adapter: trained from scratch
-            return cv.REL_POS_KEY.match(k) is not None and not has_rel
+            return REL_POS_KEY.match(k) is not None and not has_rel
 
         ckpt_grid = None
         if "pos_embed" in kept:   # pretraining grids are square; a grid of ours may not be
             n = kept["pos_embed"].shape[1] - self.num_prefix_tokens
             own = tuple(self.grid_size)
-            ckpt_grid = own if n == own[0] * own[1] else cv.square_grid(n, f"{path}: pos_embed")
+            ckpt_grid = own if n == own[0] * own[1] else square_grid(n, f"{path}: pos_embed")
 
         def resize_pos(t, shape):  # checked square above; resampled by the ViT's load hook
             return t
@@ -268,22 +269,22 @@ class MixedAEViT(VisionTransformer):
                 return t
             side = int(round(((t.shape[0] - 3) ** 0.5 + 1) / 2))
             if relative_position_table_size((side, side)) != t.shape[0]:
-                raise cv.ConversionError(f"relative position table with {t.shape[0]} rows is "
+                raise CheckpointError(f"relative position table with {t.shape[0]} rows is "
                                          f"not from a square grid")
             return resize_relative_position_table(t, (side, side), self.grid_size)
 
-        load, missing, ignored_keys = cv.match_state_dict(
+        load, missing, ignored_keys = match_state_dict(
             model_sd, kept, optional_missing=optional, ignored=ignored,
             resize={"pos_embed": resize_pos,
-                    **{k: resize_rel for k in kept if cv.REL_POS_KEY.match(k)}},
+                    **{k: resize_rel for k in kept if REL_POS_KEY.match(k)}},
             what=str(path))
         self.load_state_dict(load, strict=False)
         dropped += [(k, ignored[k]) for k in ignored_keys]
         msg = (f"MixedAEViT: loaded {len(load)} tensors from {path} ({source} layout"
                + (f", pos_embed {ckpt_grid[0]}x{ckpt_grid[1]} -> {self.grid_size[0]}x"
                   f"{self.grid_size[1]}" if ckpt_grid and tuple(ckpt_grid) != tuple(self.grid_size)
-                  else "") + f"); {cv.summarize(dropped)}; "
-               + (f"missing (expected, newly initialised): {cv._names(missing, 4)} "
+                  else "") + f"); {summarize(dropped)}; "
+               + (f"missing (expected, newly initialised): {format_keys(missing, 4)} "
                   f"[{len(missing)} keys]" if missing else "missing: none"))
         print_log(msg, logger="current")
         return dict(source=source, loaded=sorted(load), missing=missing, dropped=dropped)

@@ -29,6 +29,8 @@ import pickle
 import numpy as np
 import torch
 
+from mixedae.runtime.torch_files import numpy_globals
+
 _APPLIED = False
 
 
@@ -46,18 +48,11 @@ def _history_buffer_getattr(obj, name: str):
 
 
 def safe_globals() -> list:
-    """The globals mmengine checkpoints (meta + message hub) need, nothing more."""
+    """The globals mmengine checkpoints (meta + message hub) need, nothing more: numpy's
+    (:func:`mixedae.runtime.torch_files.numpy_globals`), HistoryBuffer and its getattr."""
     from mmengine.logging import HistoryBuffer
-    from numpy._core.multiarray import _reconstruct, scalar
-    entries: list = [HistoryBuffer, np.ndarray, np.dtype, _reconstruct, scalar,
-                     (_reconstruct, "numpy.core.multiarray._reconstruct"),   # numpy 1.x files
-                     (scalar, "numpy.core.multiarray.scalar"),
-                     (_history_buffer_getattr, "builtins.getattr")]
-    # numpy 2 may pickle dtypes through their classes (numpy.dtypes.Float64DType, ...)
-    for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                 "uint64", "float16", "float32", "float64"):
-        entries.append(type(np.dtype(name)))
-    return entries
+    return [HistoryBuffer, (_history_buffer_getattr, "builtins.getattr"),
+            *((obj, name) for name, obj in numpy_globals().items())]
 
 
 def _contiguous_sem_seg_drawing() -> None:

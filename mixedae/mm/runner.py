@@ -16,18 +16,18 @@ from mmengine.config import Config, ConfigDict, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from mixedae import convert as cv
-from mixedae.runtime.weights_meta import read_key_names
 from mixedae.mm import compat, preflight
 from mixedae.mm.distributed import init_cpu_process_group, slurm_master_port
 from mixedae.runtime.cli import first_line, run_main
 from mixedae.runtime.errors import CheckpointError, ConfigError
 from mixedae.runtime.torch_files import load_weights_only
+from mixedae.runtime.weights import (extract_vit, match_state_dict, read_key_names, summarize,
+                                     to_target)
 
 compat.apply()
 
 TASKS = ("mmseg", "mmdet")
-__all__ = ["TASKS", "DictAction", "load_config", "detect_task", "register_task",
+__all__ = ["TASKS", "load_config", "detect_task", "register_task",
            "adapt_to_machine", "attach_pretrained", "enable_auto_scale_lr", "build_runner",
            "check_full_checkpoint", "run_tool"]
 
@@ -220,10 +220,10 @@ def attach_pretrained(cfg: Config, path: str) -> dict:
     read once, by the backbone's checked loader) and make the backbone load it. Returns the
     conversion report."""
     path = osp.abspath(path)
-    source, kept, dropped = cv.extract_vit(read_key_names(path))
-    _, more = cv.to_target(kept, "mm")
+    source, kept, dropped = extract_vit(read_key_names(path))
+    _, more = to_target(kept, "mm")
     print_log(f"--pretrained {path}: {source} layout, {len(kept)} ViT tensors; "
-              f"{cv.summarize(dropped + more)}", logger="current")
+              f"{summarize(dropped + more)}", logger="current")
     bb = _backbone_cfg(cfg)
     if bb.get("type") != "MixedAEViT":
         raise ConfigError(f"--pretrained needs model.backbone.type='MixedAEViT', got {bb.get('type')!r}")
@@ -298,7 +298,7 @@ def check_full_checkpoint(model: torch.nn.Module, path: str) -> None:
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     while hasattr(model, "module"):   # DDP and/or a TTA model around the network
         model = model.module
-    cv.match_state_dict(model.state_dict(), sd, what=path)
+    match_state_dict(model.state_dict(), sd, what=path)
 
 
 def is_distributed_env() -> bool:

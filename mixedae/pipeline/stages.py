@@ -172,7 +172,7 @@ class Runner:
                               f"log: {log}")
                     return False
         seconds = round(time.time() - t0, 1)
-        from mixedae.runtime.checkpoint import atomic_write_text
+        from mixedae.runtime.atomic import atomic_write_text
         atomic_write_text(self.marker(stage), json.dumps({
             "stage": stage.name, "signature": _jsonable(stage.signature), "seconds": seconds,
             "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "log": str(log), **extra},

@@ -27,13 +27,14 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch.utils.data import Dataset
+from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 from torchvision.transforms.functional import pil_to_tensor
 
 from mixedae.pretrain.decode import decode_file
 from mixedae.runtime.errors import ConfigError
-from mixedae.runtime.images import load_readable, load_rgb, require_readable  # noqa: F401 (demo)
+from mixedae.runtime.images import load_readable, load_rgb, require_readable
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,15 @@ class PretrainTransform:
 
     def __call__(self, img) -> torch.Tensor:
         return normalize(self.crop(img if isinstance(img, torch.Tensor) else pil_to_tensor(img)))
+
+
+def eval_view(img_size: int) -> Callable[[Image.Image], torch.Tensor]:
+    """A photo as the figures (demo, report) show it to the model: short side resized to
+    ``img_size`` (bicubic), center crop, ImageNet-normalised float (3, img_size, img_size)."""
+    return transforms.Compose([
+        transforms.Resize(img_size, transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(img_size), transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def pretrain_transform(img_size: int, scale: Sequence[float] = (0.2, 1.0)) -> PretrainTransform:

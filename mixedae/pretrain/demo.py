@@ -24,11 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision import transforms
 
 from mixedae.pretrain.config import get_preset
-from mixedae.pretrain.data import (IMAGENET_MEAN, IMAGENET_STD, PretrainImages, packaged_photos,
-                                   pretrain_transform)
+from mixedae.pretrain.data import PretrainImages, eval_view, packaged_photos, pretrain_transform
 from mixedae.pretrain.engine import RunOptions, pretrain
 from mixedae.report.maps import plot_reconstructions
 from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
@@ -122,10 +120,7 @@ def _main(argv: list[str]) -> int:
 
     g = cfg.group_size
     shown = names[:2 * g] if len(names) >= 2 * g else [names[i % len(names)] for i in range(g)]
-    view = transforms.Compose([
-        transforms.Resize(cfg.img_size, transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(cfg.img_size), transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    view = eval_view(cfg.img_size)
     imgs = torch.stack([view(photos[k]) for k in shown]).to(next(result.model.parameters()).device)
     model = result.model.eval()
     torch.manual_seed(args.seed)

@@ -28,13 +28,14 @@ from pathlib import Path
 
 import torch
 
-from mixedae.runtime import checkpoint as ckpt
 from mixedae.model.attention.homologous import impl_unavailable
 from mixedae.model.mixed_autoencoder import MixedAutoencoder
 from mixedae.pretrain.config import PretrainConfig
 from mixedae.pretrain.input_pipeline import file_sources, pretrain_batches
 from mixedae.pretrain.probe import SourceProbe, homocon_floor
 from mixedae.pretrain.step import amp_dtype, build_optimizer, micro_batch_size, train_step
+from mixedae.runtime import checkpoint as ckpt
+from mixedae.runtime.atomic import atomic_write_text, remove_stale_temps
 from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce_mean,
                                          init_distributed, wrap_ddp)
 from mixedae.runtime.errors import ConfigError
@@ -42,6 +43,7 @@ from mixedae.runtime.finite import FiniteGuard
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.sampler import EpochStreamSampler
 from mixedae.runtime.schedules import cosine_lr, set_lr
+from mixedae.runtime.weights import CHECKPOINT_NAME
 
 log = logging.getLogger("mixedae.pretrain.engine")
 
@@ -148,9 +150,9 @@ def _announce(run: _Run, n_images: int) -> None:
     if not info.is_main:
         return
     run.out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temps(run.out_dir)
-    ckpt.atomic_write_text(run.out_dir / "config.json",
-                           json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
+    remove_stale_temps(run.out_dir)
+    atomic_write_text(run.out_dir / "config.json",
+                      json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
     log.info("%d image(s), %d rank(s) × micro-batch %d × accum %d = batch %d; %d steps/epoch, "
              "%d steps (lr %.3g)", n_images, info.world_size, run.micro, cfg.accum_iter,
              cfg.batch_size, run.spe, run.end, cfg.effective_lr())
@@ -304,4 +306,4 @@ def save(run: _Run) -> None:
         ckpt.save_run(run.out_dir, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
                       cfg=run.cfg, step=run.step, epoch=epoch, step_in_epoch=within, rng=rng,
                       extra={"bad_steps": run.guard.bad_steps})
-    run.guard.saved(run.step, run.out_dir / ckpt.CHECKPOINT_NAME)
+    run.guard.saved(run.step, run.out_dir / CHECKPOINT_NAME)

@@ -40,7 +40,8 @@ from torchvision import transforms
 from mixedae.model.attention.homologous import CLS_MODES
 from mixedae.model.segment_embedding import MODES as SEG_MODES
 from mixedae.pretrain.config import get_preset
-from mixedae.pretrain.data import PretrainImages, list_images, load_rgb, pretrain_transform
+from mixedae.pretrain.data import PretrainImages, list_images, pretrain_transform
+from mixedae.runtime.images import load_rgb
 from mixedae.pretrain.engine import RunOptions, pretrain
 from mixedae.runtime.run_logger import read_jsonl, setup_logging
 from mixedae.pretrain.experiment_plots import plot_fig6a, plot_fig6b, plot_probe, write_table

@@ -18,7 +18,6 @@ trained.
 """
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,13 +35,14 @@ def load_model(run: PretrainRun):
     from mixedae.model.attention.homologous import impl_unavailable
     from mixedae.model.mixed_autoencoder import MixedAutoencoder
     from mixedae.pretrain.config import PretrainConfig
-    from mixedae.runtime.checkpoint import load_model_state, load_safetensors
+    from mixedae.runtime.checkpoint import load_model_state
+    from mixedae.runtime.weights import checkpoint_config, read_weights
     from mixedae.runtime.errors import MixedAEError
     if run.weights is None:
         raise ModelUnavailable(f"no model.safetensors in {run.path} (no checkpoint saved yet)")
     try:
-        state, meta = load_safetensors(run.weights)
-        cfg = PretrainConfig.from_dict(run.config or json.loads(meta.get("config", "{}")))
+        state = read_weights(run.weights)[0]
+        cfg = PretrainConfig.from_dict(run.config or checkpoint_config(run.weights))
         if impl_unavailable(cfg.attn_impl, torch.device("cpu")):  # a GPU run's Triton kernels:
             cfg = cfg.replace(attn_impl="sdpa")  # the same Eq. 6 (selection up to ties)
         model = MixedAutoencoder(cfg.model_config())
@@ -132,9 +132,8 @@ def load_images(cfg, folder: str | Path | None, count: int) -> tuple[torch.Tenso
 
     From ``folder`` (evenly spaced over its sorted images) or, by default, the photos that
     ship with scikit-image / scikit-learn (those the demo trains on)."""
-    from torchvision import transforms
-    from mixedae.pretrain.data import (IMAGENET_MEAN, IMAGENET_STD, list_images, load_rgb,
-                                       packaged_photos)
+    from mixedae.pretrain.data import eval_view, list_images, packaged_photos
+    from mixedae.runtime.images import load_rgb
     if folder is None:
         photos = packaged_photos()
         names = list(photos)[:count]
@@ -143,9 +142,6 @@ def load_images(cfg, folder: str | Path | None, count: int) -> tuple[torch.Tenso
         files = list_images(folder)  # ConfigError naming the folder if it has no image
         pick = [Path(files[round(i * (len(files) - 1) / max(1, count - 1))]) for i in range(count)]
         names, pils = [p.stem for p in pick], [load_rgb(p) for p in pick]
-    view = transforms.Compose([
-        transforms.Resize(cfg.img_size, transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(cfg.img_size), transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    view = eval_view(cfg.img_size)
     names = [names[i % len(names)] for i in range(count)]
     return torch.stack([view(pils[i % len(pils)]) for i in range(count)]), names

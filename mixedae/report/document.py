@@ -150,7 +150,7 @@ def render_markdown(report: Report) -> str:
 
 def write(report: Report, out: Path) -> Path:
     """report.html + report.md into ``out`` (the PNGs must already be there)."""
-    from mixedae.runtime.checkpoint import atomic_write_text
+    from mixedae.runtime.atomic import atomic_write_text
     for name, text in (("report.md", render_markdown(report)),
                        ("report.html", render_html(report, out))):
         atomic_write_text(out / name, text)

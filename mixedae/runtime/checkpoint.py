@@ -3,8 +3,7 @@
 ``checkpoint.pth`` holds the model, optimizer, grad scaler, step / epoch / step-within-epoch,
 the RNG states of every rank (python, numpy, torch CPU, CUDA) and the config JSON. Everything
 is stored as tensors or plain Python types, so it loads with ``torch.load(weights_only=True)``.
-Every file is written atomically (:mod:`mixedae.runtime.atomic`; the write helpers are
-re-exported here): a crash mid-write leaves the previous checkpoint intact, never a
+Every file is written atomically (:mod:`mixedae.runtime.atomic`): a crash mid-write leaves the previous checkpoint intact, never a
 half-written one, and a failed write is an ``OSError`` naming the file and the cause.
 ``model.safetensors`` holds only the model weights with metadata {"config": json, "step": str};
 :func:`save_run` writes it and ``checkpoint.pth`` as one pair.
@@ -21,12 +20,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mixedae.runtime.atomic import (atomic_torch_save, atomic_write, atomic_write_many,  # noqa: F401
-                                    atomic_write_text, remove_stale_temps, safetensors_writer,
-                                    torch_save)
+from mixedae.runtime.atomic import atomic_torch_save, atomic_write, atomic_write_many, \
+    safetensors_writer, torch_save
 from mixedae.runtime.errors import CheckpointError
 from mixedae.runtime.torch_files import is_safetensors, load_weights_only, stored_step
-from mixedae.runtime.weights import CHECKPOINT_NAME, WEIGHTS_NAME, load_into  # noqa: F401
+from mixedae.runtime.weights import CHECKPOINT_NAME, WEIGHTS_NAME, load_into
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +158,3 @@ def save_safetensors(path: str | os.PathLike, model: nn.Module, cfg, step: int) 
     """Model weights as safetensors with metadata {"config": cfg.to_json(), "step": str}."""
     atomic_write(path, _safetensors_writer(model, cfg, step))
 
-
-def load_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
-    """(state_dict, metadata) of a ``model.safetensors``."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})

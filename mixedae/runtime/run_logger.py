@@ -20,7 +20,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from mixedae.runtime.checkpoint import atomic_write_text
+from mixedae.runtime.atomic import atomic_write_text
 from mixedae.runtime.distributed import is_main_process
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@
   ``getattr`` is answered only for the stand-in). The weights are unaffected. The
   ``argparse.Namespace`` of the options that DINO / iBOT store beside their weights is
   allowed the same way (an attribute container: no code runs);
-* safetensors headers are read without the tensors (metadata, the stored step);
+* safetensors files are read here too (the one reader): their headers without the tensors
+  (metadata, key names, the stored step), or whole;
 * a file that is no torch checkpoint at all is named for what it is (empty, text, a plain
   pickle, a numpy array, ...), without torch's warnings about it.
 """
@@ -28,7 +29,7 @@ import torch
 
 from mixedae.runtime.errors import CheckpointError
 
-_HISTORY_BUFFER = "mmengine.logging.history_buffer.HistoryBuffer"
+HISTORY_BUFFER = "mmengine.logging.history_buffer.HistoryBuffer"
 
 
 class _Inert:
@@ -45,20 +46,26 @@ def _inert_getattr(obj, name: str):
                                  f"weights")
 
 
-def _mmengine_globals() -> dict[str, object]:
-    """Qualified name → allowed object, for mmengine Runner checkpoints (numpy 1.x and 2.x)."""
+def numpy_globals() -> dict[str, object]:
+    """Qualified name → object: numpy's array / scalar rebuilders and dtype classes (numpy 1.x
+    and 2.x names), which mmengine Runner checkpoints pickle. The one numpy allow-list: this
+    reader and the mmengine patch (:mod:`mixedae.mm.compat`) both use it."""
     from numpy._core.multiarray import _reconstruct, scalar
-    import argparse  # DINO / iBOT checkpoints store their argparse.Namespace (plain values)
-    out = {_HISTORY_BUFFER: _Inert, "builtins.getattr": _inert_getattr,
-           "argparse.Namespace": argparse.Namespace,
-           "numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
+    out: dict[str, object] = {"numpy.ndarray": np.ndarray, "numpy.dtype": np.dtype}
     for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
         out[f"{mod}._reconstruct"], out[f"{mod}.scalar"] = _reconstruct, scalar
     for name in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                  "uint64", "float16", "float32", "float64"):
-        cls = type(np.dtype(name))
+        cls = type(np.dtype(name))  # numpy 2 may pickle dtypes through their classes
         out[f"numpy.dtypes.{cls.__name__}"] = cls
     return out
+
+
+def _mmengine_globals() -> dict[str, object]:
+    """Qualified name → allowed object, for mmengine Runner checkpoints read without mmengine."""
+    import argparse  # DINO / iBOT checkpoints store their argparse.Namespace (plain values)
+    return {**numpy_globals(), HISTORY_BUFFER: _Inert, "builtins.getattr": _inert_getattr,
+            "argparse.Namespace": argparse.Namespace}
 
 
 def _why(e: BaseException) -> str:
@@ -148,14 +155,36 @@ def load_weights_only(path: str | Path, mmap: bool = False):
         f"{', '.join(extra[:6])}; export a safetensors file or a plain tensor state dict") from None
 
 
-def safetensors_metadata(path: str | Path) -> dict:
-    """The metadata of a safetensors file (header only)."""
+def _safe_open(path: str | Path):
+    """The file's safetensors handle; CheckpointError naming it when its header is unreadable."""
     from safetensors import safe_open
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
+        return safe_open(str(path), framework="pt", device="cpu")
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable safetensors file ({_why(e)})") from None
+
+
+def safetensors_metadata(path: str | Path) -> dict:
+    """The metadata of a safetensors file (header only; values are the stored strings)."""
+    with _safe_open(path) as f:
+        return dict(f.metadata() or {})
+
+
+def safetensors_keys(path: str | Path) -> list[str]:
+    """The tensor names of a safetensors file (header only)."""
+    with _safe_open(path) as f:
+        return list(f.keys())
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors on the CPU, metadata) of a safetensors file; CheckpointError naming the file
+    when its header is unreadable or its data is truncated."""
+    with _safe_open(path) as f:
+        meta = dict(f.metadata() or {})
+        try:
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+        except Exception as e:  # truncated data after a valid header
+            raise CheckpointError(f"{path}: damaged safetensors file ({e})") from None
 
 
 def is_safetensors(path: str | Path) -> bool:

@@ -40,8 +40,8 @@ import torch
 import torch.nn as nn
 
 from mixedae.runtime.errors import CheckpointError
-from mixedae.runtime.torch_files import (is_safetensors, load_weights_only, safetensors_metadata,
-                                         stored_step)
+from mixedae.runtime.torch_files import (is_safetensors, load_weights_only, read_safetensors,
+                                         safetensors_keys, safetensors_metadata, stored_step)
 
 CHECKPOINT_NAME = "checkpoint.pth"
 WEIGHTS_NAME = "model.safetensors"
@@ -95,7 +95,8 @@ _MM_DROP = [
 ]
 
 
-def _names(keys: Iterable[str], limit: int = 8) -> str:
+def format_keys(keys: Iterable[str], limit: int = 8) -> str:
+    """Sorted key names for an error or report line: the first ``limit``, then the count."""
     keys = sorted(keys)
     more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(keys[:limit]) + more
@@ -117,6 +118,10 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     return have[0] if have else path
 
 
+def _is_safetensors_file(path: Path) -> bool:
+    return path.is_file() and (path.suffix == ".safetensors" or is_safetensors(path))
+
+
 def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a checkpoint (.safetensors or a torch file, weights_only) → (state dict, metadata).
     A directory means its ``model.safetensors`` (else ``checkpoint.pth``)."""
@@ -126,15 +131,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     meta: dict = {}
-    if path.suffix == ".safetensors" or is_safetensors(path):
-        from safetensors import safe_open
-        meta, sd = safetensors_metadata(path), {}
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                for k in f.keys():
-                    sd[k] = f.get_tensor(k)
-        except Exception as e:  # truncated data after a valid header
-            raise CheckpointError(f"{path}: damaged safetensors file ({e})") from None
+    if _is_safetensors_file(path):
+        sd, meta = read_safetensors(path)
         for k in ("config", "dropped"):
             if k in meta:
                 try:
@@ -159,11 +157,39 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             raise CheckpointError(f"{path}: no state dict found (type {type(obj).__name__})")
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path}: non-tensor entries in the state dict: {_names(bad)}")
+        raise CheckpointError(f"{path}: non-tensor entries in the state dict: {format_keys(bad)}")
     sd = dict(sd)
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd, meta
+
+
+def read_key_names(path: str | Path) -> dict[str, None]:
+    """The state-dict keys of a checkpoint (values None), for checking its layout before the
+    real load: a safetensors file is read from its header only, a torch file whole."""
+    path = resolve_checkpoint_path(path)
+    if _is_safetensors_file(path):
+        return dict.fromkeys(safetensors_keys(path))
+    return dict.fromkeys(read_weights(path)[0])
+
+
+def checkpoint_config(path: str | Path) -> dict:
+    """The pretraining ``config`` stored with a checkpoint ({} if none): safetensors metadata
+    is read from the header only; a torch file is read whole."""
+    path = resolve_checkpoint_path(path)
+    if not path.is_file():
+        return {}
+    if _is_safetensors_file(path):
+        meta = safetensors_metadata(path)
+    else:
+        meta = read_weights(path)[1]
+    cfg = meta.get("config", {})
+    if isinstance(cfg, str):
+        try:
+            cfg = json.loads(cfg)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: metadata 'config' is not valid json ({e})") from None
+    return cfg if isinstance(cfg, dict) else {}
 
 
 # ---- classification of keys -----------------------------------------------------------------
@@ -198,10 +224,10 @@ def extract_vit(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list[tuple[s
         else:
             unknown.append(k)
     if unknown:
-        raise CheckpointError(f"unknown keys in a {source!r} checkpoint: {_names(unknown)}")
+        raise CheckpointError(f"unknown keys in a {source!r} checkpoint: {format_keys(unknown)}")
     if "patch_embed.proj.weight" not in kept or not any(k.startswith("blocks.") for k in kept):
         raise CheckpointError(f"no ViT weights (patch_embed.proj.weight, blocks.*) found in a "
-                              f"{source!r} checkpoint; keys start with {_names(keys, 4)}")
+                              f"{source!r} checkpoint; keys start with {format_keys(keys, 4)}")
     return source, kept, dropped
 
 
@@ -223,7 +249,7 @@ def _extract_mmpretrain(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list
             kept[new] = v
     if unknown:
         raise CheckpointError(f"keys of an 'mmpretrain' checkpoint that our ViT cannot "
-                              f"represent: {_names(unknown)}")
+                              f"represent: {format_keys(unknown)}")
     if "patch_embed.proj.weight" not in kept:
         raise CheckpointError("no patch embedding (backbone.patch_embed.projection.weight) in "
                               "an 'mmpretrain' checkpoint")
@@ -260,7 +286,7 @@ def summarize(dropped: list[tuple[str, str]]) -> str:
     groups: dict[str, list[str]] = {}
     for k, r in dropped:
         groups.setdefault(r, []).append(k)
-    return "dropped: " + "; ".join(f"{r} ({len(ks)} keys: {_names(ks, 3)})"
+    return "dropped: " + "; ".join(f"{r} ({len(ks)} keys: {format_keys(ks, 3)})"
                                    for r, ks in groups.items())
 
 
@@ -291,9 +317,9 @@ def match_state_dict(model_sd: Mapping[str, torch.Tensor], ckpt: Mapping[str, to
     bad_missing = [k for k in missing if not optional_missing(k)]
     problems = []
     if bad_missing:
-        problems.append(f"missing keys: {_names(bad_missing)}")
+        problems.append(f"missing keys: {format_keys(bad_missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {_names(unexpected)}")
+        problems.append(f"unexpected keys: {format_keys(unexpected)}")
     out = {}
     mismatched, wrong_dtype = [], []
     for k, v in ckpt.items():
@@ -311,9 +337,9 @@ def match_state_dict(model_sd: Mapping[str, torch.Tensor], ckpt: Mapping[str, to
             continue
         out[k] = v.to(target.dtype)  # floating point: e.g. fp16 / bf16 -> fp32 (exact)
     if mismatched:
-        problems.append(f"shape mismatch: {_names(mismatched)}")
+        problems.append(f"shape mismatch: {format_keys(mismatched)}")
     if wrong_dtype:
-        problems.append(f"dtype mismatch: {_names(wrong_dtype)}")
+        problems.append(f"dtype mismatch: {format_keys(wrong_dtype)}")
     if problems:
         raise CheckpointError(f"{what}: " + "; ".join(problems))
     return out, missing, sorted(k for k in ckpt if k in ignored)
@@ -333,5 +359,5 @@ def load_report_line(path, source: str, report: dict, dropped: list[tuple[str, s
     """One line saying what a load took, dropped and left fresh (every consumer prints it)."""
     fresh = report["missing"]
     return (f"loaded {len(report['loaded'])} tensors from {path} ({source} layout); "
-            f"{summarize(dropped)}; " + (f"newly initialised: {_names(fresh, 4)} "
+            f"{summarize(dropped)}; " + (f"newly initialised: {format_keys(fresh, 4)} "
                                          f"[{len(fresh)} keys]" if fresh else "nothing fresh"))
