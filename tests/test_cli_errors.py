@@ -223,3 +223,51 @@ def test_finetune_resume_from_a_damaged_checkpoint(tmp_path, capsys):
                  "--patch-size", "8", "--img-size", "32", "--output-dir", str(tmp_path / "o"),
                  "--resume", str(bad)])
     one_line(capsys, rc, f"{bad}: not a readable torch checkpoint")
+
+
+# ---- issue 19: one error path; only the project's error classes are bad input --------------
+def test_an_unexpected_exception_is_reported_as_a_bug(tmp_path, capsys, monkeypatch):
+    """A ZeroDivisionError inside a command is a bug of this project, not bad input: one line
+    saying so, exit code 1; with --debug the exception itself escapes (the traceback)."""
+    from mixedae.pretrain import command as cmd
+
+    def broken(args):
+        raise ZeroDivisionError("division by zero in the config code")
+    monkeypatch.setattr(cmd, "config_from_args", broken)
+    data = synthetic_folder(tmp_path / "data", n=8)
+    args = ["pretrain", *MICRO_ARGS, "--batch-size", "8", "--data", str(data), "--output-dir",
+            str(tmp_path / "o")]
+    err = one_line(capsys, cli.main(args), "internal error (a bug, please report): "
+                   "ZeroDivisionError: division by zero in the config code; rerun with --debug",
+                   code=1)
+    assert err.startswith("mixedae pretrain: error: ")
+    with pytest.raises(ZeroDivisionError):
+        cli.main([*args, "--debug"])
+    # the same for a command that had an error handler of its own (mixedae report)
+    from mixedae.report import main as report_main
+    monkeypatch.setattr(report_main, "check_args", broken)
+    one_line(capsys, report_main.main([str(tmp_path)]), "mixedae report: error: internal error "
+             "(a bug, please report): ZeroDivisionError", code=1)
+
+
+def test_distributed_failures_are_recognised_by_type():
+    """torch.distributed's own error types (NCCL watchdog: DistBackendError, the store:
+    DistStoreError) and gloo's timed-out collective (torch 2.14: a plain RuntimeError with
+    gloo's messages, measured on a 2-rank gloo group with a 3 s limit) are distributed
+    failures; a RuntimeError that merely says "timed out" (or a subclass) is not."""
+    import torch.distributed as dist
+    from mixedae.runtime.cli import describe
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/"
+                        "unbound_buffer.cc:78] Timed out waiting 3000ms for recv operation to "
+                        "complete")
+    for e in (gloo, RuntimeError("Application timeout caused pair closure"),
+              dist.DistBackendError("watchdog caught collective operation timeout"),
+              dist.DistStoreError("wait timeout after 10ms")):
+        code, msg = describe(e)
+        assert code == 1 and msg.startswith("a distributed collective failed or timed out"), e
+    assert "unbound_buffer.cc" not in describe(gloo)[1]   # the C++ location is dropped
+
+    class Sub(RuntimeError):
+        pass
+    for e in (RuntimeError("the collective timed out (gloo)"), Sub(str(gloo))):
+        assert describe(e)[1].startswith("internal error (a bug, please report)"), e

@@ -322,3 +322,44 @@ def test_configs_auto_scale_lr_base_is_the_reference_total_batch():
         cfg = Config.fromfile(str(path))
         assert cfg.auto_scale_lr == dict(enable=False, base_batch_size=16), path
         assert "8xb2" in path.name and cfg.train_dataloader.batch_size == 2
+
+
+# ---- issue 19: the mm tools share run_main's error path ---------------------------------------
+def test_mm_tool_bad_input_is_one_line_and_a_bug_says_so(tmp_path, monkeypatch):
+    """Bad input to an mm tool (missing config, a --cfg-options key that cannot apply, a
+    config type no registry holds, an argument the class does not take) is one line, exit 2;
+    an exception of another type from our code (here a KeyError, which the old wrapper
+    reported as bad input) is a bug: one line saying so, exit 1, the traceback with --debug."""
+    import mixedae.mm.runner as mm_runner
+    from mixedae.mm.smoke import tiny_seg_config
+    from mm_inproc import run_tool
+    seg = tmp_path / "seg.py"
+    tiny_seg_config(data_dir("ade_tiny")).dump(str(seg))
+
+    def one_line(r, *needles, code=2):
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == code and len(lines) == 1, r.stderr[-3000:]
+        assert lines[0].startswith("error: ") and "Traceback" not in r.stderr
+        for n in needles:
+            assert n in lines[0], lines[0]
+
+    wd = tmp_path / "wd"
+    one_line(run_tool("tools/train.py", tmp_path / "nope.py", "--from-scratch", "--work-dir", wd),
+             f"config not found: {tmp_path / 'nope.py'}")
+    one_line(run_tool("tools/train.py", seg, "--from-scratch", "--work-dir", wd,
+                      "--cfg-options", "model.backbone.arch.depth=3"),
+             "--cfg-options: arch={'depth': 3} in child config cannot inherit")
+    one_line(run_tool("tools/get_flops.py", seg, "--cfg-options", "model.decode_head.type=UperHaed"),
+             "type 'UperHaed' is not in the mmseg::model registry")
+    one_line(run_tool("tools/get_flops.py", seg, "--cfg-options", "model.backbone.out_indice=3"),
+             "config: MixedAEViT: got an unexpected keyword argument 'out_indice'")
+    assert not wd.exists()
+
+    def broken(*a, **k):
+        raise KeyError("model")
+    monkeypatch.setattr(mm_runner, "load_config", broken)
+    one_line(run_tool("tools/get_flops.py", seg),
+             "internal error (a bug, please report): KeyError: 'model'; rerun with --debug",
+             code=1)
+    with pytest.raises(KeyError, match="model"):
+        run_tool("tools/get_flops.py", seg, "--debug")
