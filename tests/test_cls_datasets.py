@@ -12,6 +12,9 @@ from PIL import Image
 from mixedae.classification import datasets as D
 from mixedae.classification import engine as E
 from mixedae.classification import metrics as M
+from mixedae.classification.dataset_readers import load_dataset
+from mixedae.classification.metrics import IGNORE
+from mixedae.classification.specs import ORDER, SPECS, resolve_names
 
 from conftest import data_dir
 
@@ -210,34 +213,34 @@ FAKES = {"aircraft": fake_aircraft, "caltech101": fake_caltech, "cars": fake_car
 
 
 def load(name, root):
-    return D.load_dataset(name, root, verify_checksums=False)
+    return load_dataset(name, root, verify_checksums=False)
 
 
 # ---- per-adapter tests --------------------------------------------------------------------
 
 
 def test_table2_order_and_names():
-    assert [D.SPECS[n].column for n in D.ORDER] == [
+    assert [SPECS[n].column for n in ORDER] == [
         "Aircraft", "Caltech", "Cars", "C10", "C100", "DTD", "Flowers", "Food", "Pets", "SUN",
         "VOC"]
-    assert D.resolve_names("all") == D.ORDER
+    assert resolve_names("all") == ORDER
     # the order given is kept (datasets run in that order), duplicates dropped
-    assert D.resolve_names("voc, C10,caltech,c10") == ["voc2007", "cifar10", "caltech101"]
-    assert {n: D.SPECS[n].metric for n in D.ORDER if D.SPECS[n].metric != "top1"} == {
+    assert resolve_names("voc, C10,caltech,c10") == ["voc2007", "cifar10", "caltech101"]
+    assert {n: SPECS[n].metric for n in ORDER if SPECS[n].metric != "top1"} == {
         "aircraft": "mean_per_class", "caltech101": "mean_per_class",
         "flowers102": "mean_per_class", "pets": "mean_per_class", "voc2007": "map11"}
-    assert [n for n in D.ORDER if D.SPECS[n].official_val] == ["aircraft", "dtd", "flowers102",
+    assert [n for n in ORDER if SPECS[n].official_val] == ["aircraft", "dtd", "flowers102",
                                                                "voc2007"]
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
-        D.resolve_names("imagenet")
+        resolve_names("imagenet")
 
 
-@pytest.mark.parametrize("name", D.ORDER)
+@pytest.mark.parametrize("name", ORDER)
 def test_missing_root_names_layout_and_url(tmp_path, name):
     with pytest.raises(D.DatasetNotFoundError) as e:
-        D.load_dataset(name, tmp_path)
+        load_dataset(name, tmp_path)
     msg = str(e.value)
-    assert D.SPECS[name].layout_doc in msg and D.SPECS[name].url in msg
+    assert SPECS[name].layout_doc in msg and SPECS[name].url in msg
     assert str(tmp_path) in msg and f"ROOT/{name}/{{train,test}}" in msg
     assert not any(tmp_path.iterdir()), "a failed load must not create anything"
 
@@ -326,7 +329,7 @@ def test_cifar10_and_100(tmp_path):
     assert c100.num_classes == 100 and c100.train_targets == [0, 5, 99, 42]
     check_items(c100)
     with pytest.raises(RuntimeError, match="corrupted"):  # md5 is checked by default
-        D.load_dataset("cifar10", tmp_path)
+        load_dataset("cifar10", tmp_path)
 
 
 def test_dtd_partition1_train_plus_val(tmp_path):
@@ -393,8 +396,8 @@ def test_voc2007_multilabel_targets(tmp_path):
     assert t[0][ci("chair")] == 1 and t[0][ci("person")] == 1 and t[0].sum() == 2
     # only a difficult person: a negative, as Ericsson et al. (their label 0 → label == 1 false)
     assert t[1][ci("horse")] == 1 and t[1][ci("person")] == 0 and t[1].sum() == 1
-    ign = D.load_dataset("voc2007", tmp_path, verify_checksums=False, voc_difficult="ignore")
-    assert ign.train_targets[1][ci("person")] == D.IGNORE and "ignored" in ign.split_note
+    ign = load_dataset("voc2007", tmp_path, verify_checksums=False, voc_difficult="ignore")
+    assert ign.train_targets[1][ci("person")] == IGNORE and "ignored" in ign.split_note
     assert "negative" in d.split_note
     assert [Path(p).stem for p in d.test_images] == ["000001", "000002"]
     assert [Path(p).stem for p in d.train_images] == ["000005", "000009", "000007"]  # train+val
@@ -407,20 +410,20 @@ def test_imagefolder_layout_takes_precedence(tmp_path):
         for c in ("b_cls", "a_cls"):
             for i in range(n):
                 jpg(tmp_path / "pets" / split / c / f"{i}.jpg")
-    d = D.load_dataset("pets", tmp_path)
+    d = load_dataset("pets", tmp_path)
     assert d.source == "imagefolder" and d.classes == ["a_cls", "b_cls"]
     assert d.train_targets == [0, 0, 0, 1, 1, 1] and d.test_targets == [0, 0, 1, 1]
     assert d.val_split is None and d.metric == "mean_per_class"
     jpg(tmp_path / "pets" / "val" / "b_cls" / "0.jpg")  # an own val folder: official val
-    d = D.load_dataset("pets", tmp_path)
+    d = load_dataset("pets", tmp_path)
     assert d.train_targets == [0, 0, 0, 1, 1, 1, 1] and d.val_split == ([0, 1, 2, 3, 4, 5], [6])
 
 
 def test_real_cls_tiny_imagefolder():
     root = data_dir("cls_tiny")
-    c = D.load_dataset("cifar10", root)
+    c = load_dataset("cifar10", root)
     assert len(c.train_images) == 2000 and len(c.test_images) == 1000 and c.num_classes == 10
-    cal = D.load_dataset("caltech101", root)
+    cal = load_dataset("caltech101", root)
     assert cal.num_classes == 10 and len(cal.train_images) == 300
     check_items(cal, n=4)
 
@@ -458,7 +461,7 @@ def test_voc07_11point_ap_hand_computed():
     assert M.average_precision(scores, y) == pytest.approx((1 + 2 / 3 + 3 / 5) / 3, abs=1e-12)
     # difficult (IGNORE) examples are removed before ranking
     s2 = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5])
-    y2 = np.array([D.IGNORE, 1, 0, 1, 0, 1])
+    y2 = np.array([IGNORE, 1, 0, 1, 0, 1])
     assert M.voc07_11point_ap(s2, y2) == pytest.approx(expect, abs=1e-12)
     # negatives ranked first: (0,0),(0,0),(1/3,1/3),(2/3,1/2),(1,3/5) → 4·(3/5)+... by hand
     worse = np.array([0.1, 0.9, 0.2, 0.8, 0.3])
@@ -467,19 +470,19 @@ def test_voc07_11point_ap_hand_computed():
 
 def test_multilabel_bce_ignores_difficult():
     logits = torch.tensor([[2.0, -1.0, 5.0]])
-    t = torch.tensor([[1.0, 0.0, float(D.IGNORE)]])
+    t = torch.tensor([[1.0, 0.0, float(IGNORE)]])
     ref = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, :2], t[:, :2])
     assert M.multilabel_bce(logits, t).item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 def test_stratified_split_fixed_and_disjoint():
     labels = [0] * 10 + [1] * 5 + [2] * 1
-    tr, va = E.stratified_split(labels, 0.2, seed=3)
+    tr, va = D.stratified_split(labels, 0.2, seed=3)
     assert sorted(tr + va) == list(range(16)) and not set(tr) & set(va)
     assert [labels[i] for i in va].count(0) == 2 and [labels[i] for i in va].count(1) == 1
     assert 15 in tr  # a singleton class stays in train
-    assert E.stratified_split(labels, 0.2, seed=3) == (tr, va)
-    assert E.stratified_split(labels, 0.2, seed=4) != (tr, va)
+    assert D.stratified_split(labels, 0.2, seed=3) == (tr, va)
+    assert D.stratified_split(labels, 0.2, seed=4) != (tr, va)
 
 
 def test_shuffled_holdout_is_ericssons():

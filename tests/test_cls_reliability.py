@@ -13,6 +13,7 @@ from mixedae.classification import engine as E
 from mixedae.classification import finetune as F
 from mixedae.classification import transfer as T
 from mixedae.runtime.errors import TrainingDiverged
+from mixedae.classification.dataset_readers import load_dataset
 
 from conftest import data_dir
 
@@ -148,7 +149,7 @@ def test_transfer_eval_sets_never_altered(tmp_path, capsys):
 def test_image_list_skips_bad_files_with_their_targets(tmp_path, caplog):
     data = small_cifar(tmp_path / "root", n_train=1, n_test=1)
     bad = damage(data / "train")
-    cd = D.load_dataset("cifar10", tmp_path / "root")
+    cd = load_dataset("cifar10", tmp_path / "root")
     ds = cd.dataset("train", D.eval_transform(32))
     i = cd.train_images.index(str(bad[0]))
     x, y = ds[i]  # replaced by the next readable example, with that example's label
@@ -234,7 +235,7 @@ def test_training_list_names_every_missing_file(tmp_path, caplog):
     """Issue 16 §4: require_readable looked at one image; listed files that do not exist are
     now named up front (first few and the count); a training set still substitutes them."""
     data = small_cifar(tmp_path / "root", n_train=1, n_test=1)
-    cd = D.load_dataset("cifar10", tmp_path / "root")
+    cd = load_dataset("cifar10", tmp_path / "root")
     gone = [Path(cd.train_images[i]) for i in (3, 5)]
     for g in gone:
         g.unlink()

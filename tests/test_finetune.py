@@ -12,6 +12,7 @@ from mixedae.runtime.schedules import set_lr
 from mixedae.classification import finetune as F
 from mixedae.runtime.layer_decay import is_no_weight_decay
 from mixedae.model.vit import create_vit
+from mixedae.classification.augment import _safe_posterize
 
 from conftest import data_dir
 
@@ -101,9 +102,9 @@ def test_mixup_cutmix_soft_targets_sum_to_one():
 def test_posterize_zero_bits_is_black():
     from PIL import Image
     im = Image.new("RGB", (4, 4), (200, 100, 50))
-    assert F._safe_posterize(im, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
-    assert F._safe_posterize(im, 8) is im
-    assert F._safe_posterize(im, 1).getpixel((0, 0)) == (128, 0, 0)
+    assert _safe_posterize(im, 0).getextrema() == ((0, 0), (0, 0), (0, 0))
+    assert _safe_posterize(im, 8) is im
+    assert _safe_posterize(im, 1).getpixel((0, 0)) == (128, 0, 0)
 
 
 def test_two_step_run_checkpoints_and_resumes_exactly(tmp_path, capsys):

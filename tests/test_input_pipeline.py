@@ -15,7 +15,8 @@ from PIL import Image
 
 from conftest import REPO, data_dir
 from mixedae.pretrain import command, engine as train
-from mixedae.pretrain.config import ConfigError, get_preset
+from mixedae.pretrain.config import get_preset
+from mixedae.runtime.errors import ConfigError
 from mixedae.pretrain.data import (PretrainImages, build_pretrain_dataset, normalize,
                                    pretrain_transform)
 from mixedae.pretrain.decode import decode_file, device_decode_problem, jpeg_library

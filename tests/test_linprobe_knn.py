@@ -12,6 +12,7 @@ import torch
 
 from mixedae.classification import knn as K
 from mixedae.classification import linprobe as L
+from mixedae.classification.cli_common import resolve_model_args
 
 from conftest import data_dir
 from test_transfer import fake_voc_root, write_pretrain_checkpoint
@@ -143,7 +144,7 @@ def test_probe_is_mae_linprobe_and_lars_is_maes(tmp_path):
     ck = write_pretrain_checkpoint(tmp_path / "pt", img_size=32)
     args = L.get_parser().parse_args(["--data", "x", "--output-dir", "y", "--checkpoint",
                                       str(ck), "--img-size", "32"])
-    L.C.resolve_model_args(args)
+    resolve_model_args(args)
     model, loaded = L.build_probe(args, 7)
     from safetensors.torch import load_file
     sd = load_file(str(ck))

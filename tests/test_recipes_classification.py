@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from mixedae.classification import finetune as F
-from mixedae.classification import finetune_args as FA
 from mixedae.classification import knn as K
 from mixedae.classification import linprobe as LP
 from mixedae.classification import transfer as T
@@ -78,7 +77,7 @@ GET = {
     "finetune --epochs (large)": lambda: ft("large").epochs,
     "finetune --layer-decay (large)": lambda: ft("large").layer_decay,
     "finetune --drop-path (large)": lambda: ft("large").drop_path,
-    "finetune --layer-decay-sweep paper": lambda: FA.PAPER_LAYER_DECAY_SWEEP,
+    "finetune --layer-decay-sweep paper": lambda: F.PAPER_LAYER_DECAY_SWEEP,
     "finetune optimizer": lambda: type(ft_optimizer()).__name__,
     "finetune optimizer betas": lambda: ft_optimizer().defaults["betas"],
     "finetune --weight-decay": lambda: ft().weight_decay,

@@ -9,7 +9,8 @@ from PIL import Image
 
 from conftest import data_dir
 from mixedae.pretrain import command, engine as train
-from mixedae.pretrain.config import ConfigError, get_preset
+from mixedae.pretrain.config import get_preset
+from mixedae.runtime.errors import ConfigError
 from mixedae.pretrain.data import PretrainImages, build_pretrain_dataset, pretrain_transform
 from mixedae.runtime.schedules import cosine_lr
 from mixedae.model.mixed_autoencoder import MixedAutoencoder

@@ -16,6 +16,7 @@ from mixedae.classification import engine as E
 from mixedae.runtime.errors import CheckpointError
 from mixedae.classification import transfer as T
 from mixedae.model.vit import create_vit
+from mixedae.classification.transfer_protocol import lr_tag
 
 from conftest import data_dir
 
@@ -129,7 +130,7 @@ def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, c
     orig = D.ClsData.dataset
 
     def spy(self, split, transform=None, indices=None, strict=None):
-        done = [(out / "runs" / "cifar10" / T.lr_tag(lr) / "result.json").is_file() for lr in lrs]
+        done = [(out / "runs" / "cifar10" / lr_tag(lr) / "result.json").is_file() for lr in lrs]
         calls.append((split, indices is None, all(done)))
         return orig(self, split, transform, indices, strict)
     monkeypatch.setattr(D.ClsData, "dataset", spy)
@@ -138,8 +139,8 @@ def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, c
     ds_dir = out / "runs" / "cifar10"
     summary = json.loads((ds_dir / "result.json").read_text())
     val = summary["val_scores"]
-    assert list(val) == [T.lr_tag(x) for x in lrs]
-    assert summary["chosen_lr"] == lrs[int(np.argmax([val[T.lr_tag(x)] for x in lrs]))]
+    assert list(val) == [lr_tag(x) for x in lrs]
+    assert summary["chosen_lr"] == lrs[int(np.argmax([val[lr_tag(x)] for x in lrs]))]
     final = json.loads((ds_dir / "final" / "result.json").read_text())
     assert final["lr"] == summary["chosen_lr"] and final["eval_split"] == "test"
     assert final["n_eval"] == 1000 and final["n_train"] == 2000
@@ -152,12 +153,12 @@ def test_grid_search_on_val_then_test_tables_and_resume(tmp_path, monkeypatch, c
     assert len(split["val"]) == 400 and not set(split["val"]) & set(split["train"])
     assert all("/train/" in p for p in split["val_images"])
     for lr in lrs:
-        r = json.loads((ds_dir / T.lr_tag(lr) / "result.json").read_text())
+        r = json.loads((ds_dir / lr_tag(lr) / "result.json").read_text())
         assert r["eval_split"] == "val" and r["n_eval"] == 400 and r["n_train"] == 1600
-        assert r["score"] == val[T.lr_tag(lr)]
-        assert (ds_dir / T.lr_tag(lr) / "log.jsonl").is_file()
-        assert list((ds_dir / T.lr_tag(lr) / "tb").glob("events.out.tfevents.*"))
-        assert not (ds_dir / T.lr_tag(lr) / "checkpoint.pth").exists()
+        assert r["score"] == val[lr_tag(lr)]
+        assert (ds_dir / lr_tag(lr) / "log.jsonl").is_file()
+        assert list((ds_dir / lr_tag(lr) / "tb").glob("events.out.tfevents.*"))
+        assert not (ds_dir / lr_tag(lr) / "checkpoint.pth").exists()
     with capsys.disabled():
         print(f"\n[measured] cifar10 fresh micro: val {val}, chosen {summary['chosen_lr']}, "
               f"test top-1 {summary['test_score']:.2f}")

@@ -10,7 +10,8 @@ from mixedae.model.attention.homologous import (HomologousContext, homologous_at
                                                 topk_attn_bias)
 from mixedae.model.mixed_autoencoder import MixedAutoencoder
 from mixedae.model.vit import Attention
-from mixedae.pretrain.config import ConfigError, PretrainConfig, get_preset
+from mixedae.pretrain.config import PretrainConfig, get_preset
+from mixedae.runtime.errors import ConfigError
 
 MICRO = dict(model="micro", img_size=64, patch_size=8, mask_patch_size=16, batch_size=8,
              decoder_dim=32, decoder_depth=1, decoder_heads=2)

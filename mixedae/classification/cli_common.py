@@ -10,9 +10,11 @@ import os
 import sys
 from pathlib import Path
 
-from mixedae.classification import datasets as D
+from mixedae.classification import datasets
+from mixedae.classification.dataset_readers import check_layout, load_dataset
+from mixedae.classification.specs import ORDER, resolve_names
 from mixedae.model.vit import VIT_SIZES
-from mixedae.runtime.cli import check_flags  # noqa: F401 (the one flag check)
+from mixedae.runtime.cli import check_flags
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.weights import resolve_checkpoint_path
 from mixedae.runtime.weights import checkpoint_config
@@ -107,7 +109,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-folder", default="train", help="'.' means DIR itself")
     g.add_argument("--val-folder", default="val", help="the evaluation folder ('.' = DIR)")
     g.add_argument("--datasets", default=None, help="the 11 transfer datasets: 'all' or a "
-                   "comma list of " + ", ".join(D.ORDER) + " (run in the order given)")
+                   "comma list of " + ", ".join(ORDER) + " (run in the order given)")
     g.add_argument("--root", default=None, help="root of the 11 datasets (layouts: "
                    "mixedae.classification.datasets)")
     g.add_argument("--no-verify-checksums", action="store_true",
@@ -127,7 +129,7 @@ def check_data_args(args) -> list[str] | None:
                                   f"(expected <class>/<image> inside)")
         return None
     try:
-        names = D.resolve_names(args.datasets)
+        names = resolve_names(args.datasets)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if args.root is None or not Path(args.root).is_dir():
@@ -135,8 +137,8 @@ def check_data_args(args) -> list[str] | None:
     missing = []
     for n in names:
         try:
-            D.check_layout(n, args.root)
-        except D.DatasetNotFoundError as e:
+            check_layout(n, args.root)
+        except datasets.DatasetNotFoundError as e:
             missing.append(str(e))
     if missing:
         raise ConfigError("\n".join(missing))
@@ -197,9 +199,9 @@ def run_per_dataset(args, names: list[str] | None, run_one, tables) -> Path | No
 def save_result(ds_dir: Path, data, ev: dict, name: str, **info) -> dict:
     """Rank 0 writes the dataset's result (``results.save_dataset_result``); every rank waits
     for it and gets the summary (``{}`` on the other ranks)."""
-    from mixedae.classification import results as R
+    from mixedae.classification import results
     from mixedae.runtime.distributed import barrier, is_main_process
-    summary = R.save_dataset_result(ds_dir, data, ev, name, **info) if is_main_process() else {}
+    summary = results.save_dataset_result(ds_dir, data, ev, name, **info) if is_main_process() else {}
     barrier()
     return summary
 
@@ -208,9 +210,9 @@ def iter_data(args, names: list[str] | None, seed: int = 0):
     """The ClsData to evaluate on, one at a time (loaded lazily, in the order given); each
     test set checked image by image first (never altered: refused naming unreadable files)."""
     if names is None:
-        data = [D.folder_data(args.data, args.train_folder, args.val_folder, source="data-dir")]
+        data = [datasets.folder_data(args.data, args.train_folder, args.val_folder, source="data-dir")]
     else:
-        data = (D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
+        data = (load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
                                seed=seed) for n in names)
     for d in data:
         d.check_eval("test", workers=args.workers)

@@ -1,6 +1,7 @@
-"""Readers of the 11 downstream datasets from their official on-disk layouts (through the
-torchvision class that exists for each; ``download=False`` always). Layouts, splits and metrics
-are documented in :mod:`mixedae.classification.datasets`."""
+"""Reading the 11 downstream datasets (:func:`load_dataset`): from their official on-disk
+layouts (through the torchvision class that exists for each; ``download=False`` always) or from
+an ImageFolder copy (``ROOT/<name>/{train,test}[,val]``). Layouts, splits and metrics are
+documented in :mod:`mixedae.classification.datasets`, which holds what they are read into."""
 from __future__ import annotations
 
 import warnings
@@ -10,8 +11,10 @@ from typing import Callable
 
 import numpy as np
 
-from mixedae.classification.datasets import (IGNORE, SPECS, VOC_CLASSES, ClsData,
-                                             DatasetNotFoundError)
+from mixedae.classification.datasets import (VOC_CLASSES, ClsData, DatasetNotFoundError,
+                                             folder_data)
+from mixedae.classification.metrics import IGNORE
+from mixedae.classification.specs import ORDER, SPECS
 
 
 def _attr(ds, *names):
@@ -279,3 +282,39 @@ LOADERS: dict[str, Callable[..., ClsData]] = {
     "dtd": _dtd, "flowers102": _flowers, "food101": _food, "pets": _pets,
     "sun397": _sun397, "voc2007": _voc2007,
 }
+
+
+# ==== loading: the official layout, or the ImageFolder copy of it ============================
+def imagefolder_root(root: str | Path, name: str) -> Path | None:
+    d = Path(root) / name
+    return d if (d / "train").is_dir() and (d / "test").is_dir() else None
+
+
+def check_layout(name: str, root: str | Path) -> None:
+    """Raise :class:`DatasetNotFoundError` (layout + URL) unless ``name`` is readable."""
+    spec = SPECS[name]
+    if imagefolder_root(root, name) is not None:
+        return
+    missing = [p for p in spec.layout if not (Path(root) / p).exists()]
+    if missing:
+        raise DatasetNotFoundError(
+            f"{name}: not found under {root} (missing {', '.join(missing)}).\n"
+            f"  expected: {spec.layout_doc}\n"
+            f"  or ImageFolder style: ROOT/{name}/{{train,test}}/<class>/<image>\n"
+            f"  official source: {spec.url}\n"
+            f"  (nothing is downloaded: extract the files there first)")
+
+
+def load_dataset(name: str, root: str | Path, verify_checksums: bool = True,
+                 seed: int = 0, voc_difficult: str = "negative") -> ClsData:
+    """Read dataset ``name`` from ``root`` (see the module docstring for splits)."""
+    if name not in SPECS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(ORDER)}")
+    check_layout(name, root)
+    folder = imagefolder_root(root, name)
+    if folder is not None:
+        val = "val" if (folder / "val").is_dir() else None
+        return folder_data(folder, "train", "test", name=name, val_folder=val,
+                           metric=SPECS[name].metric)
+    return LOADERS[name](Path(root), verify_checksums=verify_checksums, seed=seed,
+                         voc_difficult=voc_difficult)

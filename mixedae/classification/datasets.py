@@ -69,12 +69,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
 from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch.utils.data import Dataset
 
-from mixedae.classification.metrics import IGNORE  # noqa: F401 (re-exported)
-from mixedae.classification.specs import (ORDER, SPECS, DatasetSpec,  # noqa: F401 (re-exported)
-                                          resolve_names)
+from mixedae.classification.specs import SPECS
 from mixedae.runtime.errors import ConfigError
-from mixedae.runtime.images import (check_eval_set, load_eval, load_readable,  # noqa: F401
-                                    load_rgb, require_readable)
+from mixedae.runtime.images import check_eval_set, load_eval, load_readable, require_readable
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
@@ -189,42 +186,6 @@ class ImageListDataset(Dataset):
 
 
 # ==== loading ===============================================================================
-
-
-def imagefolder_root(root: str | Path, name: str) -> Path | None:
-    d = Path(root) / name
-    return d if (d / "train").is_dir() and (d / "test").is_dir() else None
-
-
-def check_layout(name: str, root: str | Path) -> None:
-    """Raise :class:`DatasetNotFoundError` (layout + URL) unless ``name`` is readable."""
-    spec = SPECS[name]
-    if imagefolder_root(root, name) is not None:
-        return
-    missing = [p for p in spec.layout if not (Path(root) / p).exists()]
-    if missing:
-        raise DatasetNotFoundError(
-            f"{name}: not found under {root} (missing {', '.join(missing)}).\n"
-            f"  expected: {spec.layout_doc}\n"
-            f"  or ImageFolder style: ROOT/{name}/{{train,test}}/<class>/<image>\n"
-            f"  official source: {spec.url}\n"
-            f"  (nothing is downloaded: extract the files there first)")
-
-
-def load_dataset(name: str, root: str | Path, verify_checksums: bool = True,
-                 seed: int = 0, voc_difficult: str = "negative") -> ClsData:
-    """Read dataset ``name`` from ``root`` (see the module docstring for splits)."""
-    if name not in SPECS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(ORDER)}")
-    check_layout(name, root)
-    folder = imagefolder_root(root, name)
-    if folder is not None:
-        val = "val" if (folder / "val").is_dir() else None
-        return folder_data(folder, "train", "test", name=name, val_folder=val,
-                           metric=SPECS[name].metric)
-    from mixedae.classification.dataset_readers import LOADERS
-    return LOADERS[name](Path(root), verify_checksums=verify_checksums, seed=seed,
-                         voc_difficult=voc_difficult)
 
 
 def _folder(path: Path):

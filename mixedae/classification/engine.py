@@ -6,10 +6,9 @@ weight loader, run logger).
   (``create_vit(..., global_pool='avg')``);
 * :func:`train_loop` — iteration-based training (per-iteration schedule, gradient
   accumulation, bf16 autocast on CUDA, optional mixup and EMA) with atomic, exactly resumable
-  checkpoints (model, optimizer, EMA, step, every rank's RNG state and the caller's ``state``);
-* :func:`evaluate` — every metric (top-1/top-5/mean per-class accuracy, per-class accuracy and
-  confusion matrix; or VOC 11-point and standard mAP), sharded over ranks; :func:`predict`
-  (this rank's outputs, also the feature extractor of k-NN).
+  checkpoints (model, optimizer, EMA, step, every rank's RNG state and the caller's ``state``).
+
+Evaluation (every metric, sharded over ranks) is :mod:`mixedae.classification.evaluation`.
 """
 from __future__ import annotations
 
@@ -25,9 +24,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from mixedae.classification.evaluation import (autocast, evaluate,  # noqa: F401 (re-exported)
-                                               predict)
-from mixedae.classification.datasets import stratified_split  # noqa: F401 (re-exported)
+from mixedae.classification.evaluation import autocast
 from mixedae.runtime import weights as W
 from mixedae.runtime.atomic import atomic_torch_save, remove_stale_temps
 from mixedae.runtime.checkpoint import load_checkpoint, rng_state, set_rng_state
@@ -38,8 +35,6 @@ from mixedae.runtime.finite import FiniteGuard
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.sampler import EpochStreamSampler, SeededSample
 from mixedae.runtime.schedules import set_lr
-
-UsageError = ConfigError  # bad command-line input or data layout (one error line)
 
 
 # ==== pretrained weights ====================================================================
@@ -136,9 +131,9 @@ def steps_per_epoch(n: int, batch_size: int, accum_iter: int = 1) -> int:
     world = get_world_size()
     spe = (math.ceil(n / world) // batch_size) // accum_iter
     if spe == 0:
-        raise UsageError(f"training set of {n} examples is smaller than one step "
-                         f"({world} rank(s) × {batch_size} × accum {accum_iter}); lower "
-                         f"--batch-size")
+        raise ConfigError(f"training set of {n} examples is smaller than one step "
+                          f"({world} rank(s) × {batch_size} × accum {accum_iter}); lower "
+                          f"--batch-size")
     return spe
 
 

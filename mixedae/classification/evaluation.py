@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from mixedae.classification import metrics as M
+from mixedae.classification import metrics
 from mixedae.runtime.distributed import all_gather_object, get_rank, get_world_size, unwrap
 
 
@@ -64,7 +64,7 @@ def single_label_stats(scores: torch.Tensor, targets: torch.Tensor, num_classes:
         dist.all_reduce(stats)
         stats = stats.cpu()
     cm = stats[:-2].round().long().reshape(num_classes, num_classes).numpy()
-    return M.single_label_report(cm, stats[-2].item(), stats[-1].item() if with_loss else None)
+    return metrics.single_label_report(cm, stats[-2].item(), stats[-1].item() if with_loss else None)
 
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
@@ -84,4 +84,4 @@ def multilabel_stats(scores: torch.Tensor, targets: torch.Tensor) -> dict:
     parts = all_gather_object((scores.numpy(), targets.float().numpy()))
     s = np.concatenate([p[0].reshape(-1, scores.shape[-1]) for p in parts])
     t = np.concatenate([p[1].reshape(-1, scores.shape[-1]) for p in parts])
-    return M.multilabel_report(s, t)
+    return metrics.multilabel_report(s, t)

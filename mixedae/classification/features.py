@@ -1,7 +1,7 @@
 """Frozen features of a whole dataset, extracted once and cached atomically.
 
 The dataset is cut into chunks of ``chunk`` consecutive examples; every rank extracts its share
-of a chunk (examples ``start + rank, start + rank + world, ...``, :func:`engine.predict`) and
+of a chunk (examples ``start + rank, start + rank + world, ...``, :func:`~mixedae.classification.evaluation.predict`) and
 writes it atomically as one piece file, so an interrupted extraction resumes at the first
 missing piece. When every piece exists, rank 0 assembles ``<cache>.pt`` (atomic) and removes
 the pieces; a cache whose ``key`` (checkpoint, model, transform, image list) differs from the

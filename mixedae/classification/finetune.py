@@ -61,6 +61,7 @@ Examples::
 """
 from __future__ import annotations
 
+import argparse
 import filecmp
 import json
 import shutil
@@ -71,27 +72,156 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from mixedae.classification import cli_common as C
-from mixedae.classification import engine as E
-from mixedae.classification.augment import (_safe_posterize, build_loss,  # noqa: F401
-                                            build_mixup, build_transforms)
-from mixedae.classification.finetune_args import (RECIPE, RECIPE_KEYS,  # noqa: F401
-                                                  check_args, fill_defaults, get_parser,
-                                                  recipe_line)
+from mixedae.classification import cli_common
+from mixedae.classification import engine
+from mixedae.classification import evaluation
+from mixedae.classification.augment import build_loss, build_mixup, build_transforms
 from mixedae.model.vit import create_vit
 from mixedae.runtime.atomic import atomic_write, atomic_write_text
 from mixedae.runtime.checkpoint import load_checkpoint
 from mixedae.runtime.weights import CHECKPOINT_NAME
-from mixedae.runtime.cli import check_writable_dir, run_main
+from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
 from mixedae.runtime.distributed import (barrier, cleanup, init_distributed, is_main_process,
                                          unwrap, wrap_ddp)
-from mixedae.runtime.errors import CheckpointError
-from mixedae.runtime.errors import ConfigError as UsageError
+from mixedae.runtime.errors import CheckpointError, ConfigError
 from mixedae.runtime.layer_decay import layer_decay_param_groups
 from mixedae.runtime.provenance import pretrained_record
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.weights import match_state_dict
 from mixedae.runtime.schedules import cosine_lr
+
+# size → the recipe per model size: blr, epochs, batch and drop path of Table 5; layer decay of
+# MAE's FINETUNE.md scripts (github.com/facebookresearch/mae: ViT-B --layer_decay 0.65, ViT-L
+# 0.75), since the paper gives no single value (it sweeps {0.65, 0.7, 0.75}). Table 5 sizes
+# lr, batch and epochs (B)/(L) but lists ONE drop path, 0.1: its literal reading holds for
+# ViT-L too, where MAE's ViT-L script uses 0.2 (`--drop-path 0.2` gives MAE's value; a move of
+# this default needs a like-for-like fine-tuning outcome, not a reading). Sizes the paper does
+# not use (micro, tiny, small) follow ViT-B.
+RECIPE_KEYS = ("blr", "epochs", "batch_size", "layer_decay", "drop_path")
+RECIPE = {"base": (5e-4, 100, 1024, 0.65, 0.1), "large": (1e-3, 50, 512, 0.75, 0.1)}
+RECIPE_DEFAULT = RECIPE["base"]
+# App. B: "we sweep the decay ratio in {0.65, 0.7, 0.75} following [38, 63]"
+PAPER_LAYER_DECAY_SWEEP = (0.65, 0.7, 0.75)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mixedae finetune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="folder with train/ and val/ (ImageFolder)")
+    p.add_argument("--val-folder", default="val")
+    p.add_argument("--output-dir", required=True)
+    cli_common.add_model_args(p)
+    p.add_argument("--epochs", type=int, default=None, help="100 (B) / 50 (L)")
+    p.add_argument("--warmup-epochs", type=float, default=5)
+    p.add_argument("--batch-size", type=int, default=None, help="global; 1024 (B) / 512 (L)")
+    p.add_argument("--accum-iter", type=int, default=1)
+    p.add_argument("--blr", type=float, default=None, help="5e-4 (B) / 1e-3 (L)")
+    p.add_argument("--lr", type=float, default=None, help="absolute lr (overrides --blr)")
+    p.add_argument("--min-lr", type=float, default=1e-6)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--layer-decay", type=float, default=None,
+                   help="0.65 (B) / 0.75 (L), MAE's recipes; the paper sweeps 0.65,0.7,0.75 "
+                   "(--layer-decay-sweep paper)")
+    p.add_argument("--layer-decay-sweep", default=None,
+                   help="'paper' (= 0.65,0.7,0.75, App. B: the paper's protocol) or a comma "
+                   "list: one run per value into OUT/ld<v>, the best in OUT/sweep.json")
+    p.add_argument("--drop-path", type=float, default=None, help="0.1 (Table 5, B and L; MAE's ViT-L script uses 0.2)")
+    p.add_argument("--clip-grad", type=float, default=None)
+    p.add_argument("--smoothing", type=float, default=0.1)
+    p.add_argument("--mixup", type=float, default=0.8)
+    p.add_argument("--cutmix", type=float, default=1.0)
+    p.add_argument("--mixup-prob", type=float, default=1.0)
+    p.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    p.add_argument("--aa", default="rand-m9-mstd0.5-inc1", help="timm auto-augment policy "
+                   "('none' to disable)")
+    p.add_argument("--reprob", type=float, default=0.25)
+    p.add_argument("--remode", default="pixel")
+    p.add_argument("--recount", type=int, default=1)
+    p.add_argument("--model-ema", action="store_true")
+    p.add_argument("--model-ema-decay", type=float, default=0.9999)
+    cli_common.add_workers_arg(p)
+    p.add_argument("--skip-unreadable-eval", action="store_true",
+                   help="evaluate without the unreadable images of the val folder (count in "
+                   "result.json); default: refuse it, naming them")
+    p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("--eval-every", type=int, default=1, help="epochs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", default="", help="'auto' (OUT/checkpoint.pth if present) or a path")
+    p.add_argument("--eval", action="store_true", help="evaluate the --resume checkpoint "
+                   "only (MAE's --eval): OUT/eval/, nothing trained")
+    p.add_argument("--save-every-steps", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this global step (smoke tests); resumable")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    add_debug_flag(p)
+    return p
+
+
+def fill_defaults(args) -> None:
+    """Model flags from the checkpoint (:func:`cli_common.resolve_model_args`), then the
+    Table 5 recipe of that size for every recipe flag left unset."""
+    cli_common.resolve_model_args(args)
+    given = {k: getattr(args, k) for k in RECIPE_KEYS if getattr(args, k) is not None}
+    for k, v in zip(RECIPE_KEYS, RECIPE.get(args.model, RECIPE_DEFAULT)):
+        setattr(args, k, given.get(k, v))
+    args.recipe_given = ",".join(given)  # the recipe values set on the command line
+    args.abs_lr = args.lr if args.lr is not None else args.blr * args.batch_size / 256
+
+
+def recipe_line(args) -> str:
+    """The run's first log line: the per-size recipe in force, flags that changed it named."""
+    given = set(filter(None, getattr(args, "recipe_given", "").split(",")))
+    kept = set(filter(None, getattr(args, "recipe_resumed", "").split(",")))
+    src = "ViT-L recipe" if args.model == "large" else (
+        "ViT-B recipe" + ("" if args.model == "base" else f", used for {args.model}"))
+    vals = ", ".join(f"{k.replace('_', ' ')} {getattr(args, k):g}"
+                     + (" (given)" if k in given else " (the resumed run's)" if k in kept
+                        else "") for k in RECIPE_KEYS)
+    return (f"[finetune] recipe for {args.model} ({src}: Table 5 + MAE FINETUNE.md): {vals}; "
+            f"lr {args.abs_lr:.3g}")
+
+
+FLAG_RULES = {"epochs": ">0", "warmup_epochs": ">=0", "batch_size": ">0", "accum_iter": ">0",
+              "blr": ">0", "lr": ">0", "min_lr": ">=0", "weight_decay": ">=0",
+              "layer_decay": "(0,1]", "drop_path": "[0,1)", "clip_grad": ">0",
+              "smoothing": "[0,1)", "mixup": ">=0", "cutmix": ">=0", "mixup_prob": "[0,1]",
+              "mixup_switch_prob": "[0,1]", "reprob": "[0,1]", "recount": ">0",
+              "model_ema_decay": "(0,1)", "eval_batch_size": ">0", "eval_every": ">0",
+              "seed": ">=0", "save_every_steps": ">=0", "max_steps": ">0", "log_every": ">0"}
+
+
+def check_args(args) -> list[float] | None:
+    """Every flag before any work (ConfigError naming it); returns the layer-decay sweep."""
+    fill_defaults(args)
+    check_flags(args, FLAG_RULES)
+    if args.warmup_epochs >= args.epochs:
+        raise ConfigError(f"--warmup-epochs {args.warmup_epochs} must be < --epochs "
+                          f"{args.epochs}")
+    if args.remode not in ("const", "rand", "pixel"):
+        raise ConfigError(f"--remode {args.remode!r}: choose const, rand or pixel")
+    try:  # timm parses the policy string when the transform is built
+        build_transforms(args)
+    except (AssertionError, ValueError, KeyError) as e:
+        raise ConfigError(f"--aa {args.aa!r}: {e or 'not a timm auto-augment policy'}") from None
+    cli_common.resolve_workers(args, "finetune")
+    if not Path(args.data).is_dir():
+        raise ConfigError(f"--data {args.data}: no such directory")
+    if not args.layer_decay_sweep:
+        return None
+    if args.layer_decay_sweep.strip().lower() == "paper":
+        return list(PAPER_LAYER_DECAY_SWEEP)
+    try:
+        sweep = [float(x) for x in args.layer_decay_sweep.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--layer-decay-sweep {args.layer_decay_sweep!r}: not a comma list "
+                          f"of numbers") from None
+    if not sweep or not all(0 < x <= 1 for x in sweep):
+        raise ConfigError(f"--layer-decay-sweep {args.layer_decay_sweep!r}: values must be in "
+                          f"(0, 1]")
+    return sweep
+
 
 def build_param_groups(model: nn.Module, lr: float, weight_decay: float, layer_decay: float):
     """The classifier's AdamW groups: :func:`mixedae.runtime.layer_decay.layer_decay_param_groups`
@@ -107,7 +237,7 @@ def image_folders(args):
     for sub in ("train", args.val_folder):
         d = root / sub
         if not d.is_dir():
-            raise UsageError(f"--data {root}: missing folder {d} (expected {root}/train/"
+            raise ConfigError(f"--data {root}: missing folder {d} (expected {root}/train/"
                                f"<class>/* and {root}/{args.val_folder}/<class>/*)")
     train_tf, eval_tf = build_transforms(args)
     tr = ReadableImageFolder(root / "train", transform=train_tf)
@@ -115,8 +245,8 @@ def image_folders(args):
                              eval_flag="--skip-unreadable-eval",
                              skip_unreadable=args.skip_unreadable_eval, workers=args.workers)
     if va.classes != tr.classes:
-        raise UsageError(f"{root}/{args.val_folder} classes differ from {root}/train "
-                         f"({len(va.classes)} vs {len(tr.classes)})")
+        raise ConfigError(f"{root}/{args.val_folder} classes differ from {root}/train "
+                          f"({len(va.classes)} vs {len(tr.classes)})")
     return tr, va
 
 
@@ -135,13 +265,13 @@ def _resume_source(args, out_dir: Path) -> Path | None:
         return ckpt if ckpt.is_file() else None
     if not args.resume:
         if ckpt.exists():
-            raise UsageError(f"{ckpt} exists: pass --resume auto to continue it, or use "
+            raise ConfigError(f"{ckpt} exists: pass --resume auto to continue it, or use "
                              f"another --output-dir")
         return None
     src = Path(args.resume)
     src = src / CHECKPOINT_NAME if src.is_dir() else src
     if not src.is_file():
-        raise UsageError(f"--resume {args.resume}: no such file")
+        raise ConfigError(f"--resume {args.resume}: no such file")
     return src
 
 
@@ -197,9 +327,9 @@ def _prepare_resume(src: Path | None, out_dir: Path) -> Path:
     if src is None or src.resolve() == ckpt.resolve():
         return ckpt
     if ckpt.exists() and not filecmp.cmp(src, ckpt, shallow=False):
-        raise UsageError(f"--resume {src}: {ckpt} exists and holds another checkpoint (never "
-                         f"overwritten): --resume auto continues it, or use another "
-                         f"--output-dir")
+        raise ConfigError(f"--resume {src}: {ckpt} exists and holds another checkpoint (never "
+                          f"overwritten): --resume auto continues it, or use another "
+                          f"--output-dir")
     if is_main_process() and not ckpt.exists():
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(ckpt, lambda tmp: shutil.copyfile(src, tmp))
@@ -212,7 +342,7 @@ def _build(args, train_set, device):
     model = create_vit(args.model, patch_size=args.patch_size, img_size=args.img_size,
                        num_classes=len(train_set.classes), global_pool="avg",
                        drop_path_rate=args.drop_path, learnable_pos_embed=True)
-    loaded = E.load_pretrained(model, args.checkpoint) if args.checkpoint else None
+    loaded = engine.load_pretrained(model, args.checkpoint) if args.checkpoint else None
     model.to(device)
     ema = None
     if args.model_ema:
@@ -232,17 +362,17 @@ def _evaluator(args, model, ema, val_set, device, total, logger, best: dict, las
         if not force and (epoch + 1) % args.eval_every and step < total:
             return
         kw = dict(workers=args.workers, amp=not args.no_amp)
-        ev = E.evaluate(model, val_set, args.eval_batch_size, device, **kw)
+        ev = evaluation.evaluate(model, val_set, args.eval_batch_size, device, **kw)
         rec = {"event": "eval", "epoch": epoch, "step": step,
                **{k: ev[k] for k in ("top1", "top5", "mean_per_class", "loss")}}
         if ema is not None:
-            ee = E.evaluate(ema.module, val_set, args.eval_batch_size, device, **kw)
+            ee = evaluation.evaluate(ema.module, val_set, args.eval_batch_size, device, **kw)
             rec.update(ema_top1=ee["top1"], ema_top5=ee["top5"])
         best["top1"] = max(best.get("top1", -1.0), rec["top1"])
         last.clear()
         last.update(rec)
         logger.log(rec, {f"eval/{k}": v for k, v in rec.items()
-                         if k in ("top1", "top5", "mean_per_class", "loss", "ema_top1",
+                          if k in ("top1", "top5", "mean_per_class", "loss", "ema_top1",
                                   "ema_top5")})
         logger.info(f"[finetune] epoch {epoch} step {step}: top-1 {rec['top1']:.2f} "
                     f"top-5 {rec['top5']:.2f} (best {best['top1']:.2f})")
@@ -274,18 +404,18 @@ def run(args, out_dir: Path) -> dict:
     """One fine-tuning run into ``out_dir``; returns the final metrics."""
     info = init_distributed()
     world, device = info.world_size, info.device
-    E.seed_everything(args.seed + info.rank)
+    engine.seed_everything(args.seed + info.rank)
     train_set, val_set = image_folders(args)
     src = _resume_source(args, out_dir)
     resume_ck = _check_resume(args, src) if src is not None else None
     per_rank, rem = divmod(args.batch_size, world * args.accum_iter)
     if rem or per_rank == 0:
-        raise UsageError(f"--batch-size {args.batch_size} is not divisible by {world} rank(s) "
-                         f"× --accum-iter {args.accum_iter}")
+        raise ConfigError(f"--batch-size {args.batch_size} is not divisible by {world} rank(s) "
+                          f"× --accum-iter {args.accum_iter}")
     mixup = build_mixup(args, len(train_set.classes))
     if mixup is not None and per_rank % 2:
-        raise UsageError(f"mixup/cutmix need an even per-rank batch, got {per_rank}")
-    spe = E.steps_per_epoch(len(train_set), per_rank, args.accum_iter)  # the engine's count
+        raise ConfigError(f"mixup/cutmix need an even per-rank batch, got {per_rank}")
+    spe = engine.steps_per_epoch(len(train_set), per_rank, args.accum_iter)  # the engine's count
     total, warmup = args.epochs * spe, int(round(args.warmup_epochs * spe))
     pretrained = _pretrained(args, resume_ck)  # before training: every result.json has it
     model, ema, optimizer, loaded = _build(args, train_set, device)
@@ -312,7 +442,7 @@ def run(args, out_dir: Path) -> dict:
                           out_dir, pretrained)
     t0 = time.time()
     try:
-        out = E.train_loop(
+        out = engine.train_loop(
             model=model, optimizer=optimizer, train_set=train_set,
             loss_fn=build_loss(args, mixup), batch_size=per_rank, total_steps=total,
             accum_iter=args.accum_iter, device=device, seed=args.seed, workers=args.workers,
@@ -343,19 +473,19 @@ def run(args, out_dir: Path) -> dict:
 def _eval_checkpoint(args, out_dir: Path) -> Path:
     """The checkpoint of ``--eval`` (usage errors before any work)."""
     if not args.resume:
-        raise UsageError("--eval evaluates a checkpoint: give --resume CKPT (or --resume auto "
-                         "for OUT/checkpoint.pth)")
+        raise ConfigError("--eval evaluates a checkpoint: give --resume CKPT (or --resume auto "
+                          "for OUT/checkpoint.pth)")
     if args.layer_decay_sweep:
-        raise UsageError("--eval takes one checkpoint: drop --layer-decay-sweep")
+        raise ConfigError("--eval takes one checkpoint: drop --layer-decay-sweep")
     path = out_dir / CHECKPOINT_NAME if args.resume == "auto" else Path(args.resume)
     if not path.is_file():
-        raise UsageError(f"--resume {args.resume}: no such file ({path})")
+        raise ConfigError(f"--resume {args.resume}: no such file ({path})")
     return path
 
 
 def evaluate_only(args, out_dir: Path, path: Path) -> dict:
     """``--eval``: every metric of the checkpoint's classifier (and its EMA) → OUT/eval/."""
-    from mixedae.classification import results as R
+    from mixedae.classification.results import write_per_class
     from mixedae.runtime.checkpoint import load_model_state
     from mixedae.runtime.errors import CheckpointError
     info = init_distributed()
@@ -376,7 +506,7 @@ def evaluate_only(args, out_dir: Path, path: Path) -> dict:
                            num_classes=len(train_set.classes), global_pool="avg",
                            learnable_pos_embed=True)
         load_model_state(model, state, source=f"{path} ({name})")  # strict, keys named
-        out[name] = E.evaluate(model.to(info.device), val_set, args.eval_batch_size,
+        out[name] = evaluation.evaluate(model.to(info.device), val_set, args.eval_batch_size,
                                info.device, **kw)
     ev, res = out["model"], {"eval_only": True, "checkpoint": str(path), "step": ck.get("step"),
                              "n_val": len(val_set)}
@@ -386,7 +516,7 @@ def evaluate_only(args, out_dir: Path, path: Path) -> dict:
     if "ema" in out:
         res.update({f"ema_{k}": out["ema"][k] for k in ("top1", "top5", "mean_per_class")})
     if is_main_process():
-        R.write_per_class(out_dir / "eval", val_set.classes, ev, f"{path.name} "
+        write_per_class(out_dir / "eval", val_set.classes, ev, f"{path.name} "
                           f"({args.val_folder})")
         write_result(out_dir / "eval", **res)
         print(f"[finetune] eval {path} (step {res['step']}): top-1 {res['top1']:.2f} "

@@ -42,15 +42,15 @@ from typing import Sequence
 
 import torch
 
-from mixedae.classification import cli_common as C
-from mixedae.classification import datasets as D
-from mixedae.classification import engine as E
-from mixedae.classification import results as R
+from mixedae.classification import cli_common
+from mixedae.classification import datasets
+from mixedae.classification import engine
+from mixedae.classification import results
 from mixedae.classification.evaluation import multilabel_stats, single_label_stats
 from mixedae.classification.features import cached_features, images_digest
 from mixedae.model.vit import create_vit
 from mixedae.runtime.atomic import atomic_write_text
-from mixedae.runtime.cli import run_main
+from mixedae.runtime.cli import check_flags, run_main
 from mixedae.runtime.distributed import get_rank, get_world_size, is_main_process
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.provenance import pretrained_record
@@ -62,7 +62,7 @@ DINO_NB_KNN = (10, 20, 100, 200)  # facebookresearch/dino eval_knn.py, --nb_knn 
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = C.frozen_eval_parser("mixedae knn", __doc__)
+    p = cli_common.frozen_eval_parser("mixedae knn", __doc__)
     p.add_argument("--nb-knn", "--k", dest="nb_knn", type=int, nargs="+",
                    default=list(DINO_NB_KNN), metavar="K",
                    help="numbers of neighbours, each scored (default: DINO's "
@@ -72,21 +72,21 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-crop-pct", type=float, default=0.875)
     p.add_argument("--chunk", type=int, default=50_000, help="images per cached piece")
     p.add_argument("--seed", type=int, default=0, help="only for seeded dataset splits")
-    C.add_workers_arg(p)
-    C.add_run_flags(p)
+    cli_common.add_workers_arg(p)
+    cli_common.add_run_flags(p)
     return p
 
 
 def check_args(args) -> list[str] | None:
-    C.check_flags(args, {"temperature": ">0", "batch_size": ">0", "eval_crop_pct": "(0,1]",
+    check_flags(args, {"temperature": ">0", "batch_size": ">0", "eval_crop_pct": "(0,1]",
                          "chunk": ">0", "seed": ">=0"})
     for k in args.nb_knn:
-        C.check_flags(argparse.Namespace(nb_knn=k), {"nb_knn": ">0"})
+        check_flags(argparse.Namespace(nb_knn=k), {"nb_knn": ">0"})
     args.nb_knn = list(dict.fromkeys(args.nb_knn))  # each k once, in the order given
-    C.resolve_model_args(args)
-    C.resolve_workers(args, "knn")
-    args.name = C.run_name(args)
-    return C.check_data_args(args)
+    cli_common.resolve_model_args(args)
+    cli_common.resolve_workers(args, "knn")
+    args.name = cli_common.run_name(args)
+    return cli_common.check_data_args(args)
 
 
 def feature_key(args, images) -> dict:
@@ -123,8 +123,8 @@ def knn_votes(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tenso
     return res[k] if isinstance(k, int) else res
 
 
-def _features(args, data: D.ClsData, model, ds_dir: Path, device, logger) -> list:
-    tf = D.eval_transform(args.img_size, args.eval_crop_pct)
+def _features(args, data: datasets.ClsData, model, ds_dir: Path, device, logger) -> list:
+    tf = datasets.eval_transform(args.img_size, args.eval_crop_pct)
     out = []
     for split, images in (("train", data.train_images), ("test", data.test_images)):
         f = cached_features(model, data.dataset(split, tf), ds_dir / "features" / f"{split}.pt",
@@ -141,7 +141,7 @@ def _targets(targets: list, multilabel: bool) -> torch.Tensor:
     return torch.as_tensor(targets, dtype=torch.int64)
 
 
-def knn_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict:
+def knn_dataset(args, data: datasets.ClsData, out_dir: Path, device) -> dict:
     """Features (cached), k-NN votes for every k on this rank's test share, every metric;
     the summaries ``{k: summary}``."""
     ds_dir = out_dir / data.name
@@ -151,7 +151,7 @@ def knn_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict:
     torch.manual_seed(args.seed)  # a random-init baseline is reproducible
     model = create_vit(args.model, patch_size=args.patch_size, img_size=args.img_size,
                        num_classes=0, global_pool="token" if args.feature == "cls" else "avg")
-    loaded = E.load_pretrained(model, args.checkpoint) if args.checkpoint else None
+    loaded = engine.load_pretrained(model, args.checkpoint) if args.checkpoint else None
     pretrained = pretrained_record(args.checkpoint) if is_main_process() else None
     n_img = len(data.train_images) + len(data.test_images)
     logger = RunLogger(ds_dir, desc=f"knn {data.name} features",
@@ -173,14 +173,14 @@ def knn_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict:
                            single_label_stats(v, y_test, data.num_classes, device,
                                               with_loss=False))
             logger.log({"event": "knn", "step": 0, "k": k, "T": args.temperature,
-                        "feature_seconds": round(t_feat, 2), **R.public_eval(ev)},
-                       {f"knn_k{k}/{m}": x for m, x in R.public_eval(ev).items() if m != "n"})
+                        "feature_seconds": round(t_feat, 2), **results.public_eval(ev)},
+                       {f"knn_k{k}/{m}": x for m, x in results.public_eval(ev).items() if m != "n"})
     finally:
         logger.close()
-    print0(f"[knn] {data.name}: {R.SHORT[data.metric]} " + ", ".join(
+    print0(f"[knn] {data.name}: {results.SHORT[data.metric]} " + ", ".join(
         f"k {k} {ev[data.metric]:.2f}" for k, ev in evs.items()) + f" (T {args.temperature}; "
         f"features {t_feat:.0f}s, all {time.time() - t0:.0f}s)")
-    out = {k: C.save_result(ds_dir / f"k{k}", data, ev, args.name, method="knn", k=k,
+    out = {k: cli_common.save_result(ds_dir / f"k{k}", data, ev, args.name, method="knn", k=k,
                             temperature=args.temperature, feature=args.feature,
                             pretrained=pretrained)
            for k, ev in evs.items()}
@@ -198,7 +198,7 @@ def write_tables(args, done: list[dict], note: str | None) -> Path | None:
     if not done:
         return None
     rows = {f"{args.name} k={k}": {s[k]["dataset"]: s[k] for s in done} for k in args.nb_knn}
-    return R.write_row_tables(Path(args.output_dir), args.name, rows,
+    return results.write_row_tables(Path(args.output_dir), args.name, rows,
                               f"k-NN (k {', '.join(map(str, args.nb_knn))}, T "
                               f"{args.temperature}, {args.feature} feature)", note=note)[1]
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    return C.parse_and_run(get_parser, check_args, knn_dataset, write_tables, argv)
+    return cli_common.parse_and_run(get_parser, check_args, knn_dataset, write_tables, argv)
 
 
 if __name__ == "__main__":

@@ -43,13 +43,14 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from mixedae.classification import cli_common as C
-from mixedae.classification import datasets as D
-from mixedae.classification import engine as E
-from mixedae.classification import results as R
+from mixedae.classification import cli_common
+from mixedae.classification import datasets
+from mixedae.classification import engine
+from mixedae.classification.evaluation import evaluate
+from mixedae.classification import results
 from mixedae.classification.metrics import multilabel_bce
 from mixedae.model.vit import create_vit
-from mixedae.runtime.cli import run_main
+from mixedae.runtime.cli import check_flags, run_main
 from mixedae.runtime.weights import CHECKPOINT_NAME
 from mixedae.runtime.distributed import (get_world_size, init_distributed, is_main_process,
                                          unwrap, wrap_ddp)
@@ -64,7 +65,7 @@ SETTINGS = ("checkpoint", "model", "patch_size", "img_size", "feature", "epochs"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    p = C.frozen_eval_parser("mixedae linprobe", __doc__)
+    p = cli_common.frozen_eval_parser("mixedae linprobe", __doc__)
     p.add_argument("--epochs", type=int, default=90)
     p.add_argument("--warmup-epochs", type=float, default=10)
     p.add_argument("--batch-size", type=int, default=16384, help="global")
@@ -77,17 +78,17 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=10, help="epochs (and at the end)")
     p.add_argument("--eval-crop-pct", type=float, default=0.875)
     p.add_argument("--seed", type=int, default=0)
-    C.add_workers_arg(p)
+    cli_common.add_workers_arg(p)
     p.add_argument("--save-every-steps", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this step, "
                    "resumably (smoke tests)")
     p.add_argument("--log-every", type=int, default=20)
-    C.add_run_flags(p)
+    cli_common.add_run_flags(p)
     return p
 
 
 def check_args(args) -> list[str] | None:
-    C.check_flags(args, {"epochs": ">0", "warmup_epochs": ">=0", "batch_size": ">0",
+    check_flags(args, {"epochs": ">0", "warmup_epochs": ">=0", "batch_size": ">0",
                          "accum_iter": ">0", "blr": ">0", "lr": ">0", "min_lr": ">=0",
                          "weight_decay": ">=0", "eval_batch_size": ">0", "eval_every": ">0",
                          "eval_crop_pct": "(0,1]", "seed": ">=0", "save_every_steps": ">=0",
@@ -95,11 +96,11 @@ def check_args(args) -> list[str] | None:
     if args.warmup_epochs >= args.epochs:
         raise ConfigError(f"--warmup-epochs {args.warmup_epochs} must be < --epochs "
                           f"{args.epochs}")
-    C.resolve_model_args(args)
-    C.resolve_workers(args, "linprobe")
-    args.name = C.run_name(args)
+    cli_common.resolve_model_args(args)
+    cli_common.resolve_workers(args, "linprobe")
+    args.name = cli_common.run_name(args)
     args.abs_lr = args.lr if args.lr is not None else args.blr * args.batch_size / 256
-    return C.check_data_args(args)
+    return cli_common.check_data_args(args)
 
 
 def build_probe(args, num_classes: int) -> tuple[nn.Module, dict | None]:
@@ -107,7 +108,7 @@ def build_probe(args, num_classes: int) -> tuple[nn.Module, dict | None]:
     model = create_vit(args.model, patch_size=args.patch_size, img_size=args.img_size,
                        num_classes=num_classes,
                        global_pool="token" if args.feature == "cls" else "avg")
-    loaded = E.load_pretrained(model, args.checkpoint) if args.checkpoint else None
+    loaded = engine.load_pretrained(model, args.checkpoint) if args.checkpoint else None
     nn.init.trunc_normal_(model.head.weight, std=0.01)
     nn.init.zeros_(model.head.bias)
     model.head = nn.Sequential(nn.BatchNorm1d(model.embed_dim, affine=False, eps=1e-6),
@@ -139,34 +140,34 @@ def _epoch_eval(args, model, test_set, data, device, total, logger):
     def on_epoch_end(epoch: int, step: int) -> None:
         if (epoch + 1) % args.eval_every or step >= total:  # the final one comes after
             return
-        ev = E.evaluate(model, test_set, args.eval_batch_size, device, data.multilabel,
+        ev = evaluate(model, test_set, args.eval_batch_size, device, data.multilabel,
                         args.workers, not args.no_amp)
-        logger.log({"event": "eval", "epoch": epoch, "step": step, **R.public_eval(ev)},
-                   {f"test/{k}": v for k, v in R.public_eval(ev).items() if k != "n"})
-        logger.info(f"[linprobe] {data.name} epoch {epoch}: {R.SHORT[data.metric]} "
+        logger.log({"event": "eval", "epoch": epoch, "step": step, **results.public_eval(ev)},
+                   {f"test/{k}": v for k, v in results.public_eval(ev).items() if k != "n"})
+        logger.info(f"[linprobe] {data.name} epoch {epoch}: {results.SHORT[data.metric]} "
                     f"{ev[data.metric]:.2f}")
     return on_epoch_end
 
 
-def _plan(args, data: D.ClsData) -> dict:
+def _plan(args, data: datasets.ClsData) -> dict:
     """Per-rank batch, steps per epoch, total and warm-up steps (refusing what cannot run)."""
     world = get_world_size()
     per_rank, rem = divmod(args.batch_size, world * args.accum_iter)
     if rem or not per_rank:
         raise ConfigError(f"--batch-size {args.batch_size} is not divisible by {world} rank(s) "
                           f"× --accum-iter {args.accum_iter}")
-    spe = E.steps_per_epoch(len(data.train_targets), per_rank, args.accum_iter)
+    spe = engine.steps_per_epoch(len(data.train_targets), per_rank, args.accum_iter)
     return {"per_rank": per_rank, "spe": spe, "total": args.epochs * spe,
             "warmup": int(round(args.warmup_epochs * spe)), "world": world}
 
 
-def _fit(args, data: D.ClsData, ds_dir: Path, plan: dict, device) -> tuple[dict, dict]:
+def _fit(args, data: datasets.ClsData, ds_dir: Path, plan: dict, device) -> tuple[dict, dict]:
     """Train the probe (resuming from ``ds_dir/checkpoint.pth``), then evaluate on test."""
-    E.seed_everything(args.seed)
+    engine.seed_everything(args.seed)
     model, loaded = build_probe(args, data.num_classes)
     model = wrap_ddp(model.to(device), init_distributed())
-    train_set = data.dataset("train", D.train_transform(args.img_size))
-    test_set = data.dataset("test", D.eval_transform(args.img_size, args.eval_crop_pct))
+    train_set = data.dataset("train", datasets.train_transform(args.img_size))
+    test_set = data.dataset("test", datasets.eval_transform(args.img_size, args.eval_crop_pct))
     total = plan["total"]
     logger = RunLogger(ds_dir, desc=f"linprobe {data.name}", total=total, start_step=None,
                        progress=not args.no_progress)
@@ -177,7 +178,7 @@ def _fit(args, data: D.ClsData, ds_dir: Path, plan: dict, device) -> tuple[dict,
     logger.info(f"[linprobe] {data.name}: {len(train_set)} train / {len(test_set)} test, "
                 f"{data.num_classes} classes, lr {args.abs_lr:.3g}, {total} steps")
     try:
-        out = E.train_loop(
+        out = engine.train_loop(
             model=model, optimizer=build_lars(unwrap(model).head, args.abs_lr,
                                               args.weight_decay),
             train_set=train_set, batch_size=plan["per_rank"], accum_iter=args.accum_iter,
@@ -188,34 +189,34 @@ def _fit(args, data: D.ClsData, ds_dir: Path, plan: dict, device) -> tuple[dict,
             logger=logger, log_every=args.log_every, amp=not args.no_amp,
             stop_after=args.max_steps,
             on_epoch_end=_epoch_eval(args, model, test_set, data, device, total, logger))
-        ev = E.evaluate(model, test_set, args.eval_batch_size, device, data.multilabel,
+        ev = evaluate(model, test_set, args.eval_batch_size, device, data.multilabel,
                         args.workers, not args.no_amp)
         logger.log({"event": "eval", "step": out["step"], "final": out["finished"],
-                    **R.public_eval(ev)},
-                   {f"test/{k}": v for k, v in R.public_eval(ev).items() if k != "n"})
+                    **results.public_eval(ev)},
+                   {f"test/{k}": v for k, v in results.public_eval(ev).items() if k != "n"})
     finally:
         logger.close()
     return ev, out
 
 
-def probe_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict | None:
+def probe_dataset(args, data: datasets.ClsData, out_dir: Path, device) -> dict | None:
     """Train and evaluate the probe on one data; its summary (None when stopped early: the
     summary of the partial probe is then written with ``finished: false``, and a rerun
     resumes it from the checkpoint)."""
     ds_dir = out_dir / data.name
     done = ds_dir / "result.json"
     if done.is_file() and json.loads(done.read_text()).get("finished", True):
-        C.check_settings(ds_dir, settings(args))
+        cli_common.check_settings(ds_dir, settings(args))
         print0(f"[linprobe] {data.name}: done before, skipped")
         return json.loads(done.read_text())
     plan = _plan(args, data)
-    C.check_settings(ds_dir, settings(args))
+    cli_common.check_settings(ds_dir, settings(args))
     pretrained = pretrained_record(args.checkpoint) if is_main_process() else None
     t0 = time.time()
     ev, out = _fit(args, data, ds_dir, plan, device)
     print0(f"[linprobe] {data.name} step {out['step']}/{plan['total']}: "
-           f"{R.SHORT[data.metric]} {ev[data.metric]:.2f} ({time.time() - t0:.0f}s)")
-    summary = C.save_result(ds_dir, data, ev, args.name, method="linprobe",
+           f"{results.SHORT[data.metric]} {ev[data.metric]:.2f} ({time.time() - t0:.0f}s)")
+    summary = cli_common.save_result(ds_dir, data, ev, args.name, method="linprobe",
                             feature=args.feature, lr=args.abs_lr, steps=plan["total"],
                             step=out["step"], finished=out["finished"],
                             resumed_from=out["resumed_from"], settings=settings(args),
@@ -230,11 +231,11 @@ def probe_dataset(args, data: D.ClsData, out_dir: Path, device) -> dict | None:
 def write_tables(args, done: list[dict], note: str | None) -> Path | None:
     """OUT/results.md / .csv over every data probed in OUT (partial ones marked)."""
     out_dir = Path(args.output_dir)
-    res = R.collect(out_dir / d / "result.json" for d in sorted(
+    res = results.collect(out_dir / d / "result.json" for d in sorted(
         p.name for p in out_dir.iterdir() if p.is_dir()))
     if not res:
         return None
-    return R.write_tables(out_dir, args.name, res,
+    return results.write_tables(out_dir, args.name, res,
                           f"Linear probing ({args.feature} feature, MAE recipe)", note=note)[1]
 
 
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    return C.parse_and_run(get_parser, check_args, probe_dataset, write_tables, argv)
+    return cli_common.parse_and_run(get_parser, check_args, probe_dataset, write_tables, argv)
 
 
 if __name__ == "__main__":

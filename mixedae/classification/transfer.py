@@ -77,17 +77,17 @@ import json
 import sys
 from pathlib import Path
 
-from mixedae.classification import cli_common as C
-from mixedae.classification import datasets as D
-from mixedae.classification import results as R
-from mixedae.classification.dataset_readers import VOC_DIFFICULT
-from mixedae.classification.transfer_protocol import (SKIP_FLAG, lr_tag,  # noqa: F401
-                                                      run_dataset)
+from mixedae.classification import cli_common
+from mixedae.classification import datasets
+from mixedae.classification import results
+from mixedae.classification.dataset_readers import VOC_DIFFICULT, load_dataset
+from mixedae.classification.specs import ORDER, SPECS
+from mixedae.classification.transfer_protocol import SKIP_FLAG, run_dataset
 from mixedae.runtime.atomic import atomic_write_text
 from mixedae.runtime.distributed import cleanup, init_distributed, is_main_process
-from mixedae.runtime.errors import CheckpointError, ConfigError
+from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.run_logger import print0
-from mixedae.runtime.cli import add_debug_flag, check_writable_dir, run_main
+from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
 from mixedae.runtime.images import require_readable
 
 DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
@@ -97,13 +97,13 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mixedae transfer", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", default="all", help="'all' or a comma list of: "
-                   + ", ".join(D.ORDER) + " (run in the order given)")
+                   + ", ".join(ORDER) + " (run in the order given)")
     p.add_argument("--root", required=True, help="root holding the datasets (see "
                    "mixedae.classification.datasets for each layout)")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--name", default=None, help="row label in the results table "
                    "(default: checkpoint name)")
-    C.add_model_args(p)
+    cli_common.add_model_args(p)
     p.add_argument("--iters", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=64, help="global batch size")
     p.add_argument("--eval-batch-size", type=int, default=128)
@@ -123,7 +123,7 @@ def get_parser() -> argparse.ArgumentParser:
                    "the --val-frac hold-out for every dataset")
     p.add_argument("--val-frac", type=float, default=0.2,
                    help="fraction of train held out to choose the lr (datasets without val)")
-    p.add_argument("--holdout", choices=D.HOLDOUTS, default="shuffled",
+    p.add_argument("--holdout", choices=datasets.HOLDOUTS, default="shuffled",
                    help="the hold-out: 'shuffled' (Ericsson et al.: numpy shuffle, first "
                    "--val-frac to val) or 'stratified' (--val-frac of each class)")
     p.add_argument("--voc-difficult", choices=VOC_DIFFICULT, default="negative",
@@ -133,7 +133,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default=None,
                    help="comma list, e.g. 0,1,2: the whole protocol once per seed (as --seed "
                    "S) into OUT/seed<S>/, and OUT/results.md with mean ± std per dataset")
-    C.add_workers_arg(p)
+    cli_common.add_workers_arg(p)
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--keep-checkpoints", action="store_true")
     p.add_argument("--log-every", type=int, default=50)
@@ -179,7 +179,7 @@ def parse_seeds(args) -> list[int] | None:
 
 def check_args(args) -> tuple[list[str], list[float]]:
     """Every flag, before any work: (dataset names, lrs) or ConfigError."""
-    C.check_flags(args, {"iters": ">0", "batch_size": ">0", "eval_batch_size": ">0",
+    check_flags(args, {"iters": ">0", "batch_size": ">0", "eval_batch_size": ">0",
                          "momentum": "[0,1)", "weight_decay": ">=0", "warmup_iters": ">=0",
                          "drop_path": "[0,1)", "eval_crop_pct": "(0,1]", "val_frac": "(0,1)",
                          "seed": ">=0", "ckpt_every": ">=0", "log_every": ">0",
@@ -190,18 +190,18 @@ def check_args(args) -> tuple[list[str], list[float]]:
         raise ConfigError("--nesterov needs --momentum > 0 (or pass --no-nesterov)")
     lrs = parse_lrs(args.lrs)
     args.seed_list = parse_seeds(args)
-    C.resolve_model_args(args)
-    C.resolve_workers(args, "transfer")
-    args.name = C.run_name(args)
+    cli_common.resolve_model_args(args)
+    cli_common.resolve_workers(args, "transfer")
+    args.name = cli_common.run_name(args)
     args.data = None  # the 11 datasets only
-    names = C.check_data_args(args)
+    names = cli_common.check_data_args(args)
     return names, lrs
 
 
 def _run_all(args, names: list[str], lrs: list[float], out_dir: Path, device) -> list[dict]:
     done = []
     for n in names:
-        data = D.load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
+        data = load_dataset(n, args.root, verify_checksums=not args.no_verify_checksums,
                               seed=args.seed, voc_difficult=args.voc_difficult)
         # training data: all-unreadable refused; the test set: every image, never altered
         require_readable(data.train_images, f"{n}/train")
@@ -209,7 +209,7 @@ def _run_all(args, names: list[str], lrs: list[float], out_dir: Path, device) ->
                         workers=args.workers)
         print0(f"[transfer] {n}: {len(data.train_targets)} train / "
                f"{len(data.test_targets)} test, {data.num_classes} classes "
-               f"({data.split_note}); metric: {R.SHORT[data.metric]}")
+               f"({data.split_note}); metric: {results.SHORT[data.metric]}")
         s = run_dataset(args, data, lrs, out_dir, device)
         if s is None:
             print0("[transfer] stopped early (--stop-after); rerun the same command to resume")
@@ -222,10 +222,10 @@ def _run_all(args, names: list[str], lrs: list[float], out_dir: Path, device) ->
 
 def write_outputs(out_dir: Path, name: str) -> Path:
     """results.md / .csv / .png from every OUT/runs/<dataset>/result.json."""
-    res = R.collect(out_dir / "runs" / n / "result.json" for n in D.ORDER)
-    _, md = R.write_tables(out_dir, name, res, "Classification transfer (Table 2 protocol)",
+    res = results.collect(out_dir / "runs" / n / "result.json" for n in ORDER)
+    _, md = results.write_tables(out_dir, name, res, "Classification transfer (Table 2 protocol)",
                            paper_row=True)
-    R.plot_vs_paper(out_dir, name, res)
+    results.plot_vs_paper(out_dir, name, res)
     return md
 
 
@@ -263,9 +263,9 @@ def write_seed_table(out_dir: Path, name: str, seeds: list[int]) -> Path:
     """OUT/results.md + results.csv: per dataset the mean ± sample std (ddof 1) of the test
     score over the seeds that finished it (n given), from OUT/seed<S>/runs/*/result.json."""
     import numpy as np
-    per = {s: R.collect(out_dir / f"seed{s}" / "runs" / n / "result.json" for n in D.ORDER)
+    per = {s: results.collect(out_dir / f"seed{s}" / "runs" / n / "result.json" for n in ORDER)
            for s in seeds}
-    cols = [n for n in D.ORDER if any(n in r for r in per.values())]
+    cols = [n for n in ORDER if any(n in r for r in per.values())]
     stats = {}
     for n in cols:
         v = [per[s][n]["test_score"] for s in seeds if n in per[s]]
@@ -276,13 +276,13 @@ def write_seed_table(out_dir: Path, name: str, seeds: list[int]) -> Path:
     def cell(m, sd, k):
         return f"{m:.1f} ± {sd:.1f}" + ("" if k == len(seeds) else f" (n={k})") \
             if sd is not None else f"{m:.1f} (n={k})"
-    head = ["Method"] + [D.SPECS[n].column for n in cols] + ["Avg."]
+    head = ["Method"] + [SPECS[n].column for n in cols] + ["Avg."]
     avg = cell(float(np.mean(avgs)), float(np.std(avgs, ddof=1)) if len(avgs) > 1 else None,
                len(avgs)) if avgs else "–"
     row = [name] + [cell(*stats[n]) for n in cols] + [avg]
     lines = [f"# Classification transfer (Table 2 protocol), seeds {', '.join(map(str, seeds))}:"
              f" {name}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-             "| metric | " + " | ".join(R.SHORT[D.SPECS[n].metric] for n in cols) + " | |",
+             "| metric | " + " | ".join(results.SHORT[SPECS[n].metric] for n in cols) + " | |",
              "| " + " | ".join(row) + " |", "",
              f"Mean ± sample standard deviation (ddof 1) of the protocol metric over "
              f"{len(seeds)} seeds (n = seeds finished, where fewer); Avg.: over the seeds that "
@@ -290,7 +290,7 @@ def write_seed_table(out_dir: Path, name: str, seeds: list[int]) -> Path:
     csv_lines = ["dataset,metric,mean,std,n," + ",".join(f"seed{s}" for s in seeds)]
     for n in cols:
         m, sd, k = stats[n]
-        csv_lines.append(f"{n},{D.SPECS[n].metric},{m:.4f},{'' if sd is None else f'{sd:.4f}'},"
+        csv_lines.append(f"{n},{SPECS[n].metric},{m:.4f},{'' if sd is None else f'{sd:.4f}'},"
                          f"{k}," + ",".join(f"{per[s][n]['test_score']:.4f}" if n in per[s]
                                            else "" for s in seeds))
     atomic_write_text(out_dir / "results.csv", "\n".join(csv_lines) + "\n")

@@ -11,11 +11,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from mixedae.classification import cli_common as C
-from mixedae.classification import datasets as D
-from mixedae.classification import engine as E
-from mixedae.classification import results as R
+from mixedae.classification import cli_common
+from mixedae.classification import datasets
+from mixedae.classification import engine
+from mixedae.classification.evaluation import evaluate
+from mixedae.classification import results
 from mixedae.classification.metrics import multilabel_bce
+from mixedae.classification.specs import SPECS
 from mixedae.model.vit import create_vit
 from mixedae.runtime.atomic import atomic_write_text
 from mixedae.runtime.weights import CHECKPOINT_NAME
@@ -51,11 +53,11 @@ def build_model(args, num_classes: int, device: torch.device) -> tuple[nn.Module
     model = create_vit(args.model, patch_size=args.patch_size, img_size=args.img_size,
                        num_classes=num_classes, global_pool="avg",
                        drop_path_rate=args.drop_path, learnable_pos_embed=True)
-    info = E.load_pretrained(model, args.checkpoint) if args.checkpoint else None
+    info = engine.load_pretrained(model, args.checkpoint) if args.checkpoint else None
     return model.to(device), info
 
 
-def _reuse(args, res_path: Path, data: D.ClsData, phase: str, lr: float) -> dict | None:
+def _reuse(args, res_path: Path, data: datasets.ClsData, phase: str, lr: float) -> dict | None:
     """The result of a finished run with the same settings (None if none); refuses others."""
     if not res_path.is_file():
         return None
@@ -66,7 +68,7 @@ def _reuse(args, res_path: Path, data: D.ClsData, phase: str, lr: float) -> dict
     if diff:
         raise ConfigError(f"{res_path} was produced with other settings ({'; '.join(diff)}); "
                           f"use another --output-dir")
-    what = "diverged" if res.get("diverged") else f"{R.SHORT[res['metric']]} {res['score']:.2f}"
+    what = "diverged" if res.get("diverged") else f"{results.SHORT[res['metric']]} {res['score']:.2f}"
     print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: done before ({what}), skipped")
     return {**res, "skipped": True}
 
@@ -79,9 +81,9 @@ def finite_score(res: dict) -> bool:
 
 def _train(args, data, model, train_set, lr, run_dir, logger, device) -> dict:
     world = get_world_size()
-    return E.train_loop(
+    return engine.train_loop(
         model=model, train_set=train_set, batch_size=args.batch_size // world,
-        optimizer=E.build_sgd(model, lr, args.momentum, args.weight_decay, args.nesterov),
+        optimizer=engine.build_sgd(model, lr, args.momentum, args.weight_decay, args.nesterov),
         loss_fn=multilabel_bce if data.multilabel else nn.CrossEntropyLoss(),
         total_steps=args.iters, device=device, seed=args.seed, workers=args.workers,
         lr_at=lambda s: cosine_lr(s, lr, args.iters, args.warmup_iters),
@@ -89,7 +91,7 @@ def _train(args, data, model, train_set, lr, run_dir, logger, device) -> dict:
         log_every=args.log_every, amp=not args.no_amp, stop_after=args.stop_after)
 
 
-def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
+def train_and_eval(args, data: datasets.ClsData, train_idx: list[int] | None,
                    eval_idx: list[int] | None, lr: float, run_dir: Path, phase: str,
                    device: torch.device) -> dict:
     """One run: train on ``train_idx`` of the train split (all of it if None), then score on
@@ -103,18 +105,18 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
     if done is not None:
         return done
     # an unfinished run resumes from its checkpoint only under the settings it started with
-    C.check_settings(run_dir, {**settings(args), "lr": lr, "phase": phase})
+    cli_common.check_settings(run_dir, {**settings(args), "lr": lr, "phase": phase})
     if args.batch_size % get_world_size():
         raise ConfigError(f"--batch-size {args.batch_size} is not divisible by "
                           f"{get_world_size()} ranks")
     pretrained = pretrained_record(args.checkpoint) if is_main_process() else None
-    E.seed_everything(args.seed)
+    engine.seed_everything(args.seed)
     model, loaded = build_model(args, data.num_classes, device)
     model = wrap_ddp(model, init_distributed())
-    train_set = data.dataset("train", D.train_transform(args.img_size), train_idx)
+    train_set = data.dataset("train", datasets.train_transform(args.img_size), train_idx)
     eval_set = data.dataset("train" if phase == "search" else "test",
-                            D.eval_transform(args.img_size, args.eval_crop_pct), eval_idx,
-                            strict=True)  # checked before: D.ClsData.check_eval
+                            datasets.eval_transform(args.img_size, args.eval_crop_pct), eval_idx,
+                            strict=True)  # checked before: datasets.ClsData.check_eval
     logger = RunLogger(run_dir, desc=f"{data.name} {phase} {lr_tag(lr)}", total=args.iters,
                        start_step=None, progress=not args.no_progress)
     logger.event(event="start", dataset=data.name, phase=phase, lr=lr, n_train=len(train_set),
@@ -144,11 +146,11 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
                    f"{out['step']} (resumable)")
             return {"finished": False, "step": out["step"]}
         else:
-            ev = E.evaluate(model, eval_set, args.eval_batch_size, device,
+            ev = evaluate(model, eval_set, args.eval_batch_size, device,
                             multilabel=data.multilabel, workers=args.workers,
                             amp=not args.no_amp)
             res = {"dataset": data.name, "phase": phase, "lr": lr, "metric": data.metric,
-                   "score": ev[data.metric], "eval": R.public_eval(ev), "eval_split": eval_split,
+                   "score": ev[data.metric], "eval": results.public_eval(ev), "eval_split": eval_split,
                    "n_train": len(train_set), "n_eval": len(eval_set), "iters": args.iters,
                    "resumed_from": out["resumed_from"], "seconds": round(time.time() - t0, 2),
                    "split_note": data.split_note, "settings": settings(args), "finished": True,
@@ -161,15 +163,15 @@ def train_and_eval(args, data: D.ClsData, train_idx: list[int] | None,
     _finish(args, run_dir, res, data, ev if phase == "final" else None)
     if not res.get("diverged"):
         print0(f"[transfer] {data.name} {phase} {lr_tag(lr)}: {eval_split} "
-               f"{R.SHORT[data.metric]} {res['score']:.2f} ({res['seconds']:.0f}s)")
+               f"{results.SHORT[data.metric]} {res['score']:.2f} ({res['seconds']:.0f}s)")
     return res
 
 
-def _finish(args, run_dir: Path, res: dict, data: D.ClsData, ev: dict | None) -> None:
+def _finish(args, run_dir: Path, res: dict, data: datasets.ClsData, ev: dict | None) -> None:
     """Per-class files (final run), result.json (atomic), then the checkpoint is removed."""
     if is_main_process():
         if ev is not None:
-            R.write_per_class(run_dir, data.classes, ev, f"{data.name} test ({args.name})")
+            results.write_per_class(run_dir, data.classes, ev, f"{data.name} test ({args.name})")
         atomic_write_text(run_dir / "result.json", json.dumps(res, indent=1))
         ck = run_dir / CHECKPOINT_NAME
         if not args.keep_checkpoints and ck.exists():
@@ -177,7 +179,7 @@ def _finish(args, run_dir: Path, res: dict, data: D.ClsData, ev: dict | None) ->
     barrier()
 
 
-def val_split(args, data: D.ClsData, ds_dir: Path) -> tuple[list[int], list[int], str]:
+def val_split(args, data: datasets.ClsData, ds_dir: Path) -> tuple[list[int], list[int], str]:
     """(train, val) indices of the lr search and how they were made: the dataset's official
     validation split (``--val-split official`` and one exists), else the ``--holdout`` hold-out
     of ``--val-frac`` (shuffled, as Ericsson et al.; or stratified). Stored in split.json and
@@ -195,7 +197,7 @@ def val_split(args, data: D.ClsData, ds_dir: Path) -> tuple[list[int], list[int]
         raise ConfigError(f"{path} does not match this data/settings ({stored!r} vs {kind!r}); "
                           f"use another --output-dir")
     tr, va = (list(data.val_split[0]), list(data.val_split[1])) if official else \
-        D.holdout_split(args.holdout, data.train_targets, args.val_frac, args.seed)
+        datasets.holdout_split(args.holdout, data.train_targets, args.val_frac, args.seed)
     if not va:
         raise ConfigError(f"{data.name}: --val-frac {args.val_frac} leaves no validation data")
     if is_main_process():
@@ -208,7 +210,7 @@ def val_split(args, data: D.ClsData, ds_dir: Path) -> tuple[list[int], list[int]
     return tr, va, kind
 
 
-def run_dataset(args, data: D.ClsData, lrs: list[float], out_dir: Path,
+def run_dataset(args, data: datasets.ClsData, lrs: list[float], out_dir: Path,
                 device: torch.device) -> dict | None:
     """The lr search on the validation split, then the final run; the dataset summary."""
     ds_dir = out_dir / "runs" / data.name
@@ -237,7 +239,7 @@ def run_dataset(args, data: D.ClsData, lrs: list[float], out_dir: Path,
     if final["lr"] != best_lr:
         raise ConfigError(f"{ds_dir}/final was trained with lr {final['lr']} but the search now "
                           f"picks {best_lr}; use another --output-dir")
-    summary = {"dataset": data.name, "column": D.SPECS[data.name].column,
+    summary = {"dataset": data.name, "column": SPECS[data.name].column,
                "metric": final["metric"], "val_scores": val_scores, "chosen_lr": best_lr,
                "val_split": kind, "test_score": final["score"], "test_eval": final["eval"],
                "n_train": len(data.train_targets), "n_test": len(data.test_targets),

@@ -16,6 +16,7 @@ padding off the prediction).
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def _prepare(cfg: Config) -> str:
     bb.pop("pretrained", None)
     if "init_cfg" in bb:
         bb["init_cfg"] = None
-    import mixedae.mm  # noqa: F401  (registers MixedAEViT, SimpleFPN)
+    importlib.import_module("mixedae.mm")  # registers MixedAEViT, SimpleFPN
     return task
 
 

@@ -5,6 +5,7 @@ backbone weights, build the real mmengine ``Runner``; one error line instead of 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import inspect
 import logging
 import os
@@ -148,8 +149,8 @@ def detect_task(cfg: Config) -> str:
     mtype = cfg.get("model", {}).get("type")
     if mtype is None:
         raise ConfigError("config has neither default_scope nor model.type")
-    import mmdet.models  # noqa: F401  (fills the registries)
-    import mmseg.models  # noqa: F401
+    importlib.import_module("mmdet.models")  # fills the registries
+    importlib.import_module("mmseg.models")
     from mmdet.registry import MODELS as DET
     from mmseg.registry import MODELS as SEG
     found = [t for t, reg in (("mmseg", SEG), ("mmdet", DET)) if mtype in reg.module_dict]
@@ -258,7 +259,7 @@ def register_task(cfg: Config) -> str:
     else:
         from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=False)
-    import mixedae.mm  # noqa: F401  (registers MixedAEViT / the constructor)
+    importlib.import_module("mixedae.mm")  # registers MixedAEViT / the constructor
     return task
 
 
