@@ -337,7 +337,8 @@ def test_model_takes_model_arguments_not_the_training_config():
     """The paper's model is built from a ModelConfig; training fields (batch size, decode, lr)
     are the pretraining config's, checked by it when it builds the ModelConfig."""
     from mixedae.model.mixed_autoencoder import ModelConfig
-    from mixedae.pretrain.config import ConfigError, PretrainConfig
+    from mixedae.pretrain.config import PretrainConfig
+    from mixedae.runtime.errors import ConfigError
     mc = ModelConfig(model="micro", img_size=32, patch_size=8, mask_patch_size=16,
                      decoder_dim=32, decoder_depth=1, decoder_heads=2)
     torch.manual_seed(0)
