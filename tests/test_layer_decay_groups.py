@@ -2,7 +2,6 @@
 written down from the grouping of 2026-12-07 (before the ViT reported its own layer depth):
 the model now answers ``get_layer_depth`` and both callers must still give these groups."""
 import pytest
-import torch
 
 from mixedae.classification.finetune import build_param_groups
 from mixedae.model.vit import create_vit

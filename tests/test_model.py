@@ -18,6 +18,11 @@ MICRO = dict(model="micro", img_size=64, patch_size=8, mask_patch_size=16, batch
              decoder_dim=32, decoder_depth=1, decoder_heads=2)
 
 
+def build(preset: str, **overrides) -> MixedAutoencoder:
+    """The model of a preset, as pretraining builds it."""
+    return MixedAutoencoder(get_preset(preset, **overrides).model_config())
+
+
 # ---- mixing -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("img,patch,block,g,exact", [
     (224, 16, 16, 4, True),    # 16 px blocks: exactly rL = 49 patches per source
@@ -149,8 +154,8 @@ def test_topk_accuracy_counts_homologous_keys():
 
 def test_model_topk_with_k_equal_l_matches_global_attention():
     torch.manual_seed(0)
-    m_topk = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO, topk_ratio=1.0).model_config())
-    m_glob = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO, attention="global").model_config())
+    m_topk = build("mixedae_tiny", **MICRO, topk_ratio=1.0)
+    m_glob = build("mixedae_tiny", **MICRO, attention="global")
     m_glob.load_state_dict(m_topk.state_dict())
     x = torch.randn(8, 3, 64, 64)
     torch.manual_seed(5); a = m_topk(x)
@@ -194,7 +199,7 @@ def test_contrastive_loss_prefers_homologous_clusters():
 # ---- segment embedding ----------------------------------------------------------------------------
 def test_segment_embedding_reaches_every_layer():
     torch.manual_seed(0)
-    model = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO, seg_embed_mode="residual").model_config())
+    model = build("mixedae_tiny", **MICRO, seg_embed_mode="residual")
     seen, ins, outs = {}, [], []
     model.seg_embed.register_forward_hook(lambda m, a, o: seen.setdefault("seg", o))
     for blk in model.encoder.blocks:
@@ -265,7 +270,7 @@ def test_presets_are_valid_and_paper_defaults():
 
 def test_recon_loss_ignores_visible_patches():
     torch.manual_seed(0)
-    m = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO).model_config())
+    m = build("mixedae_tiny", **MICRO)
     pred, target = torch.randn(2, 1, 4, 64, 192), torch.randn(2, 1, 4, 64, 192)
     hidden = torch.rand(2, 1, 4, 64) > 0.5
     base = m._recon_loss(pred, target, hidden)
@@ -290,7 +295,7 @@ def test_forward_recon_loss_is_on_the_hidden_patches_forward_builds(preset):
     sees; the loss of forward() must be the error on the former (Eq. 4), from the masks that
     forward() itself drew."""
     torch.manual_seed(0)
-    model = MixedAutoencoder(get_preset(preset, **MICRO).model_config())
+    model = build(preset, **MICRO)
     g, mae = model.group_size, model.cfg.mixing == "none"
     enc = _capture(model, "encode_masked" if mae else "encode_mixed")
     x = torch.randn(8, 3, 64, 64)
@@ -317,7 +322,7 @@ def test_forward_recon_loss_is_on_the_hidden_patches_forward_builds(preset):
 
 def test_norm_pix_targets_are_per_patch_standardised_and_finite_on_flat_patches():
     torch.manual_seed(0)
-    model = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO).model_config())
+    model = build("mixedae_tiny", **MICRO)
     x = torch.randn(4, 3, 64, 64) * 3 + 1
     t = model.targets(x)                                         # (B, L, p·p·3)
     assert t.shape == (4, 64, 8 * 8 * 3)
@@ -329,7 +334,7 @@ def test_norm_pix_targets_are_per_patch_standardised_and_finite_on_flat_patches(
     assert torch.isfinite(t).all() and t[0].abs().max() == 0
     torch.manual_seed(1)
     assert torch.isfinite(model(torch.cat([x, x])[:8])["loss"])
-    assert not MixedAutoencoder(get_preset("mixedae_tiny", **MICRO, norm_pix_loss=False).model_config()).targets(
+    assert not build("mixedae_tiny", **MICRO, norm_pix_loss=False).targets(
         x).equal(t)
 
 

@@ -49,7 +49,8 @@ def test_probe_reads_the_residual_segment_code_at_init_and_not_without_it(single
     for mode in ("residual", "none"):
         torch.manual_seed(0)
         cfg = get_preset("mixedae_tiny", **PROBE_CFG, seg_embed_mode=mode)
-        probe, model = SourceProbe(cfg, ds, "cpu", num_images=64), MixedAutoencoder(cfg.model_config())
+        probe = SourceProbe(cfg, ds, "cpu", num_images=64)
+        model = MixedAutoencoder(cfg.model_config())
         rng = torch.get_rng_state()
         acc[mode] = probe(model)
         assert torch.equal(rng, torch.get_rng_state())          # the training RNG is untouched

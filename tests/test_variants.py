@@ -17,6 +17,11 @@ MICRO = dict(model="micro", img_size=64, patch_size=8, mask_patch_size=16, batch
              decoder_dim=32, decoder_depth=1, decoder_heads=2)
 
 
+def build(preset: str, **overrides) -> MixedAutoencoder:
+    """The model of a preset, as pretraining builds it."""
+    return MixedAutoencoder(get_preset(preset, **overrides).model_config())
+
+
 # ---- cls handling in homologous attention ----------------------------------------------------
 def _loop_reference(q, k, v, K, cls_mode, p=1):
     """Row by row: the candidate keys, the K best by a full sort, softmax over kept keys."""
@@ -105,7 +110,7 @@ def _trace_blocks(model):
 @pytest.mark.parametrize("mode", ["residual", "attention", "input", "none"])
 def test_segment_embedding_mode_meanings(mode):
     torch.manual_seed(0)
-    model = MixedAutoencoder(get_preset("mixedae_tiny", **MICRO, seg_embed_mode=mode).model_config())
+    model = build("mixedae_tiny", **MICRO, seg_embed_mode=mode)
     emb, ins, outs, qk, seg = _trace_blocks(model)
     model(torch.randn(8, 3, 64, 64))
     seg = seg.get("seg")
@@ -142,9 +147,9 @@ def test_attention_mode_without_query_key_weights_is_the_model_without_segments(
     code reached the values or the residual stream the two models would still differ."""
     torch.manual_seed(0)
     kw = dict(**MICRO, attention="global")
-    m_att = MixedAutoencoder(get_preset("mixedae_tiny", **kw, seg_embed_mode="attention").model_config())
-    m_none = MixedAutoencoder(get_preset("mixedae_tiny", **kw, seg_embed_mode="none").model_config())
-    m_res = MixedAutoencoder(get_preset("mixedae_tiny", **kw, seg_embed_mode="residual").model_config())
+    m_att = build("mixedae_tiny", **kw, seg_embed_mode="attention")
+    m_none = build("mixedae_tiny", **kw, seg_embed_mode="none")
+    m_res = build("mixedae_tiny", **kw, seg_embed_mode="residual")
     with torch.no_grad():
         for blk in m_att.encoder.blocks:
             blk.attn.qkv.weight[:2 * blk.attn.qkv.in_features] = 0

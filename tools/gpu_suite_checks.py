@@ -298,7 +298,8 @@ def preset_row(s, preset, impl):
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     size = MICRO if s.args.quick else dict(model="small")
     torch.manual_seed(0)
-    m = MixedAutoencoder(get_preset(preset, **size, batch_size=16, attn_impl=impl).model_config()).to(dev)
+    cfg = get_preset(preset, **size, batch_size=16, attn_impl=impl)
+    m = MixedAutoencoder(cfg.model_config()).to(dev)
     img = size.get("img_size", 224)
     with amp:
         out = m(torch.randn(16, 3, img, img, device=dev))

@@ -16,10 +16,10 @@ timm/MAE checkpoints all agree on them.
   the depth written in a config;
 * absolute position embedding learnable at the grid of ``img_size`` (square or (h, w), e.g.
   iBOT's 672x1092 training grid for COCO): a checkpoint's embedding is resized to that grid
-  once, at load (iBOT, BEiT; the base ViT's ``load_state_dict`` pre-hook), and learnt there; inputs of other sizes (multi-scale training,
-  inference) get it resized bicubically (patch part) on the fly, as iBOT's
-  ``interpolate_pos_encoding`` does; optional BEiT relative position bias
-  (``use_rel_pos_bias``), zero init, stored and resized the same way;
+  once, at load (iBOT, BEiT; the base ViT's ``load_state_dict`` pre-hook), and learnt there;
+  inputs of other sizes (multi-scale training, inference) get it resized bicubically (patch
+  part) on the fly, as iBOT's ``interpolate_pos_encoding`` does; optional BEiT relative
+  position bias (``use_rel_pos_bias``), zero init, stored and resized the same way;
 * an input whose sides are not multiples of the patch size is zero-padded at the bottom and
   right to the next multiple, as mmseg's ViT does (``PatchEmbed(padding='corner')``): the
   outputs cover the padded grid and the heads resize their prediction to the image (whole-image

@@ -16,14 +16,14 @@ is optional and, when given, must equal the backbone's depth (else one error nam
 
 The param groups are the project's one implementation,
 :func:`mixedae.runtime.layer_decay.layer_decay_param_groups` (also used by ImageNet / downstream
-fine-tuning), which asks the backbone for each parameter's layer (``get_layer_depth``): lr = base_lr · decay^(num_layers+1-id) and weight decay = 0 for norms and
-biases (ndim 1), else base_wd — the cls token, position embedding and relative position tables
-included, as in the runs of BEiT (ADE20K) and iBOT (COCO), whose constructors' name test for
-them never matches (see :mod:`mixedae.runtime.layer_decay`); exempt them with
+fine-tuning), which asks the backbone for each parameter's layer (``get_layer_depth``):
+lr = base_lr · decay^(num_layers+1-id) and weight decay = 0 for norms and biases (ndim 1),
+else base_wd — the cls token, position embedding and relative position tables included, as in
+the runs of BEiT (ADE20K) and iBOT (COCO), whose constructors' name test for them never
+matches (see :mod:`mixedae.runtime.layer_decay`); exempt them with
 ``custom_keys={'pos_embed': dict(decay_mult=0.)}`` if wanted. This class then applies
-mmengine's ``custom_keys``: the
-longest key contained in a name multiplies that parameter's lr by ``lr_mult`` and its weight
-decay by ``decay_mult`` (default 1).
+mmengine's ``custom_keys``: the longest key contained in a name multiplies that parameter's lr
+by ``lr_mult`` and its weight decay by ``decay_mult`` (default 1).
 """
 from __future__ import annotations
 

@@ -232,7 +232,6 @@ class VisionTransformer(nn.Module):
         """Position embedding (1, 1+h·w, D) for a patch grid, bicubic-resized if needed."""
         return resize_pos_embed(self.pos_embed, self.grid_size, grid_hw, self.num_prefix_tokens)
 
-
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images → (B, 1+L, D) tokens (cls first) with position embedding, and the grid."""
         H, W = x.shape[-2:]
@@ -329,13 +328,9 @@ VIT_SIZES = {
 }
 
 
-def vit_kwargs(size: str) -> dict:
+def create_vit(size: str = "base", patch_size: int = 16, **kwargs) -> VisionTransformer:
+    """e.g. ``create_vit('base', num_classes=1000, global_pool='avg', drop_path_rate=0.1)``."""
     if size not in VIT_SIZES:
         raise ValueError(f"unknown ViT size {size!r}; choose from {sorted(VIT_SIZES)}")
     d, n, h = VIT_SIZES[size]
-    return dict(embed_dim=d, depth=n, num_heads=h)
-
-
-def create_vit(size: str = "base", patch_size: int = 16, **kwargs) -> VisionTransformer:
-    """e.g. ``create_vit('base', num_classes=1000, global_pool='avg', drop_path_rate=0.1)``."""
-    return VisionTransformer(patch_size=patch_size, **vit_kwargs(size), **kwargs)
+    return VisionTransformer(patch_size=patch_size, embed_dim=d, depth=n, num_heads=h, **kwargs)

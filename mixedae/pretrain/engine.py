@@ -204,8 +204,9 @@ def _wrap(run: _Run) -> torch.nn.Module:
 def pretrain(cfg: PretrainConfig, dataset, opts: RunOptions,
              dist_info: DistInfo | None = None, probe_dataset=None) -> PretrainResult:
     """Pretrain ``MixedAutoencoder(cfg.model_config())`` on ``dataset`` (items: normalised
-    (3,H,W) tensors, e.g. ``mixedae.pretrain.data.PretrainImages``). Resumes per ``opts.resume``. The probe
-    (``opts.probe_every``) uses ``probe_dataset`` (default ``dataset``)."""
+    (3,H,W) tensors, e.g. ``mixedae.pretrain.data.PretrainImages``). Resumes per
+    ``opts.resume``. The probe (``opts.probe_every``) uses ``probe_dataset`` (default
+    ``dataset``)."""
     cfg.validate()
     if cfg.decode == "gpu":
         file_sources(dataset)  # in-memory images cannot take the gpu path (before the model)
