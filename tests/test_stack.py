@@ -151,3 +151,22 @@ def test_sem_seg_drawing_accepts_a_non_contiguous_image():
         SegLocalVisualizer._draw_sem_seg.__wrapped__(vis, img, seg, ["a", "b"], [[0, 0, 0], [255, 0, 0]])
     out = vis._draw_sem_seg(img, seg, ["a", "b"], [[0, 0, 0], [255, 0, 0]])
     assert out.shape == (64, 64, 3) and not np.array_equal(out, img)
+
+
+def test_project_reader_keeps_the_mm_safe_globals_registered(tmp_path):
+    """torch's safe_globals context removes its entries on exit, also ones registered before
+    it: the project reader's fallback (a DINO-style argparse.Namespace in the file) must not
+    take mm/compat's numpy globals away (an mmengine checkpoint loaded later then failed)."""
+    import argparse
+
+    import mixedae.mm.compat as compat
+    from mixedae.runtime.torch_files import load_weights_only
+    compat.apply()
+    before = set(torch.serialization.get_safe_globals())
+    path = tmp_path / "dino_like.pth"
+    torch.save({"args": argparse.Namespace(arch="vit_small"), "meta": np.arange(3)}, path)
+    assert load_weights_only(path)["args"].arch == "vit_small"
+    assert before <= set(torch.serialization.get_safe_globals())
+    plain = tmp_path / "mm_like.pth"
+    torch.save({"meta": {"epoch": np.int64(3), "seed": np.arange(2)}}, plain)
+    assert torch.load(plain, map_location="cpu", weights_only=True)["meta"]["epoch"] == 3

@@ -141,8 +141,11 @@ def load_weights_only(path: str | Path, mmap: bool = False):
         unsafe = {"?"}
     allowed = _mmengine_globals()
     if unsafe and unsafe <= set(allowed):
-        with torch.serialization.safe_globals([(v, k) for k, v in allowed.items()]), \
-                _quiet_torch_load():
+        # only what is not registered yet: leaving the context removes its entries, and an
+        # entry registered before (mm/compat's) must stay registered
+        known = set(torch.serialization.get_safe_globals())
+        extra_globals = [(v, k) for k, v in allowed.items() if (v, k) not in known]
+        with torch.serialization.safe_globals(extra_globals), _quiet_torch_load():
             try:
                 return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
             except Exception as e:
