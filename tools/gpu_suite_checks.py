@@ -286,13 +286,20 @@ def preset_runs(quick: bool, impls) -> list[tuple[str, str]]:
         [("mixedae_base", i) for i in impls if i != "sdpa"]
 
 
-def preset_row(s, preset, impl):
-    name = f"{preset} {impl} fwd/bwd"
+def _skipped_preset_row(s, name, impl) -> bool:
+    """Skip (and record) a presets row whose implementation cannot run here or whose Triton
+    check did not pass; True when skipped."""
     reason = impl_unavailable(impl, s.args.device)
     if not reason and impl in TRITON_IMPLS and s.checked.get(impl) is not True:
         reason = f"the {impl} check did not pass or did not run"
     if reason:
         s.skip("presets", name, reason, impl=impl)
+    return bool(reason)
+
+
+def preset_row(s, preset, impl):
+    name = f"{preset} {impl} fwd/bwd"
+    if _skipped_preset_row(s, name, impl):
         return
     dev = torch.device(s.args.device)
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
@@ -315,11 +322,7 @@ def preset_row(s, preset, impl):
 def compiled_vs_eager(s, impl):
     import torch._inductor.config as ind
     name = f"compiled == eager ({impl})"
-    reason = impl_unavailable(impl, s.args.device)
-    if not reason and impl in TRITON_IMPLS and s.checked.get(impl) is not True:
-        reason = f"the {impl} check did not pass or did not run"
-    if reason:
-        s.skip("presets", name, reason, impl=impl)
+    if _skipped_preset_row(s, name, impl):
         return
     dev = torch.device(s.args.device)
     amp = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")

@@ -54,30 +54,33 @@ IGNORED_KEYS = {
 }
 
 
+_MODEL = ModelConfig()  # the model's defaults have one owner: ModelConfig
+
+
 @dataclass
 class PretrainConfig:
     # model
-    model: str = "base"                 # ViT size: micro | tiny | small | base | large
-    img_size: int = 224
-    patch_size: int = 16
-    decoder_dim: int = 512
-    decoder_depth: int = 8
-    decoder_heads: int = 16
-    norm_pix_loss: bool = True          # normalized-pixel targets (Eq. 4, MAE)
+    model: str = _MODEL.model  # ViT size: micro | tiny | small | base | large
+    img_size: int = _MODEL.img_size
+    patch_size: int = _MODEL.patch_size
+    decoder_dim: int = _MODEL.decoder_dim
+    decoder_depth: int = _MODEL.decoder_depth
+    decoder_heads: int = _MODEL.decoder_heads
+    norm_pix_loss: bool = _MODEL.norm_pix_loss  # normalized-pixel targets (Eq. 4, MAE)
     # method
-    mixing: str = "compose"             # none | compose | full
-    mix_ratio: float = 0.25             # r; also the MAE keep ratio (1 - mask ratio)
-    mask_patch_size: int = 32           # mixing-mask granularity in pixels
-    attention: str = "topk"             # global | topk | masked
-    topk_ratio: float | None = None     # K = topk_ratio · L; None → r
-    num_global_layers: int = 1          # leading layers with global self-attention (Tab. 3e)
-    attn_impl: str = "sdpa"             # Eq. 6: sdpa | explicit | triton | flex | fused (CUDA)
-    homo_con: bool = True
-    homo_con_weight: float = 0.1        # λ (Eq. 8)
-    homo_con_tau: float = 0.25          # τ (Eq. 7)
-    homo_con_dim: int = 128             # projector output
-    seg_embed_mode: str = "residual"    # residual | attention | input | none (App. B, Tab. 7c)
-    homo_cls: str = "always_visible"    # always_visible | topk
+    mixing: str = _MODEL.mixing  # none | compose | full
+    mix_ratio: float = _MODEL.mix_ratio  # r; also the MAE keep ratio (1 - mask ratio)
+    mask_patch_size: int = _MODEL.mask_patch_size  # mixing-mask granularity in pixels
+    attention: str = _MODEL.attention  # global | topk | masked
+    topk_ratio: float | None = _MODEL.topk_ratio  # K = topk_ratio · L; None → r
+    num_global_layers: int = _MODEL.num_global_layers  # leading global layers (Tab. 3e)
+    attn_impl: str = _MODEL.attn_impl  # Eq. 6: sdpa | explicit | triton | flex | fused (CUDA)
+    homo_con: bool = _MODEL.homo_con
+    homo_con_weight: float = _MODEL.homo_con_weight  # λ (Eq. 8)
+    homo_con_tau: float = _MODEL.homo_con_tau  # τ (Eq. 7)
+    homo_con_dim: int = _MODEL.homo_con_dim  # projector output
+    seg_embed_mode: str = _MODEL.seg_embed_mode  # residual|attention|input|none (App. B, 7c)
+    homo_cls: str = _MODEL.homo_cls  # always_visible | topk
     # optimisation (Table 4)
     epochs: float = 300                 # may be fractional (the schedule is per step)
     warmup_epochs: float = 40
