@@ -294,10 +294,7 @@ def check_full_checkpoint(model: torch.nn.Module, path: str) -> None:
     checkpoint covers the whole model (one error naming the keys otherwise)."""
     if not osp.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:   # an mmengine checkpoint: its globals are allowed by compat.apply()
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 (the project reader names what the file is or needs)
-        ckpt = load_weights_only(path)
+    ckpt = load_weights_only(path)
     sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     while hasattr(model, "module"):   # DDP and/or a TTA model around the network
