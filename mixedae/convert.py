@@ -38,8 +38,8 @@ from mixedae.model.vit import VIT_SIZES, VisionTransformer
 from mixedae.runtime.atomic import (atomic_write_many, remove_stale_temps, safetensors_writer,
                                     torch_save)
 from mixedae.runtime.cli import add_debug_flag, check_writable_dir, run_main
-from mixedae.runtime.errors import CheckpointError, ConfigError
-from mixedae.runtime.weights import (REL_POS_KEY, TARGETS, extract_vit, format_keys, read_weights,
+from mixedae.runtime.errors import CheckpointError, ConfigError, format_names
+from mixedae.runtime.weights import (REL_POS_KEY, TARGETS, extract_vit, read_weights,
                                      square_grid, summarize, to_target)
 
 
@@ -97,9 +97,9 @@ def check_architecture(out_sd: dict, target: str, source: str) -> tuple[str, dic
         out[k] = v
     if missing or problems:
         raise CheckpointError(f"not a complete ViT-{size} checkpoint for --to {target}: "
-                              + "; ".join(([f"missing: {format_keys(missing)}"] if missing else [])
-                                          + ([f"wrong: {format_keys(problems)}"] if problems else [])))
-    notes = [f"cast to float32: {format_keys(casts, 3)} [{len(casts)} tensors]"] if casts else []
+                              + "; ".join(([f"missing: {format_names(missing)}"] if missing else [])
+                                          + ([f"wrong: {format_names(problems)}"] if problems else [])))
+    notes = [f"cast to float32: {format_names(casts, 3)} [{len(casts)} tensors]"] if casts else []
     return size, out, notes
 
 
@@ -144,10 +144,10 @@ def convert(src: str | Path, out: str | Path, to: str = "mm", log=print,
     bad = nonfinite_tensors(out_sd)
     if bad and not allow_nonfinite:
         raise CheckpointError(f"{src}: non-finite weights (NaN/Inf, a diverged run?) in "
-                              f"{format_keys(bad, 4)} [{len(bad)} tensors]; nothing written "
+                              f"{format_names(bad, 4)} [{len(bad)} tensors]; nothing written "
                               f"(--allow-nonfinite converts them anyway)")
     if bad:
-        notes.append(f"non-finite values kept (--allow-nonfinite): {format_keys(bad, 3)} "
+        notes.append(f"non-finite values kept (--allow-nonfinite): {format_names(bad, 3)} "
                      f"[{len(bad)} tensors]")
     info = {"format": f"mixedae-{to}", "source": source, "source_path": str(src),
             "dropped": json.dumps(sorted({r for _, r in dropped}))}

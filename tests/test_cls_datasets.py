@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 
 from mixedae.classification import datasets as D
-from mixedae.classification import engine as E
 from mixedae.classification import metrics as M
 from mixedae.classification.dataset_readers import load_dataset
 from mixedae.classification.metrics import IGNORE

@@ -282,17 +282,3 @@ def test_train_loop_stops_before_saving_diverged_weights(tmp_path):
     ck = E.load_checkpoint(tmp_path / "checkpoint.pth")
     assert ck["step"] == 4 and all(v.abs().max() < 100 for v in ck["model"].values())
     assert model.weight.abs().max() > 1e20  # the step was applied: only the save was held
-
-
-def test_weights_finite_sees_params_and_optimizer_state():
-    p = torch.nn.Parameter(torch.ones(3))
-    opt = torch.optim.AdamW([p], lr=0.1)
-    p.grad = torch.ones(3)
-    opt.step()
-    assert E.weights_finite(opt)
-    opt.state[p]["exp_avg"][1] = float("inf")  # a diverged momentum poisons the next step
-    assert not E.weights_finite(opt)
-    opt.state[p]["exp_avg"][1] = 0.0
-    with torch.no_grad():
-        p[0] = float("nan")
-    assert not E.weights_finite(opt)

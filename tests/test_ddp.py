@@ -20,7 +20,7 @@ from PIL import Image
 from mixedae.pretrain.config import get_preset
 from mixedae.runtime.distributed import cleanup, init_distributed, unused_parameters, wrap_ddp
 from mixedae.model.mixed_autoencoder import MixedAutoencoder
-from mixedae.pretrain.step import train_step
+from mixedae.pretrain.engine import train_step
 
 REPO = Path(__file__).resolve().parents[1]
 MICRO = dict(model="micro", img_size=32, patch_size=8, mask_patch_size=16, decoder_dim=32,

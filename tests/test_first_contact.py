@@ -1,9 +1,7 @@
 """Issue 18 "first contact": the README's CPU pretraining command runs verbatim on the shared
 data, and the pretraining presets' documentation matches what exists."""
-import os
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 

@@ -8,7 +8,6 @@ asserted against the paper in ``test_recipes_pretrain.py``.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
@@ -216,7 +215,7 @@ def test_norm_pix_loss_switches_the_target():
 
 def test_optimizer_reads_lr_weight_decay_and_betas():
     """Tab. 4: lr = blr · batch / 256, AdamW weight decay and betas, all from the config."""
-    from mixedae.pretrain.step import build_optimizer
+    from mixedae.pretrain.engine import build_optimizer
     cfg = get_preset("mixedae_tiny", **{**MICRO, "batch_size": 64}, blr=2e-4, weight_decay=0.07,
                      betas=(0.8, 0.9))
     opt = build_optimizer(MixedAutoencoder(cfg.model_config()), cfg)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mixedae.model.homologous_contrastive import (homologous_contrastive_floor,
                                                   homologous_contrastive_loss)
 from mixedae.model.mixed_autoencoder import MixedAutoencoder
-from mixedae.pretrain import command, engine as train
+from mixedae.pretrain import command
 from mixedae.pretrain.config import get_preset
 from mixedae.pretrain.data import PretrainImages, pretrain_transform
 from mixedae.pretrain.probe import SourceProbe, homocon_floor

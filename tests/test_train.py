@@ -184,9 +184,9 @@ def test_optimizer_groups_and_schedule():
 
 def test_micro_batch_size():
     cfg = get_preset("mixedae_tiny", **MICRO, batch_size=64, accum_iter=2)
-    assert train.micro_batch_size(cfg, 4) == 8
+    assert cfg.micro_batch_size(4) == 8
     with pytest.raises(ConfigError, match="micro-batch 2"):
-        train.micro_batch_size(cfg, 16)
+        cfg.micro_batch_size(16)
 
 
 def test_in_memory_dataset_uses_same_engine(tmp_path):
@@ -198,3 +198,20 @@ def test_in_memory_dataset_uses_same_engine(tmp_path):
                                                    progress=False, device="cpu", amp="none",
                                                    resume=None))
     assert res.step == 2 and math.isfinite(res.metrics["loss"])
+
+
+def test_override_flags_parse_as_their_config_fields_type():
+    """--epochs / --warmup-epochs are float fields (the schedule is per step): a fractional
+    value reaches the config, and every override flag parses as its field's type."""
+    import typing
+
+    from mixedae.pretrain.config import PretrainConfig
+    args = command.get_args_parser().parse_args(
+        ["--data", "x", "--preset", "mixedae_tiny", "--epochs", "0.5", "--warmup-epochs", "0.25"])
+    cfg = command.config_from_args(args)
+    assert (cfg.epochs, cfg.warmup_epochs) == (0.5, 0.25)
+    hints = typing.get_type_hints(PretrainConfig)
+    for name in command._OVERRIDES:
+        value = getattr(command.get_args_parser().parse_args(
+            ["--data", "x", f"--{name.replace('_', '-')}", "3"]), name)
+        assert isinstance(value, typing.get_args(hints[name]) or hints[name]), name

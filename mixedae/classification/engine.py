@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +23,6 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from mixedae.classification.evaluation import autocast
 from mixedae.runtime import weights as W
 from mixedae.runtime.atomic import atomic_torch_save, remove_stale_temps
 from mixedae.runtime.checkpoint import load_checkpoint, rng_state, set_rng_state
@@ -32,6 +30,7 @@ from mixedae.runtime.distributed import (all_gather_object, barrier, get_rank, g
                                          unwrap)
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.finite import FiniteGuard
+from mixedae.runtime.optimizer_step import amp_dtype, autocast, optimizer_step
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.sampler import EpochStreamSampler, SeededSample
 from mixedae.runtime.schedules import set_lr
@@ -156,43 +155,26 @@ def _stream(train_set: Dataset, batch_size: int, accum_iter: int, start: int, se
 
 def _optimizer_step(model, optimizer, batches, loss_fn, accum_iter, device, step, amp,
                     guard: FiniteGuard, mixup_fn=None, clip_grad=None) -> float:
-    optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    for a in range(accum_iter):
+    """One step of :func:`mixedae.runtime.optimizer_step.optimizer_step` on (images, targets)
+    micro-batches; the mean loss. An applied step that leaves non-finite weights stops the run
+    at once (before anything is saved)."""
+    dtype = amp_dtype("bf16" if amp else "none", device)
+
+    def micro_step():
         images, targets = next(batches)
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         if mixup_fn is not None:
             images, targets = mixup_fn(images, targets)
-        sync = a == accum_iter - 1 or not hasattr(model, "no_sync")
-        with (nullcontext() if sync else model.no_sync()):
-            with autocast(device, amp):
-                out = model(images)
-            loss = loss_fn(out.float(), targets)
-            (loss / accum_iter).backward()
-        total += loss.item() / accum_iter
-    if clip_grad:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-    if guard.step_ok(optimizer, step + 1):  # non-finite loss → non-finite gradients
-        optimizer.step()
-        if not weights_finite(optimizer):  # applied already: stop before anything is saved
-            guard.stop(step + 1, "non-finite weights after the update (NaN/Inf, or a tensor "
-                                 "norm beyond the fp32 range)")
-    return total
+        with autocast(device, dtype):
+            out = model(images)
+        loss = loss_fn(out.float(), targets)
+        return loss, loss
 
-
-def weights_finite(optimizer: torch.optim.Optimizer) -> bool:
-    """True when every trained parameter and every optimizer-state tensor (momenta) has a
-    finite fp32 norm: one fused ``torch._foreach_norm`` and one host sync. A NaN/Inf element,
-    or a tensor whose norm overflows fp32 (elements beyond ~1e19: a diverged update such as
-    ``--lr 1e30``), makes it False. The gradient twin is
-    :func:`mixedae.runtime.finite.grads_finite`; this check belongs beside it (one owner)."""
-    ts = [p for g in optimizer.param_groups for p in g["params"]]
-    ts += [v for st in optimizer.state.values() for v in st.values()
-           if torch.is_tensor(v) and v.is_floating_point() and v.numel() > 1]
-    if not ts:
-        return True
-    return bool(torch.stack([n.float() for n in torch._foreach_norm(ts)]).isfinite().all())
+    loss = optimizer_step(model, optimizer, accum_iter, micro_step, clip_grad=clip_grad,
+                          apply=lambda: guard.step_ok(optimizer, step + 1))
+    guard.check_state(optimizer, step + 1)
+    return loss.item()
 
 
 def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set: Dataset,
@@ -215,7 +197,8 @@ def train_loop(*, model: nn.Module, optimizer: torch.optim.Optimizer, train_set:
     line) is stored at the top level of every checkpoint. The resumed run is identical to an
     uninterrupted one for any worker count. A step with non-finite gradients is never applied
     (:mod:`mixedae.runtime.finite`: up to ``max_bad_steps`` are skipped, then training stops
-    without saving); an applied step that leaves non-finite weights (:func:`weights_finite`)
+    without saving); an applied step that leaves non-finite weights or optimizer state
+    (:func:`mixedae.runtime.finite.state_finite`)
     stops training at once, before any save, so the last checkpoint stays the last good one.
     Returns ``{"step", "resumed_from", "finished"}``.
     """

@@ -3,7 +3,6 @@ rank's outputs), :func:`evaluate` (every metric of :mod:`mixedae.classification.
 the rank-summed metric reductions shared with k-NN."""
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Callable
 
 import numpy as np
@@ -15,12 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mixedae.classification import metrics
 from mixedae.runtime.distributed import all_gather_object, get_rank, get_world_size, unwrap
-
-
-def autocast(device: torch.device, enabled: bool = True):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+from mixedae.runtime.optimizer_step import amp_dtype, autocast
 
 
 @torch.no_grad()
@@ -35,9 +29,9 @@ def predict(model: nn.Module, dataset: Dataset, batch_size: int, device: torch.d
     part = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
     loader = DataLoader(part, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    outs, targets = [], []
+    outs, targets, dtype = [], [], amp_dtype("bf16" if amp else "none", device)
     for images, t in loader:
-        with autocast(device, amp):
+        with autocast(device, dtype):
             outs.append(model(images.to(device, non_blocking=True)).float().cpu())
         targets.append(t)
         if on_batch is not None:

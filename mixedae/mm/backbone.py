@@ -50,8 +50,8 @@ from mmengine.logging import print_log
 
 from mixedae.model.vit import VIT_SIZES, Block, VisionTransformer, \
     relative_position_table_size, resize_relative_position_table
-from mixedae.runtime.errors import CheckpointError, ConfigError
-from mixedae.runtime.weights import (HEAD_KEY, REL_POS_KEY, extract_vit, format_keys,
+from mixedae.runtime.errors import CheckpointError, ConfigError, format_names
+from mixedae.runtime.weights import (HEAD_KEY, REL_POS_KEY, extract_vit,
                                      match_state_dict, read_weights, square_grid, summarize)
 
 
@@ -247,7 +247,7 @@ class MixedAEViT(VisionTransformer):
         if has_rel and not self.use_rel_pos_bias:
             rel = [k for k in kept if REL_POS_KEY.match(k)]
             raise CheckpointError(
-                f"{path}: checkpoint has relative position tables ({format_keys(rel, 2)}) but the "
+                f"{path}: checkpoint has relative position tables ({format_names(rel, 2)}) but the "
                 f"backbone was built with use_rel_pos_bias=False")
 
         def optional(k: str) -> bool:
@@ -284,7 +284,7 @@ class MixedAEViT(VisionTransformer):
                + (f", pos_embed {ckpt_grid[0]}x{ckpt_grid[1]} -> {self.grid_size[0]}x"
                   f"{self.grid_size[1]}" if ckpt_grid and tuple(ckpt_grid) != tuple(self.grid_size)
                   else "") + f"); {summarize(dropped)}; "
-               + (f"missing (expected, newly initialised): {format_keys(missing, 4)} "
+               + (f"missing (expected, newly initialised): {format_names(missing, 4)} "
                   f"[{len(missing)} keys]" if missing else "missing: none"))
         print_log(msg, logger="current")
         return dict(source=source, loaded=sorted(load), missing=missing, dropped=dropped)

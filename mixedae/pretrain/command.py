@@ -14,23 +14,30 @@ import argparse
 import json
 import os
 import sys
+import typing
 
 from mixedae.pretrain.config import PRESETS, PretrainConfig, get_preset
 from mixedae.pretrain.data import build_pretrain_dataset
 from mixedae.pretrain.engine import RunOptions, pretrain
-from mixedae.pretrain.step import amp_dtype, micro_batch_size
 from mixedae.runtime import checkpoint as ckpt
 from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
 from mixedae.runtime.distributed import cleanup, parse_device
 from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.optimizer_step import AMP, amp_dtype
 from mixedae.runtime.run_logger import setup_logging
 
 
-_OVERRIDES = {  # flag → (config field, type)
-    "model": str, "batch_size": int, "epochs": int, "warmup_epochs": int, "blr": float,
-    "lr": float, "accum_iter": int, "mixing": str, "mix_ratio": float, "attention": str,
-    "img_size": int, "patch_size": int, "mask_patch_size": int, "decode": str,
-}
+_OVERRIDES = ("model", "batch_size", "epochs", "warmup_epochs", "blr", "lr", "accum_iter",
+              "mixing", "mix_ratio", "attention", "img_size", "patch_size", "mask_patch_size",
+              "decode")  # flags of config fields, parsed as the field's type
+
+
+def _field_type(name: str) -> type:
+    """The type of ``PretrainConfig.<name>`` (``float | None`` → float)."""
+    hint = typing.get_type_hints(PretrainConfig)[name]
+    return next(t for t in typing.get_args(hint) or (hint,) if t is not type(None))
+
+
 _HELP = {"decode": "input pipeline: 'cpu' (PIL in the loader workers, default) or 'gpu' "
                   "(workers read bytes; batched JPEG decode + augmentation on the run's device)"}
 
@@ -39,8 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("mixedae pretrain", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="mixedae_base", choices=sorted(PRESETS))
-    for name, typ in _OVERRIDES.items():
-        p.add_argument("--" + name.replace("_", "-"), type=typ, default=None,
+    for name in _OVERRIDES:
+        p.add_argument("--" + name.replace("_", "-"), type=_field_type(name), default=None,
                        help=_HELP.get(name, f"override config.{name}"))
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any PretrainConfig field (JSON value), repeatable")
@@ -54,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="auto", help="'auto', a checkpoint path, or 'none'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
-    p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"])
+    p.add_argument("--amp", default="bf16", choices=AMP)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--probe-every", type=int, default=0,
@@ -100,7 +107,7 @@ def _main(argv: list[str]) -> int:
     try:  # every configuration problem surfaces here, before any training work
         cfg = config_from_args(args)
         opts = options_from_args(args)
-        micro_batch_size(cfg, world)
+        cfg.micro_batch_size(world)
         amp_dtype(opts.amp, parse_device(opts.device))
         ckpt.resolve_resume(opts.resume, opts.output_dir)
         check_writable_dir(opts.output_dir)

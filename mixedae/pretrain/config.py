@@ -120,6 +120,19 @@ class PretrainConfig:
     def effective_lr(self) -> float:
         return self.lr if self.lr is not None else self.blr * self.batch_size / 256
 
+    def micro_batch_size(self, world_size: int) -> int:
+        """Per-rank micro-batch = batch / (world · accum); must be a positive multiple of 1/r."""
+        denom = world_size * self.accum_iter
+        if self.batch_size % denom:
+            raise ConfigError(f"batch_size={self.batch_size} is not divisible by world_size "
+                              f"({world_size}) × accum_iter ({self.accum_iter})")
+        micro = self.batch_size // denom
+        if micro % self.group_size:
+            raise ConfigError(f"per-rank micro-batch {micro} (batch_size={self.batch_size} / "
+                              f"(world {world_size} × accum {self.accum_iter})) is not "
+                              f"divisible by the group size 1/r={self.group_size}")
+        return micro
+
     def validate(self) -> "PretrainConfig":
         """Raise ConfigError with one clear message for anything that cannot train: types
         and value ranges first (so that no later check divides by zero), then the method."""

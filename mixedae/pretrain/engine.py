@@ -25,6 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -33,13 +34,13 @@ from mixedae.model.mixed_autoencoder import MixedAutoencoder
 from mixedae.pretrain.config import PretrainConfig
 from mixedae.pretrain.input_pipeline import file_sources, pretrain_batches
 from mixedae.pretrain.probe import SourceProbe, homocon_floor
-from mixedae.pretrain.step import amp_dtype, build_optimizer, micro_batch_size, train_step
 from mixedae.runtime import checkpoint as ckpt
 from mixedae.runtime.atomic import atomic_write_text, remove_stale_temps
 from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce_mean,
                                          init_distributed, wrap_ddp)
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.finite import FiniteGuard
+from mixedae.runtime.optimizer_step import amp_dtype, autocast, optimizer_step
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.sampler import EpochStreamSampler
 from mixedae.runtime.schedules import cosine_lr, set_lr
@@ -97,8 +98,34 @@ class _Run:
     guard: FiniteGuard | None = None
 
 
+def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
+    """AdamW (Tab. 4); no weight decay on ndim<=1 params, biases and ``model.no_weight_decay()``."""
+    from timm.optim import param_groups_weight_decay
+    groups = param_groups_weight_decay(model, cfg.weight_decay,
+                                       no_weight_decay_list=model.no_weight_decay())
+    fused = next(model.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=cfg.effective_lr(), betas=tuple(cfg.betas), fused=fused)
+
+
+def train_step(model, batches, optimizer, accum_iter: int, device: torch.device,
+               dtype: torch.dtype | None = None, scaler=None,
+               apply: Callable[[], bool] = lambda: True) -> torch.Tensor:
+    """One :func:`mixedae.runtime.optimizer_step.optimizer_step` on pretraining micro-batches
+    (images, or (images, label) pairs) drawn from ``batches``. Returns the detached stats
+    ``[loss, loss_recon, loss_homocon, *topk_acc]`` averaged over micro-batches."""
+    def micro_step():
+        imgs = next(batches)
+        imgs = (imgs[0] if isinstance(imgs, (tuple, list)) else imgs).to(device, non_blocking=True)
+        with autocast(device, dtype):
+            out = model(imgs)
+        return out["loss"], torch.cat([torch.stack([out["loss"], out["loss_recon"],
+                                                    out["loss_homocon"]]).float(),
+                                       out["topk_acc"].float().reshape(-1)])
+    return optimizer_step(model, optimizer, accum_iter, micro_step, scaler=scaler, apply=apply)
+
+
 def _build(cfg: PretrainConfig, dataset, opts: RunOptions, info: DistInfo) -> _Run:
-    micro = micro_batch_size(cfg, info.world_size)
+    micro = cfg.micro_batch_size(info.world_size)
     if cfg.attention == "topk" and impl_unavailable(cfg.attn_impl, info.device):
         raise ConfigError(impl_unavailable(cfg.attn_impl, info.device))
     per_rank = -(-len(dataset) // info.world_size)

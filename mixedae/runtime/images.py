@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from torchvision.datasets import ImageFolder
 
-from mixedae.runtime.errors import ConfigError
+from mixedae.runtime.errors import ConfigError, format_names
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,6 @@ def load_readable(sources: Sequence, index: int, reported: set | None = None,
     raise ConfigError(f"none of the {n} images can be read (first: {sources[0]})")
 
 
-def _names(items: Sequence[str], limit: int = 5) -> str:
-    more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
-    return ", ".join(items[:limit]) + more
-
-
 def require_readable(sources: Sequence, what: str, loader: Callable = load_rgb,
                      reported: set | None = None) -> None:
     """Refuse (ConfigError naming ``what``) a dataset none of whose images decodes; stops at
@@ -146,7 +141,7 @@ def require_readable(sources: Sequence, what: str, loader: Callable = load_rgb,
               and not os.path.isfile(x)]
     if absent:
         log.warning("%s: %d of %d listed files do not exist (replaced by readable ones in "
-                    "training): %s", what, len(absent), len(sources), _names(absent))
+                    "training): %s", what, len(absent), len(sources), format_names(absent, 5, sort=False))
     try:
         load_readable(sources, 0, set() if reported is None else reported, loader)
     except ConfigError as e:
@@ -187,11 +182,11 @@ def check_eval_set(sources: Sequence, what: str, skip: bool = False, flag: str =
     files = [str(sources[i]) for i, _ in bad]
     if not skip:
         raise ConfigError(f"{what}: {len(bad)} of {len(sources)} evaluation images cannot be "
-                          f"read ({_names(files)}); an evaluation set is never altered: fix or "
+                          f"read ({format_names(files, 5, sort=False)}); an evaluation set is never altered: fix or "
                           f"remove them" + (f", or pass {flag} to evaluate without them "
                                             f"(recorded in the results)" if flag else ""))
     log.warning("%s: %d unreadable evaluation images left out (%s): %s", what, len(bad), flag,
-                _names(files))
+                format_names(files, 5, sort=False))
     drop = {i for i, _ in bad}
     return [i for i in range(len(sources)) if i not in drop]
 

@@ -34,12 +34,12 @@ import json
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
 import torch
 import torch.nn as nn
 
-from mixedae.runtime.errors import CheckpointError
+from mixedae.runtime.errors import CheckpointError, format_names
 from mixedae.runtime.torch_files import (is_safetensors, load_weights_only, read_safetensors,
                                          safetensors_keys, safetensors_metadata, stored_step)
 
@@ -93,13 +93,6 @@ _MM_DROP = [
     (re.compile(r"^(decode_head|auxiliary_head|neck|rpn_head|roi_head|bbox_head|mask_head"
                 r"|data_preprocessor)\."), "task heads / neck"),
 ]
-
-
-def format_keys(keys: Iterable[str], limit: int = 8) -> str:
-    """Sorted key names for an error or report line: the first ``limit``, then the count."""
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -157,7 +150,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             raise CheckpointError(f"{path}: no state dict found (type {type(obj).__name__})")
     bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{path}: non-tensor entries in the state dict: {format_keys(bad)}")
+        raise CheckpointError(f"{path}: non-tensor entries in the state dict: {format_names(bad)}")
     sd = dict(sd)
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
@@ -224,10 +217,10 @@ def extract_vit(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list[tuple[s
         else:
             unknown.append(k)
     if unknown:
-        raise CheckpointError(f"unknown keys in a {source!r} checkpoint: {format_keys(unknown)}")
+        raise CheckpointError(f"unknown keys in a {source!r} checkpoint: {format_names(unknown)}")
     if "patch_embed.proj.weight" not in kept or not any(k.startswith("blocks.") for k in kept):
         raise CheckpointError(f"no ViT weights (patch_embed.proj.weight, blocks.*) found in a "
-                              f"{source!r} checkpoint; keys start with {format_keys(keys, 4)}")
+                              f"{source!r} checkpoint; keys start with {format_names(keys, 4)}")
     return source, kept, dropped
 
 
@@ -249,7 +242,7 @@ def _extract_mmpretrain(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict, list
             kept[new] = v
     if unknown:
         raise CheckpointError(f"keys of an 'mmpretrain' checkpoint that our ViT cannot "
-                              f"represent: {format_keys(unknown)}")
+                              f"represent: {format_names(unknown)}")
     if "patch_embed.proj.weight" not in kept:
         raise CheckpointError("no patch embedding (backbone.patch_embed.projection.weight) in "
                               "an 'mmpretrain' checkpoint")
@@ -286,7 +279,7 @@ def summarize(dropped: list[tuple[str, str]]) -> str:
     groups: dict[str, list[str]] = {}
     for k, r in dropped:
         groups.setdefault(r, []).append(k)
-    return "dropped: " + "; ".join(f"{r} ({len(ks)} keys: {format_keys(ks, 3)})"
+    return "dropped: " + "; ".join(f"{r} ({len(ks)} keys: {format_names(ks, 3)})"
                                    for r, ks in groups.items())
 
 
@@ -317,9 +310,9 @@ def match_state_dict(model_sd: Mapping[str, torch.Tensor], ckpt: Mapping[str, to
     bad_missing = [k for k in missing if not optional_missing(k)]
     problems = []
     if bad_missing:
-        problems.append(f"missing keys: {format_keys(bad_missing)}")
+        problems.append(f"missing keys: {format_names(bad_missing)}")
     if unexpected:
-        problems.append(f"unexpected keys: {format_keys(unexpected)}")
+        problems.append(f"unexpected keys: {format_names(unexpected)}")
     out = {}
     mismatched, wrong_dtype = [], []
     for k, v in ckpt.items():
@@ -337,9 +330,9 @@ def match_state_dict(model_sd: Mapping[str, torch.Tensor], ckpt: Mapping[str, to
             continue
         out[k] = v.to(target.dtype)  # floating point: e.g. fp16 / bf16 -> fp32 (exact)
     if mismatched:
-        problems.append(f"shape mismatch: {format_keys(mismatched)}")
+        problems.append(f"shape mismatch: {format_names(mismatched)}")
     if wrong_dtype:
-        problems.append(f"dtype mismatch: {format_keys(wrong_dtype)}")
+        problems.append(f"dtype mismatch: {format_names(wrong_dtype)}")
     if problems:
         raise CheckpointError(f"{what}: " + "; ".join(problems))
     return out, missing, sorted(k for k in ckpt if k in ignored)
@@ -359,5 +352,5 @@ def load_report_line(path, source: str, report: dict, dropped: list[tuple[str, s
     """One line saying what a load took, dropped and left fresh (every consumer prints it)."""
     fresh = report["missing"]
     return (f"loaded {len(report['loaded'])} tensors from {path} ({source} layout); "
-            f"{summarize(dropped)}; " + (f"newly initialised: {format_keys(fresh, 4)} "
+            f"{summarize(dropped)}; " + (f"newly initialised: {format_names(fresh, 4)} "
                                          f"[{len(fresh)} keys]" if fresh else "nothing fresh"))
