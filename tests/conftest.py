@@ -1,10 +1,17 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+# tests/ mirrors the package (tests/model, tests/runtime, ...); a test may use another folder's
+# helpers (``from test_train import synthetic_folder``), so every folder is importable
+for _folder in sorted(p for p in Path(__file__).resolve().parent.iterdir()
+                      if p.is_dir() and not p.name.startswith((".", "_"))):
+    if str(_folder) not in sys.path:
+        sys.path.append(str(_folder))
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # pytest-xdist (tools/run.sh test): one worker per core, so one thread per worker and per

@@ -1,7 +1,7 @@
 """Recipe ledger, classification: ImageNet fine-tuning (paper Tab. 5 / App. B, MAE FINETUNE.md
 and main_finetune.py), linear probe (MAE FINETUNE.md "Linear Probing", main_linprobe.py),
 k-NN (DINO eval_knn.py), 11-dataset transfer (paper App. B; Ericsson et al., ssl-transfer
-finetune.py and datasets/). ``tests/test_recipes_classification.py`` asserts the command
+finetune.py and datasets/). ``tests/classification/test_recipes_classification.py`` asserts the command
 defaults against these rows (one getter per ``carrier``)."""
 from recipe_ledger import Recipe
 

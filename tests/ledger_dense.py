@@ -10,7 +10,7 @@ states one, else the cited reference's, read from its repository:
   ``evaluation/README.md`` command for ViT-B (12 epochs, steps 8/11, layer decay 0.75) and
   ``run.sh`` (``model.backbone.use_checkpoint=True``).
 
-``CONFIGS`` names the mm configs each table holds for; tests/test_recipes_dense.py loads every
+``CONFIGS`` names the mm configs each table holds for; tests/mm/test_recipes_dense.py loads every
 mm config with mmengine's ``Config`` and asserts it against these rows.
 """
 from recipe_ledger import Recipe

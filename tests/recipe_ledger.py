@@ -55,7 +55,7 @@ def render(rows: list[Recipe] | None = None) -> str:
     out = ["# Recipe ledger", "",
            "Every value of every experiment this suite runs, with its source and the config "
            "field or flag that carries it. Rendered from `tests/recipe_ledger.py` "
-           "(`python tests/recipe_ledger.py > docs/recipes.md`); the `tests/test_recipes_*.py` "
+           "(`python tests/recipe_ledger.py > docs/recipes.md`); the `tests/*/test_recipes_*.py` "
            "tests assert the code against the same rows.", ""]
     experiments: list[str] = []
     for r in rows:

@@ -1,5 +1,5 @@
 """Workarounds for mmengine 0.10.7 / mmcv 2.1 / mmdet 3.3 / mmseg 1.2.2 on torch 2.14 + numpy 2,
-applied once when ``mixedae.mm`` is imported. Each one is tested in tests/test_stack.py.
+applied once when ``mixedae.mm`` is imported. Each one is tested in tests/mm/test_stack.py.
 
 1. ``torch.load`` defaults to ``weights_only=True`` (torch >= 2.6) and mmengine 0.10.7 does not
    pass ``weights_only`` (fixed only on mmengine main, PR #1670): a checkpoint written by
@@ -19,7 +19,7 @@ applied once when ``mixedae.mm`` is imported. Each one is tested in tests/test_s
    output array img is incompatible with cv::Mat". The image is made C-contiguous first (a
    copy only when it is not), so browse_dataset runs with our configs.
 3. Nothing else was needed on the code paths we run (UperNet/FCN, Cascade Mask R-CNN, IoUMetric,
-   CocoMetric with pycocotools on numpy 2.4); tests/test_stack.py and the end-to-end tests
+   CocoMetric with pycocotools on numpy 2.4); tests/mm/test_stack.py and the end-to-end tests
    exercise them, so a regression shows up there.
 """
 from __future__ import annotations

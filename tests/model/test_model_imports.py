@@ -6,7 +6,7 @@ import ast
 import sys
 from pathlib import Path
 
-MODEL = Path(__file__).resolve().parents[1] / "mixedae" / "model"
+MODEL = Path(__file__).resolve().parents[2] / "mixedae" / "model"
 ALLOWED = {"torch", "timm", "numpy", "triton"}
 
 

@@ -66,7 +66,7 @@ def _interpret(request, monkeypatch):
 def test_all_in_a_fresh_interpreter_process():
     if IN_PROCESS:
         pytest.skip("the tests of this file run in this process")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            "-p", "no:logging", str(Path(__file__))], cwd=repo, env=env,

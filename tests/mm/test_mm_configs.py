@@ -1,5 +1,5 @@
 """Every production config loads (mmengine Config.fromfile) and builds its model (the recipe
-values are held to the ledger by tests/test_recipes_dense.py)."""
+values are held to the ledger by tests/mm/test_recipes_dense.py)."""
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,7 @@ def test_config_loads_and_builds(path: Path):
         assert tuple(bb.out_indices) == (11,)
     assert preflight.check_strides(cfg) == (4, 8, 16, 32)
     # every recipe value (optimizer, schedule, heads, augmentation, ...) is asserted against
-    # the recipe ledger in tests/test_recipes_dense.py
+    # the recipe ledger in tests/mm/test_recipes_dense.py
     model = _build(cfg)
     if simple:
         assert type(model.neck).__name__ == "SimpleFPN" and not model.backbone.with_adapter

@@ -17,7 +17,7 @@ from mixedae.classification.cli_common import resolve_model_args
 from conftest import data_dir
 from test_transfer import fake_voc_root, write_pretrain_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MICRO = ["--model", "micro", "--patch-size", "8", "--img-size", "32", "--workers", "0",
          "--no-progress"]
 

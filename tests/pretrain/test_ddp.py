@@ -22,7 +22,7 @@ from mixedae.runtime.distributed import cleanup, init_distributed, unused_parame
 from mixedae.model.mixed_autoencoder import MixedAutoencoder
 from mixedae.pretrain.engine import train_step
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MICRO = dict(model="micro", img_size=32, patch_size=8, mask_patch_size=16, decoder_dim=32,
              decoder_depth=1, decoder_heads=2, homo_con_dim=16, batch_size=32, accum_iter=2)
 WORLD = 2

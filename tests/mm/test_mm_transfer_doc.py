@@ -1,5 +1,5 @@
 """docs/transfer.md's smoke sequence, run verbatim: the commands of its "Try everything in
-minutes" block are parsed from the doc and run in order (in-process, tests/mm_inproc.py) in a
+minutes" block are parsed from the doc and run in order (in-process, tests/mm/mm_inproc.py) in a
 fresh folder; only the data folder and `outputs/demo` (a tiny patch-8 pretraining run made
 here, as `mixedae demo` writes one) are substituted. Train with --match-pretrained, then
 tools/test.py and tools/infer.py with the same config must run on what training wrote, and
