@@ -96,9 +96,10 @@ def check_architecture(out_sd: dict, target: str, source: str) -> tuple[str, dic
             v = v.float()
         out[k] = v
     if missing or problems:
+        parts = [f"{what}: {format_names(keys)}"
+                 for what, keys in (("missing", missing), ("wrong", problems)) if keys]
         raise CheckpointError(f"not a complete ViT-{size} checkpoint for --to {target}: "
-                              + "; ".join(([f"missing: {format_names(missing)}"] if missing else [])
-                                          + ([f"wrong: {format_names(problems)}"] if problems else [])))
+                              + "; ".join(parts))
     notes = [f"cast to float32: {format_names(casts, 3)} [{len(casts)} tensors]"] if casts else []
     return size, out, notes
 

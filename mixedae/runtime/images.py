@@ -141,7 +141,8 @@ def require_readable(sources: Sequence, what: str, loader: Callable = load_rgb,
               and not os.path.isfile(x)]
     if absent:
         log.warning("%s: %d of %d listed files do not exist (replaced by readable ones in "
-                    "training): %s", what, len(absent), len(sources), format_names(absent, 5, sort=False))
+                    "training): %s", what, len(absent), len(sources),
+                    format_names(absent, 5, sort=False))
     try:
         load_readable(sources, 0, set() if reported is None else reported, loader)
     except ConfigError as e:
@@ -179,14 +180,14 @@ def check_eval_set(sources: Sequence, what: str, skip: bool = False, flag: str =
     bad = unreadable(sources, loader, workers)
     if not bad:
         return list(range(len(sources)))
-    files = [str(sources[i]) for i, _ in bad]
+    files = format_names([str(sources[i]) for i, _ in bad], 5, sort=False)
     if not skip:
         raise ConfigError(f"{what}: {len(bad)} of {len(sources)} evaluation images cannot be "
-                          f"read ({format_names(files, 5, sort=False)}); an evaluation set is never altered: fix or "
+                          f"read ({files}); an evaluation set is never altered: fix or "
                           f"remove them" + (f", or pass {flag} to evaluate without them "
                                             f"(recorded in the results)" if flag else ""))
     log.warning("%s: %d unreadable evaluation images left out (%s): %s", what, len(bad), flag,
-                format_names(files, 5, sort=False))
+                files)
     drop = {i for i, _ in bad}
     return [i for i in range(len(sources)) if i not in drop]
 
