@@ -78,7 +78,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict:
     return {"path": str(path), "format": "pretrain" if source == "pretrain" else "plain",
             "source": source, "dropped": sorted(k for k, _ in dropped) + report["ignored"],
             "fresh": report["missing"], "resized": bool(resized),
-            "line": W.load_report_line(path, source, report, dropped)}
+            "line": W.load_report_line(path, source, report, dropped,
+                                       (resized[0], m.patch_embed.grid_size) if resized else None)}
 
 
 # ==== training ==============================================================================

@@ -51,8 +51,8 @@ from mmengine.logging import print_log
 from mixedae.model.vit import VIT_SIZES, Block, VisionTransformer, \
     relative_position_table_size, resize_relative_position_table
 from mixedae.runtime.errors import CheckpointError, ConfigError, format_names
-from mixedae.runtime.weights import (HEAD_KEY, REL_POS_KEY, extract_vit,
-                                     match_state_dict, read_weights, square_grid, summarize)
+from mixedae.runtime.weights import (HEAD_KEY, REL_POS_KEY, extract_vit, load_into,
+                                     load_report_line, read_weights, square_grid)
 
 
 DEFAULT_OUT_INDICES = {12: (3, 5, 7, 11), 24: (7, 11, 15, 23)}
@@ -240,9 +240,9 @@ class MixedAEViT(VisionTransformer):
         """Load ViT weights from any supported layout; raise on anything unexpected."""
         sd, _ = read_weights(path)
         source, kept, dropped = extract_vit(sd)
-        model_sd = self.state_dict()
+        own = self.state_dict()
         ignored = {k: "final norm / classification head (unused by the dense backbone)"
-                   for k in kept if HEAD_KEY.match(k) and k not in model_sd}
+                   for k in kept if HEAD_KEY.match(k) and k not in own}
         has_rel = any(REL_POS_KEY.match(k) for k in kept)
         if has_rel and not self.use_rel_pos_bias:
             rel = [k for k in kept if REL_POS_KEY.match(k)]
@@ -258,8 +258,8 @@ class MixedAEViT(VisionTransformer):
         ckpt_grid = None
         if "pos_embed" in kept:   # pretraining grids are square; a grid of ours may not be
             n = kept["pos_embed"].shape[1] - self.num_prefix_tokens
-            own = tuple(self.grid_size)
-            ckpt_grid = own if n == own[0] * own[1] else square_grid(n, f"{path}: pos_embed")
+            grid = tuple(self.grid_size)
+            ckpt_grid = grid if n == grid[0] * grid[1] else square_grid(n, f"{path}: pos_embed")
 
         def resize_pos(t, shape):  # checked square above; resampled by the ViT's load hook
             return t
@@ -273,18 +273,12 @@ class MixedAEViT(VisionTransformer):
                                          f"not from a square grid")
             return resize_relative_position_table(t, (side, side), self.grid_size)
 
-        load, missing, ignored_keys = match_state_dict(
-            model_sd, kept, optional_missing=optional, ignored=ignored,
-            resize={"pos_embed": resize_pos,
-                    **{k: resize_rel for k in kept if REL_POS_KEY.match(k)}},
-            what=str(path))
-        self.load_state_dict(load, strict=False)
-        dropped += [(k, ignored[k]) for k in ignored_keys]
-        msg = (f"MixedAEViT: loaded {len(load)} tensors from {path} ({source} layout"
-               + (f", pos_embed {ckpt_grid[0]}x{ckpt_grid[1]} -> {self.grid_size[0]}x"
-                  f"{self.grid_size[1]}" if ckpt_grid and tuple(ckpt_grid) != tuple(self.grid_size)
-                  else "") + f"); {summarize(dropped)}; "
-               + (f"missing (expected, newly initialised): {format_names(missing, 4)} "
-                  f"[{len(missing)} keys]" if missing else "missing: none"))
-        print_log(msg, logger="current")
-        return dict(source=source, loaded=sorted(load), missing=missing, dropped=dropped)
+        report = load_into(self, kept, what=str(path), optional_missing=optional,
+                           ignored=ignored, resize={"pos_embed": resize_pos, **{
+                               k: resize_rel for k in kept if REL_POS_KEY.match(k)}})
+        dropped += [(k, ignored[k]) for k in report["ignored"]]
+        print_log("MixedAEViT: " + load_report_line(path, source, report, dropped,
+                                                    (ckpt_grid, self.grid_size)
+                                                    if ckpt_grid else None), logger="current")
+        return dict(source=source, loaded=report["loaded"], missing=report["missing"],
+                    dropped=dropped)

@@ -348,9 +348,13 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], what: str = "
     return {"loaded": sorted(load), "missing": sorted(missing), "ignored": ignored}
 
 
-def load_report_line(path, source: str, report: dict, dropped: list[tuple[str, str]]) -> str:
-    """One line saying what a load took, dropped and left fresh (every consumer prints it)."""
+def load_report_line(path, source: str, report: dict, dropped: list[tuple[str, str]],
+                     grids: tuple | None = None) -> str:
+    """One line saying what a load took, dropped and left fresh (every consumer prints it);
+    ``grids = (checkpoint grid, model grid)`` when ``pos_embed`` was resampled."""
     fresh = report["missing"]
-    return (f"loaded {len(report['loaded'])} tensors from {path} ({source} layout); "
+    resampled = (f", pos_embed {grids[0][0]}x{grids[0][1]} -> {grids[1][0]}x{grids[1][1]}"
+                 if grids and tuple(grids[0]) != tuple(grids[1]) else "")
+    return (f"loaded {len(report['loaded'])} tensors from {path} ({source} layout{resampled}); "
             f"{summarize(dropped)}; " + (f"newly initialised: {format_names(fresh, 4)} "
                                          f"[{len(fresh)} keys]" if fresh else "nothing fresh"))

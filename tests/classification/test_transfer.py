@@ -223,8 +223,8 @@ def test_pretrained_checkpoint_cifar10_and_caltech(tmp_path, capsys):
     assert T.main(argv) == 0  # model/patch size come from the checkpoint metadata
     printed = capsys.readouterr().out
     assert printed.index("[transfer] caltech101:") < printed.index("[transfer] cifar10:")
-    assert re.search(r"loaded \d+ tensors from \S+mixedae_micro\S+ \(pretrain layout\); "
-                     r"dropped: ", printed)  # the load report, on the console
+    assert re.search(r"loaded \d+ tensors from \S+mixedae_micro\S+ \(pretrain layout"
+                     r", pos_embed 2x2 -> 4x4\); dropped: ", printed)  # resample named
     scores = {}
     for name in ("cifar10", "caltech101"):
         s = json.loads((out / "runs" / name / "result.json").read_text())
