@@ -30,7 +30,8 @@ from mixedae.runtime.distributed import (all_gather_object, barrier, get_rank, g
                                          unwrap)
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.finite import FiniteGuard
-from mixedae.runtime.optimizer_step import amp_dtype, autocast, optimizer_step
+from mixedae.runtime.optimizer_step import optimizer_step
+from mixedae.runtime.precision import amp_dtype, autocast
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.sampler import EpochStreamSampler, SeededSample
 from mixedae.runtime.schedules import set_lr

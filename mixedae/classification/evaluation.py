@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from mixedae.classification import metrics
 from mixedae.runtime.distributed import all_gather_object, get_rank, get_world_size, unwrap
-from mixedae.runtime.optimizer_step import amp_dtype, autocast
+from mixedae.runtime.precision import amp_dtype, autocast
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from mixedae.runtime import checkpoint as ckpt
 from mixedae.runtime.cli import add_debug_flag, check_flags, check_writable_dir, run_main
 from mixedae.runtime.distributed import cleanup, parse_device
 from mixedae.runtime.errors import ConfigError
-from mixedae.runtime.optimizer_step import AMP, amp_dtype
+from mixedae.runtime.precision import AMP, amp_dtype
 from mixedae.runtime.run_logger import setup_logging
 
 

@@ -40,7 +40,8 @@ from mixedae.runtime.distributed import (DistInfo, all_gather_object, all_reduce
                                          init_distributed, wrap_ddp)
 from mixedae.runtime.errors import ConfigError
 from mixedae.runtime.finite import FiniteGuard
-from mixedae.runtime.optimizer_step import amp_dtype, autocast, optimizer_step
+from mixedae.runtime.optimizer_step import optimizer_step
+from mixedae.runtime.precision import amp_dtype, autocast
 from mixedae.runtime.run_logger import RunLogger
 from mixedae.runtime.sampler import EpochStreamSampler
 from mixedae.runtime.schedules import cosine_lr, set_lr

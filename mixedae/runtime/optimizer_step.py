@@ -1,5 +1,5 @@
 """One optimizer step with gradient accumulation, shared by every engine (pretraining and the
-classification engine), and the autocast precision it runs in.
+classification engine).
 
 A step clears the gradients, runs ``accum_iter`` micro-batches (under DDP the gradients are
 synchronised on the last one only: the others run in ``no_sync``), back-propagates each loss
@@ -15,24 +15,6 @@ from contextlib import nullcontext
 from typing import Callable
 
 import torch
-
-from mixedae.runtime.errors import ConfigError
-
-AMP = ("bf16", "fp16", "none")
-
-
-def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``--amp`` (``bf16`` / ``fp16`` / ``none``); None off CUDA."""
-    if amp not in AMP:
-        raise ConfigError(f"amp={amp!r} must be one of {', '.join(AMP)}")
-    if device.type != "cuda" or amp == "none":
-        return None
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` in ``dtype``, or no autocast when ``dtype`` is None."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, accum_iter: int,

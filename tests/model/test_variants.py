@@ -13,14 +13,8 @@ from mixedae.model.vit import Attention
 from mixedae.pretrain.config import PretrainConfig, get_preset
 from mixedae.runtime.errors import ConfigError
 
-MICRO = dict(model="micro", img_size=64, patch_size=8, mask_patch_size=16, batch_size=8,
-             decoder_dim=32, decoder_depth=1, decoder_heads=2)
 
-
-def build(preset: str, **overrides) -> MixedAutoencoder:
-    """The model of a preset, as pretraining builds it."""
-    return MixedAutoencoder(get_preset(preset, **overrides).model_config())
-
+from test_model import MICRO, build
 
 # ---- cls handling in homologous attention ----------------------------------------------------
 def _loop_reference(q, k, v, K, cls_mode, p=1):

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from mixedae.runtime.errors import ConfigError
-from mixedae.runtime.optimizer_step import amp_dtype, optimizer_step
+from mixedae.runtime.optimizer_step import optimizer_step
 
 
 def _setup():
@@ -38,8 +37,3 @@ def test_refused_step_is_not_applied_and_clipping_bounds_the_gradient():
     norm = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).norm()
     assert norm == pytest.approx(0.5, rel=1e-4)
 
-
-def test_amp_dtype_names_the_flag_value():
-    assert amp_dtype("bf16", torch.device("cpu")) is None       # autocast only on CUDA
-    with pytest.raises(ConfigError, match="amp='fp8' must be one of bf16, fp16, none"):
-        amp_dtype("fp8", torch.device("cpu"))
